@@ -1,0 +1,4 @@
+"""Run the CLI from a checkout without installing: ``python cli.py --help``."""
+from karst_deploy.cli import main
+
+main()

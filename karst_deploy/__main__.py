@@ -1,0 +1,3 @@
+from karst_deploy.cli import main
+
+main()

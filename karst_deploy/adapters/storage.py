@@ -1,0 +1,335 @@
+"""The version-1 adapter directory (METHODS.md, "Adapter file format").
+
+``adapter_config.json`` holds the method, its hyper-parameters and the backbone it was
+trained on; ``adapter.safetensors`` holds ``P.<method>.<name>`` tensors plus the whole
+parameters listed in ``trainable_extra`` (the classifier head). Loading validates
+everything before touching the model and names the first offending key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from karst_deploy.adapters.base import (
+    AdapterConfig,
+    AdapterPlan,
+    adapter_config,
+    adapter_state_dict,
+    method_for,
+)
+from karst_deploy.errors import AdapterFileError
+from karst_deploy.files import atomic_directory, sha256_file
+from karst_deploy.models import BackboneSpec, backbone_spec, classifier_parameter_names
+
+FORMAT = "karst-deploy.adapter"
+VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+HEADER_KEYS = ("format", "version", "method", "backbone", "trainable_extra", "created_by")
+BACKBONE_KEYS = (
+    "name",
+    "num_classes",
+    "img_size",
+    "checkpoint_sha256",
+    "pretrained",
+    "model_kwargs",
+)
+
+
+def save_adapters(
+    model: nn.Module, directory: str | os.PathLike[str], *, force: bool = False
+) -> Path:
+    """Write `model`'s adapters and classifier head as a version-1 adapter directory."""
+    from safetensors.torch import save_file
+
+    from karst_deploy import __version__
+
+    config = adapter_config(model)
+    if config is None:
+        raise AdapterFileError("save_adapters() needs a model with adapters; this one has none.")
+    spec = backbone_spec(model)
+    extra = classifier_parameter_names(model)
+    named = dict(model.named_parameters())
+    tensors = dict(adapter_state_dict(model))
+    tensors.update({name: named[name] for name in extra})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "method": config.method,
+        "backbone": {k: spec.to_dict()[k] for k in BACKBONE_KEYS},
+        **config.to_hparams(),
+        "trainable_extra": extra,
+        "created_by": f"karst-deploy {__version__}",
+    }
+    with atomic_directory(directory, force=force) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return Path(directory)
+
+
+class AdapterFile:
+    """A parsed, validated adapter_config.json."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise AdapterFileError(f"Adapter directory '{self.directory}' does not exist.")
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (self.directory / name).is_file():
+                raise AdapterFileError(
+                    f"Adapter directory '{self.directory}' has no '{name}'; a version-1 "
+                    f"adapter holds {CONFIG_FILE} and {WEIGHTS_FILE}."
+                )
+        self.config_path = self.directory / CONFIG_FILE
+        self.weights_path = self.directory / WEIGHTS_FILE
+        document = self._read_document()
+        self.method: str = document["method"]
+        self.backbone = _parse_backbone(document["backbone"], self.config_path)
+        self.trainable_extra = _parse_extra(document.get("trainable_extra", []), self.config_path)
+        method = method_for(self.method)
+        hparams = {k: v for k, v in document.items() if k not in HEADER_KEYS}
+        known = {f.name for f in method.config_type.__dataclass_fields__.values()}
+        unknown = sorted(set(hparams) - known)
+        if unknown:
+            raise AdapterFileError(
+                f"{self.config_path}: unknown key '{unknown[0]}' for method '{self.method}'; "
+                f"expected {sorted(known)}."
+            )
+        self.config: AdapterConfig = method.config_type.from_hparams(hparams, str(self.config_path))
+
+    def _read_document(self) -> dict[str, Any]:
+        try:
+            document = json.loads(self.config_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AdapterFileError(f"{self.config_path} is not valid JSON: {exc}.") from None
+        if not isinstance(document, dict):
+            raise AdapterFileError(f"{self.config_path} must hold a JSON object.")
+        if document.get("format") != FORMAT:
+            raise AdapterFileError(
+                f"{self.config_path}: key 'format' is {document.get('format')!r}; expected "
+                f"'{FORMAT}'."
+            )
+        version = document.get("version")
+        if version != VERSION or isinstance(version, bool):
+            raise AdapterFileError(
+                f"{self.config_path}: key 'version' is {version!r}; this karst-deploy reads "
+                f"version {VERSION}. Upgrade karst-deploy to read newer adapters."
+            )
+        if not isinstance(document.get("method"), str):
+            raise AdapterFileError(f"{self.config_path}: key 'method' must be a string.")
+        method_for(document["method"])  # raises for an unknown method
+        if "backbone" not in document:
+            raise AdapterFileError(f"{self.config_path}: required key 'backbone' is missing.")
+        return document
+
+    def sha256(self) -> dict[str, str]:
+        """Hashes of both files (recorded in ONNX provenance)."""
+        return {
+            CONFIG_FILE: sha256_file(self.config_path),
+            WEIGHTS_FILE: sha256_file(self.weights_path),
+        }
+
+    def read_tensors(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.weights_path), device="cpu")
+        except Exception as exc:  # safetensors reports corrupt headers/offsets many ways
+            raise AdapterFileError(
+                f"{self.weights_path} is not a readable safetensors file (truncated or "
+                f"corrupt?): {type(exc).__name__}: {exc}"
+            ) from None
+
+
+def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
+    if not isinstance(value, dict):
+        raise AdapterFileError(f"{source}: key 'backbone' must be an object.")
+    unknown = sorted(set(value) - set(BACKBONE_KEYS))
+    if unknown:
+        raise AdapterFileError(f"{source}: unknown key 'backbone.{unknown[0]}'.")
+    checks = {
+        "name": (lambda v: isinstance(v, str) and bool(v), "a timm model name"),
+        "num_classes": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "a non-negative integer",
+        ),
+        "img_size": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "a positive integer",
+        ),
+    }
+    for key, (ok, want) in checks.items():
+        if key not in value:
+            raise AdapterFileError(f"{source}: required key 'backbone.{key}' is missing.")
+        if not ok(value[key]):
+            raise AdapterFileError(
+                f"{source}: key 'backbone.{key}' is {value[key]!r}; expected {want}."
+            )
+    sha = value.get("checkpoint_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise AdapterFileError(
+            f"{source}: key 'backbone.checkpoint_sha256' is {sha!r}; expected null or 64 hex "
+            "digits."
+        )
+    pretrained = value.get("pretrained", False)
+    if not isinstance(pretrained, bool):
+        raise AdapterFileError(f"{source}: key 'backbone.pretrained' must be true or false.")
+    kwargs = value.get("model_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise AdapterFileError(f"{source}: key 'backbone.model_kwargs' must be an object.")
+    return BackboneSpec(
+        name=value["name"],
+        num_classes=value["num_classes"],
+        img_size=value["img_size"],
+        checkpoint_sha256=sha,
+        pretrained=pretrained,
+        model_kwargs=kwargs,
+    )
+
+
+def _parse_extra(value: Any, source: Path) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AdapterFileError(
+            f"{source}: key 'trainable_extra' must be a list of parameter names."
+        )
+    return value
+
+
+def check_backbone(expected: BackboneSpec, actual: BackboneSpec, source: Path) -> None:
+    """Refuse an adapter trained on a different backbone, naming the field that differs."""
+    for key in ("name", "num_classes", "img_size", "model_kwargs"):
+        want, got = getattr(expected, key), getattr(actual, key)
+        if want != got:
+            raise AdapterFileError(
+                f"{source} was made for another backbone: 'backbone.{key}' is {want!r} but the "
+                f"model has {got!r}."
+            )
+    if expected.checkpoint_sha256 and not actual.checkpoint_sha256:
+        raise AdapterFileError(
+            f"{source} was trained on a backbone checkpoint (sha256 "
+            f"{expected.checkpoint_sha256[:12]}…) but the model was built without one; pass "
+            "that checkpoint (--checkpoint FILE) so the adapter sits on the weights it learned on."
+        )
+    if expected.checkpoint_sha256 and expected.checkpoint_sha256 != actual.checkpoint_sha256:
+        raise AdapterFileError(
+            f"{source} was trained on a checkpoint with sha256 {expected.checkpoint_sha256[:12]}…, "
+            f"but the model was loaded from one with sha256 {actual.checkpoint_sha256[:12]}…."
+        )
+
+
+def _check_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path
+) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise AdapterFileError(f"{source}: key '{missing[0]}' is missing.")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise AdapterFileError(f"{source}: unknown key '{extra[0]}' (not part of this adapter).")
+    for key in sorted(expected):
+        tensor, want = tensors[key], expected[key]
+        if not tensor.is_floating_point():
+            raise AdapterFileError(
+                f"{source}: key '{key}' has dtype {tensor.dtype}; expected floats."
+            )
+        if tensor.shape != want.shape:
+            raise AdapterFileError(
+                f"{source}: key '{key}' has shape {tuple(tensor.shape)}; expected "
+                f"{tuple(want.shape)}."
+            )
+        if not torch.isfinite(tensor).all():
+            raise AdapterFileError(f"{source}: key '{key}' holds NaN or infinite values.")
+
+
+@torch.no_grad()
+def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Load an adapter directory into `model` (a plain backbone, or one with the same adapters).
+
+    Everything is validated before the model is touched, so a refused file leaves it as it was.
+    """
+    file = AdapterFile(directory)
+    check_backbone(file.backbone, backbone_spec(model), file.config_path)
+    existing = adapter_config(model)
+    if existing is not None and existing != file.config:
+        raise AdapterFileError(
+            f"{file.config_path} describes {file.config}, but the model already carries "
+            f"{existing}; load into a fresh backbone instead."
+        )
+    plan = None if existing is not None else AdapterPlan(model, file.config)
+    adapter_tensors = plan.state_dict() if plan else adapter_state_dict(model)
+    named = dict(model.named_parameters())
+    expected_extra = set(classifier_parameter_names(model))
+    for name in file.trainable_extra:
+        if name not in named or name not in expected_extra:
+            raise AdapterFileError(
+                f"{file.config_path}: 'trainable_extra' names '{name}', which is not a "
+                f"classifier parameter of {file.backbone.name} (expected {sorted(expected_extra)})."
+            )
+    expected = dict(adapter_tensors)
+    expected.update({name: named[name] for name in file.trainable_extra})
+    tensors = file.read_tensors()
+    _check_tensors(tensors, expected, file.weights_path)
+    for key, target in expected.items():
+        target.copy_(tensors[key])
+    return plan.install(model) if plan else model
+
+
+def load_adapted_model(
+    directory: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None
+) -> nn.Module:
+    """Build the backbone an adapter directory names (from `checkpoint` if given) and load it."""
+    file = AdapterFile(directory)
+    model = file.backbone.build(checkpoint)
+    return load_adapters(model, directory)
+
+
+def write_merged_checkpoint(
+    adapter_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    backbone: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Merge an adapter directory into its backbone and write the full state dict.
+
+    The file loads with ``timm.create_model(name, num_classes=..., checkpoint_path=out)``.
+    """
+    from safetensors.torch import save_file
+
+    from karst_deploy.adapters.base import merge
+    from karst_deploy.files import atomic_output, refuse_existing
+
+    refuse_existing(Path(out), force)
+    file = AdapterFile(adapter_dir)
+    if backbone is not None and backbone != file.backbone.name:
+        raise AdapterFileError(
+            f"--backbone is '{backbone}' but {file.config_path} was trained on "
+            f"'{file.backbone.name}'."
+        )
+    merged = merge(load_adapted_model(adapter_dir, checkpoint))
+    state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
+    with atomic_output(out, force=force) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": file.method})
+    spec = file.backbone
+    return {
+        "out": str(out),
+        "backbone": spec.name,
+        "method": file.method,
+        "tensors": len(state),
+        "parameters": sum(v.numel() for v in state.values()),
+        "load_with": (
+            f"timm.create_model({spec.name!r}, num_classes={spec.num_classes}, "
+            f"img_size={spec.img_size}"
+            + "".join(f", {k}={v!r}" for k, v in spec.model_kwargs.items())
+            + f", checkpoint_path={str(out)!r})"
+        ),
+    }

@@ -1,0 +1,259 @@
+"""Labelled image sources: the built-in digits, ImageFolder directories and VTAB-1k lists.
+
+Every source is opened with `open_images(source, split, img_size, mean, std)` and yields
+``(image, label)`` pairs: float32 CHW tensors resized to the backbone's input size and
+normalised, and integer labels. Used by training, `verify-parity --data`, and INT8
+calibration alike, so all three see identical preprocessing.
+
+Sources
+-------
+``digits`` / ``digits:5-9``
+    scikit-learn's 1,797 real 8×8 handwritten digits (they ship inside the package, no
+    download). ``digits:A-B`` keeps classes A..B and relabels them 0..B-A. Fixed splits,
+    stratified per class with seed 0: 60 % train, 20 % val, 20 % test.
+``DIR`` with ``train/`` and ``val/`` (optionally ``test/``) class sub-folders
+    An ImageFolder layout; class indices follow the sorted sub-folder names of ``train/``.
+``DIR`` with VTAB-1k lists
+    ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and ``test.txt`` of
+    ``relative/path label`` lines (the KARST/NOAH/SSF layout); splits ``train``, ``val``,
+    ``trainval``, ``test``.
+
+Unreadable images are *skipped and counted* (``LabelledImages.skipped``), never silently:
+every consumer reports the count. Pass ``strict=True`` to fail on the first one instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from karst_deploy.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+DIGITS_SPLITS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
+VTAB_LISTS = {
+    "train": "train800.txt",
+    "val": "val200.txt",
+    "trainval": "train800val200.txt",
+    "test": "test.txt",
+}
+
+
+@dataclass
+class LabelledImages(torch.utils.data.Dataset):
+    """Preprocessed, labelled images from one split of one source."""
+
+    source: str
+    split: str
+    classes: list[str]
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    items: list[tuple[Path, int]] = field(default_factory=list)  # files, for folder sources
+    arrays: np.ndarray | None = None  # in-memory [0, 1] HW or HWC images, for digits
+    labels: np.ndarray | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.arrays) if self.arrays is not None else len(self.items)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def label(self, index: int) -> int:
+        return int(self.labels[index]) if self.labels is not None else self.items[index][1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.arrays[index] if self.arrays is not None else _read_rgb(self.items[index][0])
+        return preprocess(image, self.img_size, self.mean, self.std), self.label(index)
+
+    def batch(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `count` images (all by default) as one ``(N, 3, H, W)`` tensor and labels."""
+        count = len(self) if count is None else min(count, len(self))
+        pairs = [self[i] for i in range(count)]
+        return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+
+
+def preprocess(
+    image: np.ndarray, img_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """[0, 1] HW/HWC array → normalised float32 ``(3, img_size, img_size)`` tensor (bicubic)."""
+    tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
+    tensor = tensor[None].expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    if tuple(tensor.shape[1:]) != (img_size, img_size):
+        tensor = torch.nn.functional.interpolate(
+            tensor[None], size=(img_size, img_size), mode="bicubic", align_corners=False
+        )[0].clamp(0.0, 1.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return ((tensor - mean_t) / std_t).contiguous()
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _readable(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
+
+
+def open_images(
+    source: str | os.PathLike[str],
+    split: str,
+    img_size: int,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    *,
+    strict: bool = False,
+) -> LabelledImages:
+    """Open one split of a labelled image source (see the module docstring)."""
+    text = str(source)
+    common = dict(split=split, img_size=img_size, mean=tuple(mean), std=tuple(std))
+    if text == "digits" or text.startswith("digits:"):
+        return _digits(text, **common)
+    path = Path(text)
+    if not path.is_dir():
+        raise InputError(
+            f"Data source '{text}' is neither 'digits'/'digits:A-B' nor an existing directory."
+        )
+    if any((path / name).is_file() for name in VTAB_LISTS.values()):
+        return _vtab(path, strict=strict, **common)
+    if (path / "train").is_dir():
+        return _image_folder(path, strict=strict, **common)
+    raise InputError(
+        f"Data directory '{path}' has neither an ImageFolder layout (train/ and val/ with one "
+        "sub-folder per class) nor VTAB-1k lists (train800.txt, val200.txt, test.txt, "
+        "train800val200.txt)."
+    )
+
+
+def _digits(text: str, *, split: str, **common) -> LabelledImages:
+    from sklearn.datasets import load_digits
+
+    if split not in DIGITS_SPLITS:
+        raise InputError(f"The digits source has splits {list(DIGITS_SPLITS)}, not '{split}'.")
+    low, high = 0, 9
+    if text != "digits":
+        match = re.fullmatch(r"digits:(\d)-(\d)", text)
+        if not match or int(match[1]) >= int(match[2]):
+            raise InputError(
+                f"Data source '{text}' should look like 'digits:A-B' with 0 <= A < B <= 9, "
+                "e.g. 'digits:5-9'."
+            )
+        low, high = int(match[1]), int(match[2])
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    start, stop = DIGITS_SPLITS[split]
+    rng = np.random.default_rng(0)
+    chosen = []
+    for digit in range(low, high + 1):  # stratified: the same fractions of every class
+        members = np.flatnonzero(digits.target == digit)
+        members = members[rng.permutation(len(members))]
+        chosen.append(members[int(start * len(members)) : int(stop * len(members))])
+    index = np.sort(np.concatenate(chosen))
+    return LabelledImages(
+        source=text,
+        classes=[str(d) for d in range(low, high + 1)],
+        arrays=images[index],
+        labels=(digits.target[index] - low).astype(np.int64),
+        split=split,
+        **common,
+    )
+
+
+def _image_folder(root: Path, *, split: str, strict: bool, **common) -> LabelledImages:
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise InputError(
+            f"'{root / 'train'}' has {len(classes)} class sub-folder(s); classification needs "
+            "at least two (one sub-folder per class, images inside)."
+        )
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise InputError(
+            f"Image folder '{root}' has no '{split}/' directory (found: "
+            f"{sorted(p.name for p in root.iterdir() if p.is_dir())})."
+        )
+    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes)
+    if unknown:
+        raise InputError(
+            f"'{split_dir}' has class folder '{unknown[0]}', which 'train/' does not have; "
+            "every split must use the training classes."
+        )
+    items = [
+        (file, label)
+        for label, name in enumerate(classes)
+        if (split_dir / name).is_dir()
+        for file in sorted((split_dir / name).rglob("*"))
+        if file.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return _checked(root, split, classes, items, strict, common)
+
+
+def _vtab(root: Path, *, split: str, strict: bool, **common) -> LabelledImages:
+    if split not in VTAB_LISTS:
+        raise InputError(f"VTAB-1k directories have splits {list(VTAB_LISTS)}, not '{split}'.")
+    listing = root / VTAB_LISTS[split]
+    if not listing.is_file():
+        raise InputError(f"VTAB-1k directory '{root}' has no '{listing.name}' for split '{split}'.")
+    items, missing = [], []
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not re.fullmatch(r"\d+", parts[1]):
+            raise InputError(
+                f"{listing}, line {number}: expected 'relative/path.jpg <integer label>', got "
+                f"{line.strip()!r}."
+            )
+        file = root / parts[0]
+        if not file.is_file():
+            missing.append(parts[0])
+        items.append((file, int(parts[1])))
+    if missing:
+        raise InputError(
+            f"{listing} lists {len(missing)} image(s) that do not exist under '{root}', first "
+            f"'{missing[0]}'."
+        )
+    labels = {label for _, label in items}
+    classes = [str(c) for c in range(max(labels) + 1)] if labels else []
+    return _checked(root, split, classes, items, strict, common)
+
+
+def _checked(root, split, classes, items, strict, common) -> LabelledImages:
+    if not items:
+        raise InputError(
+            f"Split '{split}' of '{root}' contains no images ({', '.join(IMAGE_SUFFIXES)})."
+        )
+    if len({label for _, label in items}) < 2 and split in ("train", "trainval"):
+        raise InputError(f"Split '{split}' of '{root}' has fewer than two classes with images.")
+    readable, skipped = [], []
+    for file, label in items:
+        if _readable(file):
+            readable.append((file, label))
+        elif strict:
+            raise InputError(f"Image '{file}' cannot be read (corrupt or not an image).")
+        else:
+            skipped.append(str(file))
+    if not readable:
+        raise InputError(f"No image of split '{split}' in '{root}' could be read.")
+    return LabelledImages(
+        source=str(root), split=split, classes=classes, items=readable, skipped=skipped, **common
+    )
