@@ -17,6 +17,7 @@ _API = {
     "KarstConfig": "karst_deploy.adapters",
     "KAdaptationConfig": "karst_deploy.adapters",
     "LoraConfig": "karst_deploy.adapters",
+    "LinearConfig": "karst_deploy.adapters",
     "add_adapters": "karst_deploy.adapters",
     "save_adapters": "karst_deploy.adapters",
     "load_adapters": "karst_deploy.adapters",

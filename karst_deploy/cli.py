@@ -45,7 +45,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
             try:
                 return function(*args, **kwargs)
             except KarstDeployError as error:
-                error_console.print(f"[bold red]error:[/] {error}", highlight=False)
+                error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
                 raise typer.Exit(error.exit_code) from None
 
         app.command(name)(wrapper)
@@ -92,11 +92,12 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         print_json(report)
         return
     trt = report.pop("tensorrt")
+    missing = report.pop("missing")
     rows = dict(report)
     rows["tensorrt"] = trt["version"] if trt["available"] else f"not available ({trt['reason']})"
     console.print(key_value_table("karst-deploy doctor", rows))
-    if not trt["available"]:
-        console.print(f"[yellow]TensorRT:[/] {escape(trt['hint'])}")
+    for what, hint in missing.items():
+        console.print(f"[yellow]{escape(what)}:[/] {escape(hint)}")
 
 
 @command("merge")
@@ -124,6 +125,605 @@ def merge_command(
         print_json(result)
     else:
         console.print(key_value_table("merged checkpoint", result))
+
+
+@command("build-engine")
+def build_engine_command(
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file (fp32, fp16 or QDQ-int8)."),
+    out: Path = typer.Option(..., "--out", help="Engine to write; its sidecar goes to OUT.json."),
+    batch: str | None = typer.Option(
+        None, "--batch", help="N or MIN,OPT,MAX batch profile [default: the ONNX's, else 1,1,8]."
+    ),
+    workspace: int | None = typer.Option(None, "--workspace", help="Workspace limit in MiB."),
+    timing_cache: Path | None = typer.Option(
+        None, "--timing-cache", help="TensorRT timing cache file, loaded and saved."
+    ),
+    builder_opt_level: int | None = typer.Option(
+        None, "--builder-opt-level", help="Builder optimization level 0-5 [TensorRT's: 3]."
+    ),
+    dla_core: int | None = typer.Option(
+        None, "--dla-core", help="Jetson DLA core; unsupported layers fall back to the GPU."
+    ),
+    hardware_compat: str = typer.Option(
+        "none", "--hardware-compat", help="none | ampere+ (desktop Ampere-or-newer portable)."
+    ),
+    version_compat: bool = typer.Option(
+        False, "--version-compat", help="Runs on later TensorRT versions too (slower)."
+    ),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="TensorRT 10.x only: build an fp32 ONNX in fp16 (weak typing)."
+    ),
+    no_precision_check: bool = typer.Option(
+        False,
+        "--no-precision-check",
+        help="Write the engine even if its layers' precision differs from the request "
+        "(recorded in the sidecar).",
+    ),
+    emit_trtexec: bool = typer.Option(
+        False, "--emit-trtexec", help="Print the equivalent trtexec commands instead of building."
+    ),
+    tensorrt_version: int | None = typer.Option(
+        None, "--tensorrt-version", help="With --emit-trtexec: 10 or 11 [default: both]."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT and OUT.json if they exist."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Build a TensorRT engine, check its layers run in the requested precision, add a sidecar."""
+    from karst_deploy.engine import BuildOptions, parse_batch_profile
+
+    options = BuildOptions(
+        batch=parse_batch_profile(batch) if batch is not None else None,
+        workspace_mib=workspace,
+        timing_cache=timing_cache,
+        builder_optimization_level=builder_opt_level,
+        dla_core=dla_core,
+        hardware_compat=hardware_compat,
+        version_compatible=version_compat,
+        fp16=fp16,
+        precision_check=not no_precision_check,
+    )
+    if tensorrt_version is not None and not emit_trtexec:
+        from karst_deploy.errors import InputError
+
+        raise InputError("--tensorrt-version applies only with --emit-trtexec.")
+    if emit_trtexec:
+        from karst_deploy.engine import trtexec_commands
+
+        majors = (tensorrt_version,) if tensorrt_version is not None else (10, 11)
+        commands = [c.to_dict() for c in trtexec_commands(onnx, out, options, majors=majors)]
+        if as_json:
+            print_json(commands)
+            return
+        for entry in commands:
+            console.rule(f"TensorRT {entry['tensorrt']}")
+            if entry["build"]:
+                console.print("[bold]# build on the device[/]")
+                typer.echo(entry["build"])
+            console.print("[bold]# time it (GPU compute, as trtexec 11 measures by default)[/]")
+            typer.echo(entry["timing"])
+            for note in entry["notes"]:
+                console.print(f"[yellow]note:[/] {escape(note)}")
+        return
+    from karst_deploy.engine import build_engine
+
+    result = build_engine(onnx, out, options, force=force, progress=not as_json)
+    if as_json:
+        print_json(result)
+        return
+    precision, builder, gpu = result["precision"], result["builder"], result["gpu"]
+    rows = {
+        "engine": result["engine"],
+        "sidecar": result["sidecar"],
+        "TensorRT": result["tensorrt_version"],
+        "GPU": f"{gpu['name']} (compute capability {gpu['compute_capability']})",
+        "precision": f"{precision['requested']}: {precision['matching_layers']} of "
+        f"{precision['compute_layers']} GEMM/conv layers verified"
+        + ("" if precision["checked"] else " (check skipped: --no-precision-check)"),
+        "profile": {k: result["profile"][k] for k in ("min", "opt", "max")},
+        "build time": f"{builder['build_seconds']} s",
+    }
+    if builder["dla_core"] is not None:
+        fallback = builder["dla_fallback_layers"]
+        rows["DLA"] = f"core {builder['dla_core']}; {len(fallback)} layer(s) fall back to the GPU"
+    console.print(key_value_table("TensorRT engine", rows))
+    for layer in builder["dla_fallback_layers"]:
+        console.print(f"  GPU fallback: {escape(layer)}")
+
+
+def _parse_batch(text: str) -> int | None:
+    """``dynamic`` -> None, else a positive integer."""
+    from karst_deploy.errors import InputError
+
+    if text == "dynamic":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"--batch must be 'dynamic' or a positive integer, got '{text}'.")
+    return int(text)
+
+
+def _parse_batches(text: str) -> list[int]:
+    """``1,8`` -> [1, 8]."""
+    from karst_deploy.errors import InputError
+
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise InputError(f"--batch must be positive integers separated by commas, got '{text}'.")
+    return [int(part) for part in parts]
+
+
+def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
+    from karst_deploy.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--model-kwargs must be a JSON object: {exc}.") from None
+    if not isinstance(value, dict):
+        raise InputError("--model-kwargs must be a JSON object such as '{\"depth\": 6}'.")
+    return value
+
+
+@command("export")
+def export_command(
+    out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="timm name; required with --no-adapter, checked with --adapter."
+    ),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Adapter directory to export."),
+    no_adapter: bool = typer.Option(
+        False, "--no-adapter", help="Export the plain backbone (the latency baseline)."
+    ),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    unmerged: bool = typer.Option(
+        False, "--unmerged", help="Keep the adapter arithmetic in the graph (no merge)."
+    ),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
+    batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="With --no-adapter: classifier size."
+    ),
+    img_size: int | None = typer.Option(None, "--img-size", help="With --no-adapter: input size."),
+    model_kwargs: str | None = typer.Option(
+        None,
+        "--model-kwargs",
+        help="With --no-adapter: extra timm arguments as JSON, e.g. '{\"depth\": 6}'.",
+    ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32, fp16 or int8 (explicit in the graph, for TensorRT 11)."
+    ),
+    calib: str | None = typer.Option(
+        None, "--calib", help="int8 calibration data: digits, digits:A-B, IMAGE_DIR or FILE.npz."
+    ),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration images."),
+    calib_method: str = typer.Option(
+        "minmax", "--calib-method", help="minmax, entropy or percentile."
+    ),
+    calib_cache: bool = typer.Option(
+        True, "--calib-cache/--no-calib-cache", help="Reuse cached calibration ranges."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Merge an adapter into its backbone and export one checked ONNX file with provenance."""
+    from karst_deploy.errors import InputError
+
+    if (adapter is None) != no_adapter:
+        raise InputError(
+            "Pass exactly one of --adapter DIR (export the adapted model) and --no-adapter "
+            "(export the plain backbone)."
+        )
+    from karst_deploy.export import export_onnx
+
+    options = dict(
+        backbone=backbone,
+        adapter=adapter,
+        checkpoint=checkpoint,
+        unmerged=unmerged,
+        num_classes=num_classes,
+        img_size=img_size,
+        model_kwargs=_parse_model_kwargs(model_kwargs),
+        opset=opset,
+        batch=_parse_batch(batch),
+    )
+    if precision != "fp32":  # export fp32, then convert (karst_deploy.precision)
+        from karst_deploy.precision import export_with_precision
+
+        converted = export_with_precision(
+            out,
+            precision,
+            calib=calib,
+            calib_samples=calib_samples,
+            calib_method=calib_method,
+            use_cache=calib_cache,
+            force=force,
+            progress=not as_json,
+            **options,
+        )
+        if as_json:
+            print_json(converted.to_dict())
+        else:
+            console.print(key_value_table(f"exported {precision} model", converted.summary()))
+        return
+    if calib is not None:
+        raise InputError("--calib applies to --precision int8 only.")
+    with error_console.status("exporting and checking…"):
+        result = export_onnx(out, force=force, **options)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        console.print(key_value_table(f"exported {result.kind} model", result.to_dict()))
+
+
+@command("verify-parity")
+def verify_parity_command(
+    adapter: Path = typer.Option(..., "--adapter", help="Adapter directory the ONNX came from."),
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to verify."),
+    backbone: str | None = typer.Option(None, "--backbone", help="timm name; checked."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    data: str | None = typer.Option(
+        None, "--data", help="Labelled images too: digits, digits:A-B, an image folder or VTAB dir."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="Split of --data [default: test if present, else val]."
+    ),
+    samples: int = typer.Option(
+        64, "--samples", help="Random inputs, and at most this many images."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
+    atol: float | None = typer.Option(
+        None, "--atol", help="Replace atol_scale: max abs diff <= ATOL x max(1, max|ref|)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per inference call."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads per runtime."),
+    engine: Path | None = typer.Option(
+        None, "--engine", help="TensorRT engine built from --onnx: a stage after ONNX Runtime."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the full report here."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the --json file."),
+):
+    """Run the same inputs through unmerged, merged and ONNX Runtime; exit 1 if any check fails."""
+    from karst_deploy.files import refuse_existing, write_json
+    from karst_deploy.parity import verify_parity
+    from karst_deploy.report import parity_table
+
+    if json_path is not None:
+        refuse_existing(json_path, force)
+    report = verify_parity(
+        onnx,
+        adapter,
+        backbone=backbone,
+        checkpoint=checkpoint,
+        data=data,
+        split=split,
+        samples=samples,
+        seed=seed,
+        atol_scale=atol,
+        batch_size=batch_size,
+        threads=threads,
+        engine=engine,
+    )
+    console.print(parity_table(report))
+    if json_path is not None:
+        write_json(json_path, report.to_dict(), force=force)
+    report.raise_if_failed()
+    console.print("[green]parity: every check passed[/]")
+
+
+@command("bench")
+def bench_command(
+    onnx: Path = typer.Option(..., "--onnx", help="The merged model."),
+    baseline: Path = typer.Option(..., "--baseline", help="The plain backbone (--no-adapter)."),
+    unmerged: Path | None = typer.Option(None, "--unmerged", help="The unmerged model, too."),
+    fp16: Path | None = typer.Option(
+        None, "--fp16", help="The merged model in fp16 (convert-precision), side by side."
+    ),
+    int8: Path | None = typer.Option(
+        None, "--int8", help="The merged model in int8 QDQ (convert-precision), side by side."
+    ),
+    batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma-separated."),
+    runner: str = typer.Option(
+        "onnxruntime",
+        "--runner",
+        help="onnxruntime, torch, tensorrt, onnxruntime-cuda or onnxruntime-tensorrt.",
+    ),
+    copies: bool = typer.Option(
+        True,
+        "--copies/--no-copies",
+        help="tensorrt runner: time host-device copies too, or GPU compute alone (as trtexec 11).",
+    ),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="tensorrt runner: replay one CUDA graph per batch size."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads per model."),
+    rounds: int = typer.Option(50, "--rounds", help="Measured rounds per batch size."),
+    warmup: int = typer.Option(5, "--warmup", help="Unmeasured rounds first."),
+    tolerance: float = typer.Option(
+        0.03, "--tolerance", help="Zero added latency: the 95% CI of merged/base within ±this."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Write every number here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write latency distributions (PNG)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the --json / --plot files."),
+):
+    """Time base, merged (and unmerged) interleaved; exit 1 unless zero added latency is shown."""
+    from karst_deploy.bench import bench
+    from karst_deploy.files import refuse_existing, write_json
+    from karst_deploy.report import bench_table, plot_latencies, verdict_lines
+
+    for path in (json_path, plot):
+        if path is not None:
+            refuse_existing(path, force)
+    runner_options = None
+    if runner == "tensorrt":
+        runner_options = {"copies": copies, "cuda_graph": cuda_graph}
+    elif cuda_graph or not copies:
+        from karst_deploy.errors import InputError
+
+        raise InputError("--no-copies and --cuda-graph apply to --runner tensorrt only.")
+    models = {"base": baseline, "merged": onnx}
+    if unmerged is not None:
+        models["unmerged"] = unmerged
+    for label, path in (("merged-fp16", fp16), ("merged-int8", int8)):
+        if path is not None:
+            from karst_deploy.precision import require_precision
+
+            require_precision(path, label.split("-")[1])
+            models[label] = path
+    result = bench(
+        models,
+        baseline="base",
+        candidate="merged",
+        batches=_parse_batches(batch),
+        runner=runner,
+        threads=threads,
+        rounds=rounds,
+        warmup=warmup,
+        tolerance=tolerance,
+        runner_options=runner_options,
+    )
+    console.print(bench_table(result))
+    for line in verdict_lines(result):
+        console.print(line, highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    if json_path is not None:
+        write_json(json_path, result.to_dict(), force=force)
+    if plot is not None:
+        plot_latencies(result, plot, force=force)
+    result.raise_if_failed()
+
+
+@command("train")
+def train_command(
+    backbone: str = typer.Option(..., "--backbone", help="timm model name."),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="digits, digits:A-B, an image folder (train/ val/ [test/]) or a VTAB-1k directory.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Adapter directory to write (with train_log.json inside)."
+    ),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    method: str = typer.Option("karst", "--method", help="karst, kadaptation, lora or linear."),
+    factor: int | None = typer.Option(None, "--factor", help="karst: Kronecker factor [8]."),
+    rank: int | None = typer.Option(None, "--rank", help="karst, lora: rank [8]."),
+    kernels: int | None = typer.Option(
+        None, "--kernels", help="karst: kernels [8]; kadaptation: kernels [32]."
+    ),
+    alpha: float | None = typer.Option(None, "--alpha", help="karst [1], lora [8]: α (scale α/r)."),
+    rescale: str | None = typer.Option(
+        None, "--rescale", help="karst: channel (paper) or scalar (reference code) [channel]."
+    ),
+    scale: float | None = typer.Option(None, "--scale", help="kadaptation: ΔW scale [1]."),
+    targets: str | None = typer.Option(
+        None, "--targets", help="Layers to adapt, comma-separated, e.g. qkv,proj,fc1,fc2."
+    ),
+    placement: str = typer.Option(
+        "uniform", "--placement", help="uniform (every target) or spt (sensitivity-aware SPT)."
+    ),
+    budget: str | None = typer.Option(
+        None, "--budget", help="spt: trainable entries besides the head, e.g. 0.4M or 400k."
+    ),
+    structured: str | None = typer.Option(
+        None, "--structured", help="spt: structured module, karst (default) or lora."
+    ),
+    sigma: float | None = typer.Option(
+        None, "--sigma", help="spt: structured once P_struct/σ entries are selected [10]."
+    ),
+    scores: Path | None = typer.Option(
+        None,
+        "--scores",
+        help="spt: `karst-deploy sensitivity` output (default: computed on --data).",
+    ),
+    img_size: int | None = typer.Option(None, "--img-size", help="Backbone input size."),
+    model_kwargs: str | None = typer.Option(
+        None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
+    ),
+    epochs: int = typer.Option(100, "--epochs", help="Epochs, warm-up included."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="Global batch (split over torchrun processes)."
+    ),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", help="AdamW weight decay [lr/10]."
+    ),
+    warmup_epochs: int = typer.Option(10, "--warmup-epochs", help="Linear warm-up epochs."),
+    warmup_lr: float | None = typer.Option(None, "--warmup-lr", help="Warm-up start lr [lr/100]."),
+    min_lr: float | None = typer.Option(None, "--min-lr", help="Cosine floor [lr/10]."),
+    drop_path: float = typer.Option(0.1, "--drop-path", help="Stochastic depth, training only."),
+    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same adapter on CPU."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision (CUDA only)."),
+    strict_images: bool = typer.Option(
+        False, "--strict-images", help="Fail on an unreadable image instead of skipping it."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the training log as JSON."),
+):
+    """Train adapters (and the head) on labelled images with the KARST recipe.
+
+    Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel).
+    """
+    from karst_deploy.placement import training_adapter
+    from karst_deploy.train import TrainConfig, train_adapters
+
+    adapter = training_adapter(
+        placement,
+        method,
+        structured,
+        budget=budget,
+        sigma=sigma,
+        scores=scores,
+        factor=factor,
+        rank=rank,
+        kernels=kernels,
+        alpha=alpha,
+        rescale=rescale,
+        scale=scale,
+        targets=targets,
+    )
+    config = TrainConfig(
+        backbone=backbone,
+        data=data,
+        adapter=adapter,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        model_kwargs=_parse_model_kwargs(model_kwargs) or {},
+        img_size=img_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=warmup_lr,
+        min_lr=min_lr,
+        drop_path=drop_path,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
+        amp=amp,
+        strict_images=strict_images,
+    )
+    result = train_adapters(config, out, force=force)
+    if not result.is_main:
+        return
+    log = result.log
+    if as_json:
+        print_json({"out": str(result.out), **log})
+        return
+    table = Table(title=f"{method} on {data}", title_justify="left")
+    for column in ("epoch", "train loss", "val loss", "val acc", "lr", "seconds"):
+        table.add_column(column, justify="right")
+    for row in log["epochs"]:
+        mark = " *" if row["epoch"] == log["best_epoch"] else ""
+        table.add_row(
+            f"{row['epoch']}{mark}",
+            f"{row['train_loss']:.4f}",
+            f"{row['val_loss']:.4f}",
+            f"{row['val_accuracy']:.4f}",
+            f"{row['lr']:.2e}",
+            f"{row['seconds']:.1f}",
+        )
+    console.print(table)
+    test = log["test_accuracy"]
+    summary = {
+        "adapter directory": str(result.out),
+        "best epoch (on val)": f"{log['best_epoch']} (* above)",
+        "val accuracy": f"{log['best_val_accuracy']:.4f}",
+        "test accuracy": "no test split" if test is None else f"{test:.4f} (reported only)",
+        "trainable parameters": log["trainable_parameters"],
+        "skipped images": log["data"]["skipped_images"],
+    }
+    console.print(key_value_table("trained", summary))
+    for warning in log["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+@command("sensitivity")
+def sensitivity_command(
+    backbone: str = typer.Option(..., "--backbone", help="timm model name."),
+    data: str = typer.Option(
+        ..., "--data", help="Target task: digits, digits:A-B, an image folder or a VTAB-1k dir."
+    ),
+    out: Path = typer.Option(..., "--out", help="Scores file to write (.safetensors)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    batches: int = typer.Option(16, "--batches", help="Batches K of the SPT criterion."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the image order (and any dropout)."),
+    img_size: int | None = typer.Option(None, "--img-size", help="Backbone input size."),
+    model_kwargs: str | None = typer.Option(
+        None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write a PNG of each matrix's share of the sensitivity."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out (and --plot)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """SPT sensitivity: summed squared gradients of every qkv/proj/fc1/fc2 weight on --data.
+
+    The scores feed `train --placement spt --scores FILE`.
+    """
+    from karst_deploy.placement import sensitivity_for_backbone
+
+    summary = sensitivity_for_backbone(
+        backbone,
+        data,
+        out,
+        checkpoint=checkpoint,
+        img_size=img_size,
+        model_kwargs=_parse_model_kwargs(model_kwargs),
+        batches=batches,
+        batch_size=batch_size,
+        seed=seed,
+        force=force,
+        progress=not as_json,
+        plot=plot,
+    )
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(key_value_table("sensitivity scores", summary))
+
+
+@command("convert-precision")
+def convert_precision_command(
+    onnx: Path = typer.Option(..., "--onnx", help="fp32 ONNX file (from karst-deploy export)."),
+    precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+    calib: str | None = typer.Option(
+        None, "--calib", help="int8 calibration data: digits, digits:A-B, IMAGE_DIR or FILE.npz."
+    ),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration images."),
+    calib_method: str = typer.Option(
+        "minmax", "--calib-method", help="minmax, entropy or percentile."
+    ),
+    calib_cache: bool = typer.Option(
+        True, "--calib-cache/--no-calib-cache", help="Reuse cached calibration ranges."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Convert an fp32 ONNX to fp16, or calibrate it to symmetric int8 QDQ (for TensorRT)."""
+    from karst_deploy.precision import convert_precision
+
+    result = convert_precision(
+        onnx,
+        out,
+        precision,
+        calib=calib,
+        calib_samples=calib_samples,
+        calib_method=calib_method,
+        use_cache=calib_cache,
+        force=force,
+        progress=not as_json,
+    )
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        console.print(key_value_table(f"{precision} model", result.summary()))
 
 
 def main() -> None:

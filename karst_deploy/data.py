@@ -20,10 +20,15 @@ Sources
 
 Unreadable images are *skipped and counted* (``LabelledImages.skipped``), never silently:
 every consumer reports the count. Pass ``strict=True`` to fail on the first one instead.
+
+Training opens all three splits at once with `open_training_splits`: ``train`` and ``val``
+are required, ``test`` is optional (reported, never used for selection), and every
+validation/test label must be a class of the training split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Sequence
@@ -73,6 +78,12 @@ class LabelledImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.arrays[index] if self.arrays is not None else _read_rgb(self.items[index][0])
         return preprocess(image, self.img_size, self.mean, self.std), self.label(index)
+
+    def preprocessed_as(
+        self, img_size: int, mean: Sequence[float], std: Sequence[float]
+    ) -> LabelledImages:
+        """The same images, resized and normalised for another backbone."""
+        return dataclasses.replace(self, img_size=img_size, mean=tuple(mean), std=tuple(std))
 
     def batch(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `count` images (all by default) as one ``(N, 3, H, W)`` tensor and labels."""
@@ -142,6 +153,48 @@ def open_images(
         "sub-folder per class) nor VTAB-1k lists (train800.txt, val200.txt, test.txt, "
         "train800val200.txt)."
     )
+
+
+def has_split(source: str | os.PathLike[str], split: str) -> bool:
+    """Whether `source` provides `split` without opening it (digits has all three)."""
+    text = str(source)
+    if text == "digits" or text.startswith("digits:"):
+        return split in DIGITS_SPLITS
+    path = Path(text)
+    if any((path / name).is_file() for name in VTAB_LISTS.values()):
+        return split in VTAB_LISTS and (path / VTAB_LISTS[split]).is_file()
+    return (path / split).is_dir()
+
+
+def open_training_splits(
+    source: str | os.PathLike[str],
+    img_size: int,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    *,
+    strict: bool = False,
+) -> dict[str, LabelledImages]:
+    """The ``train`` and ``val`` splits of `source` (both required) and ``test`` if it has one.
+
+    Validation and test labels must be classes the training split knows; the model is
+    selected on ``val``, and ``test`` is only ever reported.
+    """
+    splits = {}
+    for split in ("train", "val", "test"):
+        if split == "test" and not has_split(source, split):
+            continue
+        splits[split] = open_images(source, split, img_size, mean, std, strict=strict)
+    num_classes = splits["train"].num_classes
+    for split, data in splits.items():
+        labels = data.labels if data.labels is not None else [label for _, label in data.items]
+        highest = int(max(labels))
+        if highest >= num_classes:
+            raise InputError(
+                f"Split '{split}' of '{source}' has label {highest}, but the training split "
+                f"knows only {num_classes} classes (0..{num_classes - 1}); every split must use "
+                "the training classes."
+            )
+    return splits
 
 
 def _digits(text: str, *, split: str, **common) -> LabelledImages:

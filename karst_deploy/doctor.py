@@ -13,6 +13,18 @@ TENSORRT_HINT = (
     "--system-site-packages so it sees JetPack's tensorrt module. On a desktop GPU: "
     "pip install 'karst-deploy[tensorrt]' (pulls NVIDIA's tensorrt wheels)."
 )
+CUDA_HINT = (
+    "PyTorch sees no CUDA GPU. On a Jetson install NVIDIA's PyTorch wheel for your JetPack "
+    "(PyPI's aarch64 torch is CPU-only); on a desktop use a CUDA build of torch and check the "
+    "driver with nvidia-smi. Without one, everything but the TensorRT and ONNX Runtime GPU "
+    "runners works (ONNX Runtime on the CPU, trtexec commands via build-engine --emit-trtexec)."
+)
+ORT_GPU_HINT = (
+    "The onnxruntime-cuda/onnxruntime-tensorrt runners need onnxruntime-gpu and a CUDA GPU "
+    "(and TensorRT for the TensorRT provider): pip uninstall -y onnxruntime && pip install "
+    "'onnxruntime-gpu>=1.17' (both packages provide the onnxruntime module: keep one). On a "
+    "Jetson, take the onnxruntime-gpu wheel for your JetPack from the Jetson Zoo."
+)
 
 
 def _version(module: str) -> str | None:
@@ -33,13 +45,57 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def tensorrt_status() -> dict[str, Any]:
+def tensorrt_status(gpu_present: bool = False) -> dict[str, Any]:
     """Whether TensorRT imports here, and if not, why and how to get it."""
     try:
         import tensorrt
     except Exception as exc:
         return {"available": False, "reason": f"{type(exc).__name__}: {exc}", "hint": TENSORRT_HINT}
-    return {"available": True, "version": tensorrt.__version__}
+    major = int(tensorrt.__version__.split(".")[0])
+    status: dict[str, Any] = {
+        "available": True,
+        "version": tensorrt.__version__,
+        # TensorRT 11 removed BuilderFlag.FP16: precision comes from the ONNX alone.
+        "fp16_builder_flag": hasattr(tensorrt.BuilderFlag, "FP16"),
+    }
+    if major < 10:
+        status["hint"] = f"karst-deploy needs TensorRT 10.x or 11.x. {TENSORRT_HINT}"
+    if gpu_present:  # a Builder needs a CUDA context, so only where a GPU is
+        try:
+            status["dla_cores"] = tensorrt.Builder(tensorrt.Logger()).num_DLA_cores
+        except Exception as exc:
+            status["builder_error"] = f"{type(exc).__name__}: {exc}"
+    return status
+
+
+def gpu_devices() -> list[dict[str, Any]]:
+    """Name, compute capability and memory of every CUDA device PyTorch sees."""
+    import torch
+
+    devices = []
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        properties = torch.cuda.get_device_properties(index)
+        devices.append(
+            {
+                "name": properties.name,
+                "compute_capability": f"{properties.major}.{properties.minor}",
+                "memory_gib": round(properties.total_memory / 2**30, 1),
+            }
+        )
+    return devices
+
+
+def missing_runtimes(report: dict[str, Any]) -> dict[str, str]:
+    """What this machine lacks for the GPU paths, each with how to get it."""
+    missing = {}
+    if not report["cuda_available"]:
+        missing["CUDA GPU"] = CUDA_HINT
+    if not report["tensorrt"]["available"] or "hint" in report["tensorrt"]:
+        missing["TensorRT"] = report["tensorrt"]["hint"]
+    providers = report["onnxruntime_providers"]
+    if "CUDAExecutionProvider" not in providers:
+        missing["onnxruntime-gpu"] = ORT_GPU_HINT
+    return missing
 
 
 def diagnose() -> dict[str, Any]:
@@ -48,7 +104,7 @@ def diagnose() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    return {
+    report = {
         "karst_deploy": _version("karst_deploy"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -58,10 +114,9 @@ def diagnose() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "cuda_available": cuda,
-        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if cuda
-        else [],
-        "tensorrt": tensorrt_status(),
+        "cuda_build": torch.version.cuda,  # the CUDA torch was built for (None: CPU-only torch)
+        "gpus": gpu_devices(),
+        "tensorrt": tensorrt_status(gpu_present=cuda),
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0))
@@ -69,3 +124,5 @@ def diagnose() -> dict[str, Any]:
         else None,
         "torch_threads": torch.get_num_threads(),
     }
+    report["missing"] = missing_runtimes(report)
+    return report

@@ -73,6 +73,14 @@ METHOD_CASES: dict[str, AdapterConfig] = {
 }
 
 method_params = pytest.mark.parametrize("method", list(METHOD_CASES))
+
+# SPT places its modules per model, so an SPT case is the structured method's config, which
+# `spt_config` turns into a placement for each backbone; `adapted` takes these names too.
+SPT_CASES: dict[str, AdapterConfig] = {
+    "spt-karst": kd.KarstConfig(),
+    "spt-lora": kd.LoraConfig(rank=4, alpha=8.0),
+}
+spt_params = pytest.mark.parametrize("method", list(SPT_CASES))
 backbone_params = pytest.mark.parametrize("backbone", BACKBONE_CASES, ids=lambda c: c.id)
 
 
@@ -87,12 +95,70 @@ def randomize_adapters(model: torch.nn.Module, seed: int = 1, std: float = 0.1) 
     return model
 
 
+def spt_config(model: torch.nn.Module, structured: AdapterConfig) -> kd.adapters.SptConfig:
+    """An SPT placement for `model` holding structured and sparse matrices (synthetic scores).
+
+    The first candidate matrix is uniformly the most sensitive, so it crosses P_struct/σ and
+    becomes structured; the others hold lower random scores and share a small sparse budget.
+    """
+    from karst_deploy.placement import allocate
+    from karst_deploy.placement.allocation import structured_size
+    from karst_deploy.placement.sensitivity import candidate_weights
+
+    generator = torch.Generator().manual_seed(0)
+    weights = candidate_weights(model)
+    scores = {name: torch.rand(w.shape, generator=generator) for name, w in weights.items()}
+    first = next(iter(scores))
+    scores[first] += 1.0
+    path = first.removesuffix(".weight")
+    budget = structured_size(path, model.get_submodule(path), structured) + 20 * len(scores)
+    return allocate(model, scores, budget, structured=structured)
+
+
+@functools.cache
+def spt_case_config(backbone: BackboneCase, method: str) -> kd.adapters.SptConfig:
+    """`spt_config` for an SPT case on a backbone case (computed once per session)."""
+    return spt_config(_cached_backbone(backbone), SPT_CASES[method])
+
+
 def adapted(backbone: BackboneCase, method: str, seed: int = 1) -> torch.nn.Module:
     """The backbone with the method's adapters, set to random non-zero values."""
-    model = kd.add_adapters(backbone.build(), METHOD_CASES[method])
+    spt = method in SPT_CASES
+    config = spt_case_config(backbone, method) if spt else METHOD_CASES[method]
+    model = kd.add_adapters(backbone.build(), config)
     return randomize_adapters(model, seed)
 
 
 def images(backbone: BackboneCase, batch: int = 3, seed: int = 0) -> torch.Tensor:
     size = backbone.kwargs.get("img_size", 224)
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass(frozen=True)
+class RunnerCase:
+    """A runtime behind the Runner interface, made from a PyTorch model and its ONNX export."""
+
+    id: str
+    make: Any  # (model: torch.nn.Module, onnx_path: Path) -> Runner
+    marks: tuple[Any, ...] = ()
+
+
+def _torch_runner(model, onnx_path):
+    from karst_deploy.backends.torch import TorchRunner
+
+    return TorchRunner(model)
+
+
+def _onnxruntime_runner(model, onnx_path):
+    from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(onnx_path)
+
+
+RUNNER_CASES = [
+    RunnerCase("torch", _torch_runner),
+    RunnerCase("onnxruntime", _onnxruntime_runner),
+]
+runner_params = pytest.mark.parametrize(
+    "runner_case", [pytest.param(c, id=c.id, marks=c.marks) for c in RUNNER_CASES]
+)

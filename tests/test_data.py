@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from karst_deploy.data import open_images
+from karst_deploy.data import has_split, open_images, open_training_splits
 from karst_deploy.errors import InputError
 
 
@@ -97,3 +97,55 @@ def test_bad_directories_are_explained(layout, tmp_path):
         message = "neither an ImageFolder layout"
     with pytest.raises(InputError, match=message):
         open_images(source, "train", 16)
+
+
+def _vtab_fixture(root, train_labels, val_labels):
+    for name, labels in (("train800.txt", train_labels), ("val200.txt", val_labels)):
+        lines = []
+        for i, label in enumerate(labels):
+            _write_image(root / "images" / f"{name[:-4]}-{i}.png", 30 * label + i)
+            lines.append(f"images/{name[:-4]}-{i}.png {label}")
+        (root / name).write_text("\n".join(lines) + "\n")
+
+
+def test_training_splits_of_an_image_folder(tmp_path):
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            _write_image(tmp_path / split / name / "0.png", 7)
+    assert has_split(tmp_path, "val") and not has_split(tmp_path, "test")
+    splits = open_training_splits(tmp_path, 16)
+    assert sorted(splits) == ["train", "val"]  # test is optional
+    _write_image(tmp_path / "test" / "dog" / "0.png", 9)
+    splits = open_training_splits(tmp_path, 16)
+    assert sorted(splits) == ["test", "train", "val"] and splits["test"].label(0) == 1
+    resized = splits["val"].preprocessed_as(24, (0.0,) * 3, (1.0,) * 3)
+    assert resized[0][0].shape == (3, 24, 24) and len(resized) == len(splits["val"])
+
+
+def test_training_needs_a_validation_split(tmp_path):
+    for name in ("cat", "dog"):
+        _write_image(tmp_path / "train" / name / "0.png", 7)
+    with pytest.raises(InputError, match="no 'val/' directory"):
+        open_training_splits(tmp_path, 16)
+
+
+def test_vtab_validation_labels_must_be_training_classes(tmp_path):
+    _vtab_fixture(tmp_path, [0, 1, 0, 1], [0, 2])
+    assert has_split(tmp_path, "val") and not has_split(tmp_path, "test")
+    with pytest.raises(InputError, match="label 2, but the training split knows only 2"):
+        open_training_splits(tmp_path, 16)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"), [([1, 1, 1], "fewer than two classes"), ([], "contains no images")]
+)
+def test_vtab_training_lists_need_two_classes(tmp_path, labels, message):
+    _vtab_fixture(tmp_path, labels, [0])
+    with pytest.raises(InputError, match=message):
+        open_training_splits(tmp_path, 16)
+
+
+def test_digits_have_all_training_splits():
+    splits = open_training_splits("digits:5-9", 8)
+    assert sorted(splits) == ["test", "train", "val"]
+    assert all(split.num_classes == 5 for split in splits.values())

@@ -11,7 +11,9 @@ from karst_deploy.adapters.base import (
 )
 from karst_deploy.adapters.kadaptation import KAdaptationConfig
 from karst_deploy.adapters.karst import KarstConfig, factorization
+from karst_deploy.adapters.linear import LinearConfig
 from karst_deploy.adapters.lora import LoraConfig
+from karst_deploy.adapters.spt import Placement, SptConfig
 from karst_deploy.adapters.storage import (
     AdapterFile,
     load_adapted_model,
@@ -25,7 +27,10 @@ __all__ = [
     "AdapterFile",
     "KAdaptationConfig",
     "KarstConfig",
+    "LinearConfig",
     "LoraConfig",
+    "Placement",
+    "SptConfig",
     "adapter_config",
     "adapter_state_dict",
     "add_adapters",

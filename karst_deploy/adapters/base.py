@@ -249,10 +249,12 @@ class AdapterPlan:
             )
         self.config = config
         method = method_for(config.method)
-        targets = resolve_targets(model, method.module_targets(config))
-        first = next(iter(targets.values())).weight
+        names = method.module_targets(config)
+        # A method with no target layers (the linear probe) trains only the classifier head.
+        targets = resolve_targets(model, names) if names else {}
         self.shared = method.shared_module(config, targets)
         if self.shared is not None:
+            first = next(iter(targets.values())).weight
             self.shared.to(device=first.device, dtype=first.dtype)
         self.layers = {
             path: method.layer_adapter(path, linear, config, self.shared).to(

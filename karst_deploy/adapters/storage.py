@@ -2,12 +2,14 @@
 
 ``adapter_config.json`` holds the method, its hyper-parameters and the backbone it was
 trained on; ``adapter.safetensors`` holds ``P.<method>.<name>`` tensors plus the whole
-parameters listed in ``trainable_extra`` (the classifier head). Loading validates
-everything before touching the model and names the first offending key.
+parameters listed in ``trainable_extra`` (the classifier head). An SPT adapter adds
+``placement.json`` and int64 sparse-index tensors (see `karst_deploy.adapters.spt`).
+Loading validates everything before touching the model and names the first offending key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,6 +26,7 @@ from karst_deploy.adapters.base import (
     adapter_state_dict,
     method_for,
 )
+from karst_deploy.adapters.spt import PLACEMENT_FILE, Placement, SptConfig, index_problem
 from karst_deploy.errors import AdapterFileError
 from karst_deploy.files import atomic_directory, sha256_file
 from karst_deploy.models import BackboneSpec, backbone_spec, classifier_parameter_names
@@ -72,6 +75,9 @@ def save_adapters(
     with atomic_directory(directory, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        if isinstance(config, SptConfig):
+            placement = json.dumps(config.placement.to_document(), indent=2)
+            (tmp / PLACEMENT_FILE).write_text(placement + "\n")
     return Path(directory)
 
 
@@ -131,11 +137,9 @@ class AdapterFile:
         return document
 
     def sha256(self) -> dict[str, str]:
-        """Hashes of both files (recorded in ONNX provenance)."""
-        return {
-            CONFIG_FILE: sha256_file(self.config_path),
-            WEIGHTS_FILE: sha256_file(self.weights_path),
-        }
+        """Hashes of the adapter's files (recorded in ONNX provenance)."""
+        names = [CONFIG_FILE, WEIGHTS_FILE] + ([PLACEMENT_FILE] if self.method == "spt" else [])
+        return {name: sha256_file(self.directory / name) for name in names}
 
     def read_tensors(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
@@ -236,17 +240,42 @@ def _check_tensors(
         raise AdapterFileError(f"{source}: unknown key '{extra[0]}' (not part of this adapter).")
     for key in sorted(expected):
         tensor, want = tensors[key], expected[key]
-        if not tensor.is_floating_point():
+        if want.is_floating_point() and not tensor.is_floating_point():
             raise AdapterFileError(
                 f"{source}: key '{key}' has dtype {tensor.dtype}; expected floats."
+            )
+        if not want.is_floating_point() and tensor.dtype != want.dtype:
+            raise AdapterFileError(
+                f"{source}: key '{key}' has dtype {tensor.dtype}; expected {want.dtype}."
             )
         if tensor.shape != want.shape:
             raise AdapterFileError(
                 f"{source}: key '{key}' has shape {tuple(tensor.shape)}; expected "
                 f"{tuple(want.shape)}."
             )
-        if not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise AdapterFileError(f"{source}: key '{key}' holds NaN or infinite values.")
+
+
+def _sparse_indices(
+    tensors: dict[str, torch.Tensor], placement: Placement, source: Path
+) -> dict[str, torch.Tensor]:
+    """The validated ``P.spt.indices`` tensor of every sparse matrix of an SPT placement."""
+    indices = {}
+    for matrix in placement.matrices:
+        if matrix.decision != "sparse":
+            continue
+        key = f"{matrix.name}.spt.indices"
+        if key not in tensors:
+            raise AdapterFileError(f"{source}: key '{key}' is missing.")
+        tensor = tensors[key]
+        problem = index_problem(tensor, matrix.shape[0] * matrix.shape[1])
+        if problem is None and tensor.numel() != matrix.parameters:
+            problem = f"holds {tensor.numel()} indices; {PLACEMENT_FILE} says {matrix.parameters}"
+        if problem is not None:
+            raise AdapterFileError(f"{source}: key '{key}' {problem}.")
+        indices[matrix.name] = tensor
+    return indices
 
 
 @torch.no_grad()
@@ -263,7 +292,14 @@ def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Mod
             f"{file.config_path} describes {file.config}, but the model already carries "
             f"{existing}; load into a fresh backbone instead."
         )
-    plan = None if existing is not None else AdapterPlan(model, file.config)
+    tensors = file.read_tensors()
+    config = file.config
+    if isinstance(config, SptConfig):  # sparse layers are built from their stored indices
+        placement = config.placement.with_indices(
+            _sparse_indices(tensors, config.placement, file.weights_path)
+        )
+        config = dataclasses.replace(config, placement=placement)
+    plan = None if existing is not None else AdapterPlan(model, config)
     adapter_tensors = plan.state_dict() if plan else adapter_state_dict(model)
     named = dict(model.named_parameters())
     expected_extra = set(classifier_parameter_names(model))
@@ -275,7 +311,6 @@ def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Mod
             )
     expected = dict(adapter_tensors)
     expected.update({name: named[name] for name in file.trainable_extra})
-    tensors = file.read_tensors()
     _check_tensors(tensors, expected, file.weights_path)
     for key, target in expected.items():
         target.copy_(tensors[key])

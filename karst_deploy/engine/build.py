@@ -1,0 +1,289 @@
+"""Build a TensorRT engine from an ONNX file, verify its precision, write it with a sidecar.
+
+TensorRT calls follow the 10.x/11.x Python API (developer guide "The Python API" and
+"Engine Inspector"; migration guide 10.x→11.x): ``create_network`` with
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (required on 10.x for precision to come from
+the ONNX types; accepted and ignored on 11.x, where every network is strongly typed),
+``OnnxParser.parse_from_file`` (reads external weights next to the file), one optimisation
+profile for the image input, ``ProfilingVerbosity.DETAILED`` so the inspector reports data
+types, ``build_serialized_network``, then ``IEngineInspector.get_engine_information`` with an
+execution context whose input shape is set (without one, TensorRT omits formats for dynamic
+shapes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from karst_deploy.engine.layers import PrecisionReport, check_precision, parse_layers
+from karst_deploy.engine.onnx_graph import OnnxSummary, summarize_onnx
+from karst_deploy.engine.options import HARDWARE_COMPAT, BuildOptions, BuildRequest, resolve_request
+from karst_deploy.engine.sidecar import RuntimeEnvironment, make_sidecar, sidecar_path
+from karst_deploy.errors import InputError, KarstDeployError, VerificationError
+from karst_deploy.files import atomic_output, refuse_existing, write_json
+
+#: Share of GEMM/convolution layers that must run in their expected precision. A strongly
+#: typed network must obey its types exactly; under explicit int8 quantization and the
+#: weakly typed --fp16 path TensorRT may legitimately keep a few layers wider (a Q/DQ pair it
+#: cannot fuse, a layer that is faster in fp32), while the failure this guards against — an
+#: "fp16"/int8 build that silently stayed fp32 — leaves almost none reduced.
+MIN_MATCH_SHARE = {"fp32": 1.0, "fp16": 1.0, "int8": 0.9}
+MIN_MATCH_SHARE_WEAKLY_TYPED = 0.9
+
+
+class EngineBuildError(KarstDeployError):
+    """The TensorRT parser or builder rejected the network."""
+
+
+@dataclass
+class BuiltEngine:
+    """A serialized engine in memory, with what was asked and what the inspector found."""
+
+    data: bytes
+    summary: OnnxSummary
+    request: BuildRequest
+    precision: PrecisionReport
+    dla_fallback_layers: list[str]
+    environment: RuntimeEnvironment
+    seconds: float
+
+
+def _status(progress: bool, text: str) -> AbstractContextManager[Any]:
+    """A spinner on stderr (stdout stays clean for --json) while a phase runs."""
+    if not progress:
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
+
+
+def _parse(
+    trt: Any, summary: OnnxSummary, request: BuildRequest, logger: Any
+) -> tuple[Any, Any, Any]:
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None and not request.weakly_typed_fp16:
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(os.fspath(summary.path)):
+        errors = []
+        for i in range(parser.num_errors):
+            error = parser.get_error(i)
+            errors.append(
+                f"node {error.node()} '{error.node_name()}' ({error.node_operator()}): "
+                f"{error.desc()}"
+            )
+        raise EngineBuildError(
+            f"The TensorRT {trt.__version__} ONNX parser rejected '{summary.path}' with "
+            f"{len(errors)} error(s): " + "; ".join(errors or logger.errors)
+        )
+    return builder, network, parser
+
+
+def _configure(
+    trt: Any,
+    builder: Any,
+    network: Any,
+    summary: OnnxSummary,
+    options: BuildOptions,
+    request: BuildRequest,
+) -> tuple[Any, list[str]]:
+    config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    # TensorRT enables TF32 by default (BuilderFlag.kTF32, NvInfer.h): fp32 GEMMs would round
+    # their inputs to 10-bit mantissas. fp32 in the ONNX means fp32 here, so an fp32 engine
+    # (or an fp32 head) agrees with fp32 ONNX Runtime within the fp32 parity tolerance.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if options.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if summary.fixed_batch is None:
+        shapes = request.batch.shapes(summary.input_chw)
+        profile = builder.create_optimization_profile()
+        profile.set_shape(summary.input_name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(profile)
+    if options.builder_optimization_level is not None:
+        config.builder_optimization_level = options.builder_optimization_level
+    if request.weakly_typed_fp16:
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            raise InputError(
+                f"--fp16 is a TensorRT 10.x path; TensorRT {trt.__version__} removed "
+                "BuilderFlag.FP16 (networks are strongly typed). Convert the ONNX with "
+                "`karst-deploy export --precision fp16` and build that file."
+            )
+        config.set_flag(trt.BuilderFlag.FP16)
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compat != "none":
+        config.hardware_compatibility_level = getattr(
+            trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[options.hardware_compat]
+        )
+    if options.timing_cache is not None:
+        cached = options.timing_cache.read_bytes() if options.timing_cache.exists() else b""
+        cache = config.create_timing_cache(cached)
+        if cache is None:
+            raise InputError(
+                f"--timing-cache '{options.timing_cache}' is not a TensorRT timing cache."
+            )
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    fallback: list[str] = []
+    if options.dla_core is not None:
+        if options.dla_core >= builder.num_DLA_cores:
+            raise InputError(
+                f"--dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA "
+                "core(s), numbered from 0 (Jetson AGX Orin and Orin NX have DLAs; desktop GPUs "
+                "and Orin Nano have none)."
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = options.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if not config.can_run_on_DLA(layer):
+                fallback.append(f"{layer.name} ({layer.type.name})")
+    return config, fallback
+
+
+def _inspect(
+    trt: Any,
+    data: bytes,
+    summary: OnnxSummary,
+    request: BuildRequest,
+    logger: Any,
+    options: BuildOptions,
+) -> PrecisionReport:
+    from karst_deploy.backends.tensorrt import deserialize_engine
+
+    engine, _runtime = deserialize_engine(
+        trt, data, logger, version_compatible=options.version_compatible
+    )
+    context = engine.create_execution_context()
+    if summary.fixed_batch is None:
+        context.set_input_shape(summary.input_name, (request.batch.opt, *summary.input_chw))
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
+    layers = parse_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    del inspector, context, engine, _runtime  # in dependency order
+    if request.weakly_typed_fp16:  # the graph says fp32; every GEMM is expected in fp16
+        return check_precision(layers, "fp16", min_match_share=MIN_MATCH_SHARE_WEAKLY_TYPED)
+    return check_precision(
+        layers,
+        request.precision,
+        summary.compute_nodes,
+        min_match_share=MIN_MATCH_SHARE[request.precision],
+    )
+
+
+def build_in_memory(
+    onnx: str | os.PathLike[str], options: BuildOptions = BuildOptions(), *, progress: bool = True
+) -> BuiltEngine:
+    """Parse, build and inspect; raise unless the engine runs in the requested precision."""
+    summary = summarize_onnx(onnx)
+    return _build(summary, resolve_request(summary, options), options, progress)
+
+
+def _build(
+    summary: OnnxSummary, request: BuildRequest, options: BuildOptions, progress: bool
+) -> BuiltEngine:
+    from karst_deploy.backends.tensorrt import import_tensorrt, make_logger, runtime_environment
+
+    trt = import_tensorrt()
+    environment = runtime_environment(trt)
+    logger = make_logger(trt)
+    started = time.perf_counter()
+    with _status(progress, f"Parsing {summary.path.name} with TensorRT {trt.__version__}"):
+        builder, network, _parser = _parse(trt, summary, request, logger)
+    config, fallback = _configure(trt, builder, network, summary, options, request)
+    with _status(progress, f"Building the {request.precision} engine (minutes for a ViT-B)"):
+        serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} could not build an engine from '{summary.path}': "
+            + ("; ".join(logger.errors) or "the builder returned no engine")
+        )
+    data = bytes(memoryview(serialized))
+    if options.timing_cache is not None:  # a cache: updated in place, atomically
+        with atomic_output(options.timing_cache, force=True) as tmp:
+            tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    with _status(progress, "Inspecting the engine's layer precisions"):
+        report = _inspect(trt, data, summary, request, logger, options)
+    if options.precision_check and not report.passed:
+        raise VerificationError(
+            f"The engine built from '{summary.path}' does not run in the requested "
+            f"{request.precision} precision: {report.explain()}. No engine was written."
+        )
+    return BuiltEngine(
+        data=data,
+        summary=summary,
+        request=request,
+        precision=report,
+        dla_fallback_layers=fallback,
+        environment=environment,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def build_engine(
+    onnx: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: BuildOptions = BuildOptions(),
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build `onnx` into the engine `out` and its sidecar ``out.json``; return the sidecar.
+
+    Inputs, options and the outputs' absence are all checked before TensorRT is touched;
+    nothing is written unless the build and its precision check succeed.
+    """
+    out = Path(out)
+    summary = summarize_onnx(onnx)
+    request = resolve_request(summary, options)
+    refuse_existing(out, force)
+    refuse_existing(sidecar_path(out), force)
+    built = _build(summary, request, options, progress)
+    with atomic_output(out, force=force) as tmp:
+        tmp.write_bytes(built.data)
+    shapes = request.batch.shapes(summary.input_chw)
+    record = make_sidecar(
+        engine_sha256=hashlib.sha256(built.data).hexdigest(),
+        environment=built.environment,
+        onnx={"path": str(summary.path), "sha256": summary.sha256},
+        precision={
+            **built.precision.to_dict(),
+            "checked": options.precision_check,
+            "source": summary.precision_source,
+        },
+        profile={
+            "input": summary.input_name,
+            **{point: list(shape) for point, shape in shapes.items()},
+        },
+        builder={
+            "strongly_typed": not request.weakly_typed_fp16,
+            "tf32": False,
+            "fp16_flag": request.weakly_typed_fp16,
+            "workspace_mib": options.workspace_mib,
+            "builder_optimization_level": options.builder_optimization_level,
+            "timing_cache": str(options.timing_cache) if options.timing_cache else None,
+            "dla_core": options.dla_core,
+            "dla_fallback_layers": built.dla_fallback_layers,
+            "hardware_compat": options.hardware_compat,
+            "version_compatible": options.version_compatible,
+            "build_seconds": round(built.seconds, 1),
+        },
+        build_command=options.command(summary.path, out),
+        provenance=summary.provenance,
+    )
+    try:
+        write_json(sidecar_path(out), record, force=True)
+    except BaseException:
+        out.unlink(missing_ok=True)  # never an engine without its sidecar
+        raise
+    return {"engine": str(out), "sidecar": str(sidecar_path(out)), **record}

@@ -1,0 +1,159 @@
+"""`train --placement spt`: an SPT allocation made on the training backbone itself.
+
+A `SptRequest` stands where an adapter config goes in a `TrainConfig`. Training builds the
+backbone with its fresh head, then `resolve` turns the request into the `SptConfig` it
+installs: sensitivity read from a scores file (``karst-deploy sensitivity``, checked against
+this backbone and checkpoint) or computed on the training split, then `allocate`. The
+structured config's ``targets`` are the SPT candidates; its other fields configure the
+structured modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, ClassVar
+
+from torch import nn
+
+from karst_deploy.adapters.base import AdapterConfig
+from karst_deploy.adapters.karst import KarstConfig
+from karst_deploy.adapters.spt import STRUCTURED_CONFIGS, SptConfig
+from karst_deploy.errors import InputError
+from karst_deploy.placement.allocation import allocate, parse_budget
+from karst_deploy.placement.sensitivity import (
+    candidate_weights,
+    check_scores_fit,
+    compute_sensitivity,
+    load_scores,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SptRequest:
+    """Budget, structured module, σ, and where sensitivity comes from (`scores` or on the fly)."""
+
+    method: ClassVar[str] = "spt"
+
+    budget: int | str
+    structured: AdapterConfig = dataclasses.field(default_factory=KarstConfig)
+    sigma: float = 10.0
+    scores: str | None = None
+    batches: int = 16
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budget", parse_budget(self.budget))
+        if not isinstance(self.structured, tuple(STRUCTURED_CONFIGS.values())):
+            raise InputError(
+                f"--structured must be karst or lora; got a {type(self.structured).__name__}."
+            )
+        sigma = self.sigma
+        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+            raise InputError(f"--sigma is {sigma!r}; expected a positive number (SPT uses 10).")
+        if self.scores is not None and not os.path.isfile(self.scores):
+            raise InputError(f"--scores '{self.scores}' does not exist (karst-deploy sensitivity).")
+        for name, value in (("batches", self.batches), ("batch-size", self.batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"--{name} is {value!r}; expected a positive integer.")
+
+    def to_hparams(self) -> dict[str, Any]:
+        """The request as JSON values (train_log.json records it; placement.json the outcome)."""
+        return {
+            "placement": "spt",
+            "budget": self.budget,
+            "structured": {"method": self.structured.method, **self.structured.to_hparams()},
+            "sigma": self.sigma,
+            "scores": self.scores,
+            **({} if self.scores else {"batches": self.batches, "batch_size": self.batch_size}),
+        }
+
+    def resolve(self, model: nn.Module, train: Any, *, progress: bool = False) -> SptConfig:
+        """The SPT config for `model` (a plain backbone): sensitivity, then `allocate`.
+
+        `train` is the training split (`LabelledImages`); it is preprocessed for `model` here.
+        """
+        from karst_deploy.models import backbone_spec
+
+        candidates = candidate_weights(model, self.structured.targets)
+        if self.scores is not None:
+            sensitivity = load_scores(self.scores)
+            check_scores_fit(sensitivity, model, self.scores)
+            missing = sorted(set(candidates) - set(sensitivity.scores))
+            if missing:
+                raise InputError(
+                    f"--scores '{self.scores}' has no scores for '{missing[0]}', a candidate of "
+                    f"--targets {list(self.structured.targets)}."
+                )
+        else:
+            if train is None:
+                raise InputError("SPT sensitivity needs the training split (or --scores FILE).")
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise InputError(
+                    "Under torchrun every process must allocate the same placement: compute the "
+                    "scores once with `karst-deploy sensitivity` and pass --scores FILE."
+                )
+            spec = backbone_spec(model)
+            sensitivity = compute_sensitivity(
+                model,
+                train.preprocessed_as(spec.img_size, spec.mean, spec.std),
+                batches=self.batches,
+                batch_size=self.batch_size,
+                targets=self.structured.targets,
+                progress=progress,
+            )
+        return allocate(
+            model,
+            {name: sensitivity.scores[name] for name in candidates},
+            self.budget,
+            structured=self.structured,
+            sigma=self.sigma,
+            scores_metadata={"file": self.scores, **sensitivity.metadata},
+        )
+
+
+def training_adapter(
+    placement: str,
+    method: str,
+    structured: str | None = None,
+    *,
+    budget: str | None = None,
+    sigma: float | None = None,
+    scores: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> AdapterConfig | SptRequest:
+    """What `train` trains: `method` on every target (``uniform``) or an SPT request (``spt``).
+
+    With ``spt`` the method options (``rank``, ``factor``, …, ``targets``) configure the
+    structured module named by `structured` (karst by default); the SPT-only options are
+    refused with ``uniform`` rather than ignored.
+    """
+    from karst_deploy.train.recipe import adapter_config_for
+
+    if placement == "uniform":
+        spt_only = {"--budget": budget, "--structured": structured, "--sigma": sigma}
+        given = [flag for flag, value in spt_only.items() if value is not None]
+        if scores is not None:
+            given.append("--scores")
+        if given:
+            raise InputError(f"{given[0]} applies to --placement spt only.")
+        return adapter_config_for(method, **options)
+    if placement != "spt":
+        raise InputError(f"--placement is {placement!r}; expected 'uniform' or 'spt'.")
+    if method != "karst":
+        raise InputError(
+            "--method does not apply with --placement spt; choose the structured module with "
+            "--structured karst|lora."
+        )
+    if budget is None:
+        raise InputError("--placement spt needs --budget, e.g. --budget 0.4M.")
+    structured = structured or "karst"
+    if structured not in STRUCTURED_CONFIGS:
+        raise InputError(f"--structured is {structured!r}; expected 'karst' or 'lora'.")
+    return SptRequest(
+        budget,
+        adapter_config_for(structured, **options),
+        10.0 if sigma is None else sigma,
+        None if scores is None else os.fspath(scores),
+    )

@@ -1,0 +1,291 @@
+"""fp32 ONNX → calibrated, symmetric int8 QDQ ONNX that TensorRT takes as explicit quantization.
+
+Post-training static quantization with ONNX Runtime's ``quantize_static`` in QDQ form,
+configured for TensorRT ("Explicit Quantization", TensorRT developer guide): int8
+activations *and* weights, both symmetric (``ActivationSymmetric`` defaults to False in
+ORT, which TensorRT rejects), zero points 0, per-channel weights, and float biases
+(``QuantizeBias=False``: TensorRT's parser refuses an int32 DequantizeLinear on a bias —
+onnx/onnx-tensorrt#850, microsoft/onnxruntime#14229). Only the *inputs* of quantized nodes
+get Q/DQ, as TensorRT's Q/DQ placement guidance recommends; their outputs stay float (no
+re-quantization before the bias add, float logits; during development it was also faster
+on ORT CPU: ViT-S batch 8, 1.84× vs 1.72× over fp32). Every written graph is read back and
+checked against those rules (`graph.qdq_violations`) before it is saved.
+
+Which nodes are quantized (a deliberate choice, measured in `benchmarks/precision.py`):
+the *linear* layers — every MatMul, Gemm and Conv whose weight is a constant (qkv, proj,
+fc1, fc2, the patch embedding and the head). Kept in float: the two activation×activation
+matmuls of attention (QKᵀ and attn·V), LayerNorm, Softmax, GELU and the residual adds.
+Softmax-shaped attention inputs are the part of a ViT known to suffer under uniform int8;
+on the demo task quantizing QKᵀ and attn·V too raised the worst logit error by 10–65 %
+(every calibration method) for about 10 % more speed on ORT CPU (ViT-S batch 8: 2.27×
+vs 2.06× over fp32 — linear layers alone already meet the 1.8× target).
+``attention_matmuls=True`` quantizes them as well.
+
+The model is first prepared with ORT's ``quant_pre_process`` (shape inference and basic
+optimisation). Calibration feeds the images in small batches, one batch per collection
+step, so histogram methods (entropy, percentile) hold one batch of activations at a time.
+The tensor ranges are cached under `calibration.cache_dir()` keyed by the fp32 file's
+sha256, the calibration tensor's sha256, the method and the ONNX Runtime version, and
+reused (ORT's ``calibration_cache_path``; an ONNX Runtime without it calibrates every
+time, and the result says ``"cache": "unsupported"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from karst_deploy.errors import InputError, KarstDeployError, VerificationError
+from karst_deploy.files import refuse_existing
+from karst_deploy.precision.base import PrecisionResult, open_fp32_source, write_converted
+from karst_deploy.precision.calibration import CalibrationSet, cache_dir, cache_key, check_method
+from karst_deploy.precision.graph import check_valid, qdq_violations, quantized_nodes
+
+QUANTIZED_OP_TYPES = ("MatMul", "Gemm", "Conv")
+CALIBRATION_BATCH = 8  # images per calibration step (bounds histogram memory)
+CHECK_SAMPLES = 32
+
+
+def quantize_int8(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    calibration: CalibrationSet,
+    *,
+    method: str = "minmax",
+    attention_matmuls: bool = False,
+    use_cache: bool = True,
+    force: bool = False,
+    on_batch: Callable[[], None] | None = None,
+) -> PrecisionResult:
+    """Quantize the fp32 ONNX `source` to symmetric int8 QDQ with `calibration` and write `out`.
+
+    `on_batch()` is called for each calibration batch of `CALIBRATION_BATCH` images.
+    """
+    check_method(method)
+    refuse_existing(Path(out), force)
+    started = time.perf_counter()
+    fp32 = open_fp32_source(source)
+    _check_calibration_shape(fp32.img_size, calibration)
+
+    import onnxruntime
+    from onnxruntime.quantization import quant_pre_process
+
+    key = cache_key(
+        model_sha256=fp32.sha256,
+        data_sha256=calibration.sha256,
+        method=method,
+        op_types=QUANTIZED_OP_TYPES,
+        batch=CALIBRATION_BATCH,  # histograms are merged batch by batch
+        onnxruntime=onnxruntime.__version__,
+    )
+    cache_path, cache_state = _cache_path(key, use_cache)
+    with tempfile.TemporaryDirectory(prefix="karst-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "int8.onnx"
+        with _quiet():
+            try:
+                # ORT's symbolic shape inference cannot read Constant nodes holding
+                # value_ints (torch's dynamo exporter writes them); ONNX's own shape
+                # inference, which still runs, types every tensor of a ViT.
+                quant_pre_process(
+                    os.fspath(fp32.path), os.fspath(prepared), skip_symbolic_shape=True
+                )
+            except Exception as exc:  # shape inference/optimisation failures of ORT
+                raise KarstDeployError(
+                    f"ONNX Runtime could not prepare '{fp32.path}' for quantization "
+                    f"(quant_pre_process): {exc}"
+                ) from None
+        nodes = _nodes_to_quantize(onnx.load(os.fspath(prepared)), attention_matmuls)
+        reader = _BatchReader(fp32.input_name, calibration.images, on_batch)
+        try:
+            _quantize_static(prepared, quantized, reader, method, nodes, cache_path)
+        except Exception as exc:  # ORT's calibrators and quantizer raise many types
+            raise KarstDeployError(
+                f"ONNX Runtime could not calibrate and quantize '{fp32.path}' ({method}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        converted = onnx.load(os.fspath(quantized))
+
+    check_valid(converted, "int8")
+    problems = qdq_violations(converted)
+    if problems:
+        raise VerificationError(
+            "The int8 graph breaks TensorRT's explicit-quantization rules: "
+            + "; ".join(problems[:5])
+        )
+    done = quantized_nodes(converted, QUANTIZED_OP_TYPES)
+    missing = sorted(set(nodes) - set(done))
+    if missing:
+        raise VerificationError(
+            f"{len(missing)} node(s) selected for int8 were not quantized, first '{missing[0]}'."
+        )
+    calibration_record = {
+        "method": method,
+        **calibration.describe(),
+        "cache": cache_state,
+    }
+    scheme = {
+        "format": "QDQ",
+        "activations": "int8 symmetric per-tensor",
+        "weights": "int8 symmetric per-channel",
+        "bias": "float",
+        "op_types": list(QUANTIZED_OP_TYPES),
+        "attention_matmuls": attention_matmuls,
+        "quantized_nodes": len(done),
+    }
+    return write_converted(
+        fp32,
+        converted,
+        out,
+        precision="int8",
+        record_fields={
+            "calibration": {k: calibration_record[k] for k in _PROVENANCE_KEYS},
+            "quantization": scheme,
+        },
+        check_images=calibration.images[:CHECK_SAMPLES],
+        started=started,
+        force=force,
+        graph_details=scheme,
+        calibration=calibration_record,
+    )
+
+
+_PROVENANCE_KEYS = ("method", "samples", "data_sha256", "source")
+
+
+def _check_calibration_shape(img_size: int | None, calibration: CalibrationSet) -> None:
+    shape = calibration.images.shape
+    if img_size is not None and tuple(shape[2:]) != (img_size, img_size):
+        raise InputError(
+            f"Calibration images from '{calibration.source}' are {shape[2]}×{shape[3]}, but the "
+            f"model takes {img_size}×{img_size}."
+        )
+
+
+def _cache_path(key: str, use_cache: bool) -> tuple[Path | None, str]:
+    """The cache file to use and its state: "hit", "miss", "off" or "unsupported"."""
+    from onnxruntime.quantization import load_tensors_data, quantize_static
+
+    if not use_cache:
+        return None, "off"
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return None, "unsupported"
+    path = cache_dir() / f"{key}.json"
+    if path.is_file():
+        try:
+            load_tensors_data(path)
+            return path, "hit"
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+            path.unlink()  # a corrupt entry is recomputed, never trusted
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, "miss"
+
+
+def _nodes_to_quantize(model: onnx.ModelProto, attention_matmuls: bool) -> list[str]:
+    """Linear layers (constant weight), plus the attention matmuls when asked."""
+    constants = {t.name for t in model.graph.initializer}
+    chosen = []
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OP_TYPES:
+            continue
+        if attention_matmuls or (len(node.input) > 1 and node.input[1] in constants):
+            chosen.append(node.name)
+    if not chosen:
+        raise InputError("The model has no MatMul, Gemm or Conv with constant weights to quantize.")
+    return chosen
+
+
+class _BatchReader:
+    """ORT CalibrationDataReader over a float32 array, one batch per `get_next`."""
+
+    def __init__(self, input_name: str, images: np.ndarray, on_batch) -> None:
+        self.input_name = input_name
+        self.batches = [
+            images[i : i + CALIBRATION_BATCH] for i in range(0, len(images), CALIBRATION_BATCH)
+        ]
+        self.pending = iter(self.batches)
+        self.on_batch = on_batch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.pending = iter(self.batches[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.pending, None)
+        if batch is None:
+            return None
+        if self.on_batch is not None:
+            self.on_batch()
+        return {self.input_name: batch}
+
+
+def _quantize_static(
+    prepared: Path,
+    quantized: Path,
+    reader: _BatchReader,
+    method: str,
+    nodes: list[str],
+    cache_path: Path | None,
+) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
+        # One batch per collection step: histograms are merged as they come.
+        "CalibStridedMinMax": 1,
+    }
+    optional = {"calibration_cache_path": os.fspath(cache_path)} if cache_path else {}
+    with _quiet():
+        quantize_static(
+            os.fspath(prepared),
+            os.fspath(quantized),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options=extra,
+            **optional,
+        )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence ORT's quantization chatter (prints and warnings) so --json output stays JSON."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)

@@ -1,0 +1,149 @@
+"""What people see: progress bars, rich tables and PNG plots for parity and bench results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from karst_deploy.bench import BenchResult
+    from karst_deploy.parity import Comparison, ParityReport
+
+progress_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str, total: int, *, enabled: bool = True
+) -> Iterator[Callable[[], None]]:
+    """A transient rich progress bar on stderr; yields a function that advances it by one."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=progress_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+
+
+def _mark(passed: bool | None) -> str:
+    return {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[dim]n/a[/]"}[passed]
+
+
+def parity_table(report: ParityReport) -> Table:
+    """One column per (stage pair, input set), one row per metric, and the verdict."""
+    table = Table(title="verify-parity", title_justify="left")
+    table.add_column("")
+    for c in report.comparisons:
+        table.add_column(f"{c.reference}\n→ {c.candidate}\n({c.inputs})", justify="right")
+
+    def row(label: str, cell: Callable[[Comparison], str]) -> None:
+        table.add_row(label, *(cell(c) for c in report.comparisons))
+
+    def allowed(comparison: Comparison) -> str:
+        limits = [k.limit for k in comparison.checks if k.name == "max abs diff"]
+        return f"{limits[0]:.2e}" if limits else "–"
+
+    def cosine(value: float) -> str:  # 0.99999999999 hides the interesting digits
+        return f"1 − {1 - value:.1e}" if value > 0.999 else f"{value:.6f}"
+
+    def accuracy(metrics: dict[str, float]) -> str:
+        if "accuracy_reference" not in metrics:
+            return "–"
+        return f"{metrics['accuracy_reference']:.1f} → {metrics['accuracy_candidate']:.1f}"
+
+    row("max abs diff", lambda c: f"{c.metrics['max_abs_diff']:.2e}")
+    row("  allowed", allowed)
+    row("max rel diff", lambda c: f"{c.metrics['max_rel_diff']:.2e}")
+    row("min cosine", lambda c: cosine(c.metrics["min_cosine"]))
+    row("top-1 agreement", lambda c: f"{c.metrics['top1_agreement']:.1%}")
+    row("top-5 agreement", lambda c: f"{c.metrics['top5_agreement']:.1%}")
+    if report.accuracy:
+        row("accuracy %", lambda c: accuracy(c.metrics))
+    row("verdict", lambda c: _mark(c.passed if c.checks else None))  # None: reported only
+    return table
+
+
+def bench_table(result: BenchResult) -> Table:
+    """One row per (model, batch): latency percentiles, throughput, ratio to the baseline."""
+    table = Table(title=f"bench ({result.runner}, {result.rounds} rounds)", title_justify="left")
+    table.add_column("model")
+    table.add_column("batch", justify="right")
+    for column in ("median ms", "p90 ms", "p99 ms", "images/s", f"÷ {result.baseline} [95% CI]"):
+        table.add_column(column, justify="right")
+    for batch in result.batches:
+        for label in result.models:
+            stats = result.latency[label][str(batch)]
+            ratio = result.ratios.get(label, {}).get(str(batch))
+            ratio_text = (
+                f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
+                if ratio
+                else "–"
+            )
+            table.add_row(
+                label,
+                str(batch),
+                f"{stats['median_ms']:.2f}",
+                f"{stats['p90_ms']:.2f}",
+                f"{stats['p99_ms']:.2f}",
+                f"{stats['throughput']:.1f}",
+                ratio_text,
+            )
+    return table
+
+
+def verdict_lines(result: BenchResult) -> list[str]:
+    """The zero-added-latency verdict and its two halves, as printable lines."""
+    verdict = result.verdict
+    if verdict is None:
+        return []
+    lines = [
+        f"zero added latency ({verdict['candidate']} vs {verdict['baseline']}): "
+        f"{_mark(verdict['passed'])}",
+        f"  structure: {_mark(verdict['structure']['same'])} {verdict['structure']['summary']}",
+    ]
+    for batch, check in verdict["latency"].items():
+        lines.append(f"  batch {batch}: {_mark(check['passed'])} {check['detail']}")
+    return lines
+
+
+def plot_latencies(
+    result: BenchResult, path: str | os.PathLike[str], *, force: bool = False
+) -> Path:
+    """A PNG of the latency distribution of every model, one panel per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from karst_deploy.files import atomic_output
+
+    batches = result.batches
+    figure, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4), squeeze=False)
+    for axis, batch in zip(axes[0], batches, strict=True):
+        samples = [result.samples_ms[label][str(batch)] for label in result.models]
+        axis.violinplot(samples, showmedians=True)
+        axis.set_xticks(range(1, len(result.models) + 1), list(result.models), rotation=15)
+        axis.set_title(f"batch {batch}")
+        axis.set_ylabel("latency (ms)")
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(f"{result.runner} latency, {result.rounds} interleaved rounds")
+    figure.tight_layout()
+    with atomic_output(path, force=force) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    return Path(path)

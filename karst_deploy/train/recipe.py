@@ -1,0 +1,151 @@
+"""The training recipe: every knob of a run, with the KARST paper's defaults (METHODS.md).
+
+Defaults are the reference VTAB script's: AdamW with weight decay lr/10, batch 32, lr 1e-3,
+cosine schedule over 100 epochs of which 10 are a linear warm-up starting at lr/100,
+minimum lr lr/10, drop-path 0.1, head trained with the adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from karst_deploy.adapters import (
+    AdapterConfig,
+    KAdaptationConfig,
+    KarstConfig,
+    LinearConfig,
+    LoraConfig,
+)
+from karst_deploy.errors import InputError
+from karst_deploy.placement.request import SptRequest
+
+METHOD_CONFIGS: dict[str, type[AdapterConfig]] = {
+    "karst": KarstConfig,
+    "kadaptation": KAdaptationConfig,
+    "lora": LoraConfig,
+    "linear": LinearConfig,
+}
+# Which command-line method options each method takes (the rest are refused, not ignored).
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "karst": ("factor", "rank", "kernels", "alpha", "rescale", "targets"),
+    "lora": ("rank", "alpha", "targets"),
+    "kadaptation": ("kernels", "scale", "targets"),
+    "linear": (),
+}
+
+
+def adapter_config_for(method: str, **options: Any) -> AdapterConfig:
+    """Build `method`'s config from the options that were given (None means "default").
+
+    An option the method does not take is refused, naming the flag, rather than silently
+    ignored: ``--factor`` means nothing to LoRA.
+    """
+    if method not in METHOD_CONFIGS:
+        raise InputError(f"--method is '{method}'; expected one of {sorted(METHOD_CONFIGS)}.")
+    given = {key: value for key, value in options.items() if value is not None}
+    allowed = METHOD_OPTIONS[method]
+    for key in given:
+        if key not in allowed:
+            takes = ", ".join(f"--{o}" for o in allowed) or "no method options"
+            raise InputError(f"--{key} does not apply to --method {method}; it takes {takes}.")
+    if isinstance(given.get("targets"), str):
+        given["targets"] = tuple(t.strip() for t in given["targets"].split(",") if t.strip())
+    return METHOD_CONFIGS[method](**given)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: backbone, data, adapter method and the optimisation recipe.
+
+    ``batch_size`` is the *global* batch: under torchrun each of N processes takes
+    ``batch_size / N`` images of every batch, so N processes follow the same trajectory as
+    one (up to float reduction order). ``weight_decay``, ``warmup_lr`` and ``min_lr``
+    default to lr/10, lr/100 and lr/10. ``epochs`` counts the warm-up epochs too.
+    """
+
+    backbone: str
+    data: str
+    adapter: AdapterConfig | SptRequest = dataclasses.field(default_factory=KarstConfig)
+    checkpoint: str | os.PathLike[str] | None = None
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    img_size: int | None = None
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float | None = None
+    warmup_epochs: int = 10
+    warmup_lr: float | None = None
+    min_lr: float | None = None
+    drop_path: float = 0.1
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    strict_images: bool = False
+
+    def __post_init__(self) -> None:
+        positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in positive_ints.items():
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"--{_flag(name)} is {value!r}; expected a positive integer.")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise InputError(
+                f"--warmup-epochs is {self.warmup_epochs}; expected 0 <= warm-up < --epochs "
+                f"({self.epochs}) so that the cosine phase has at least one epoch."
+            )
+        for name in ("lr", "weight_decay", "warmup_lr", "min_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"--{_flag(name)} is {value!r}; expected a finite number >= 0.")
+        if self.lr <= 0:
+            raise InputError(f"--lr is {self.lr!r}; expected a positive learning rate.")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise InputError(f"--drop-path is {self.drop_path!r}; expected 0 <= rate < 1.")
+        if self.num_workers < 0:
+            raise InputError(f"--num-workers is {self.num_workers}; expected >= 0.")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise InputError(f"--device is {self.device!r}; expected auto, cpu, cuda or cuda:N.")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise InputError(f"--checkpoint '{self.checkpoint}' does not exist or is not a file.")
+        if "num_classes" in self.model_kwargs:
+            raise InputError(
+                "model_kwargs must not set 'num_classes': the number of classes comes from the "
+                "training data."
+            )
+        kwargs_size = self.model_kwargs.get("img_size", self.img_size)
+        if self.img_size is not None and kwargs_size != self.img_size:
+            raise InputError(
+                f"--img-size {self.img_size} contradicts model_kwargs img_size {kwargs_size}."
+            )
+        if not isinstance(self.adapter, (AdapterConfig, SptRequest)):
+            raise InputError(f"adapter must be an adapter config, not {self.adapter!r}.")
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        return self.lr / 10 if self.weight_decay is None else self.weight_decay
+
+    @property
+    def resolved_warmup_lr(self) -> float:
+        return self.lr / 100 if self.warmup_lr is None else self.warmup_lr
+
+    @property
+    def resolved_min_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full recipe as JSON values, derived defaults filled in (for train_log.json)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["adapter"] = {"method": self.adapter.method, **self.adapter.to_hparams()}
+        data["checkpoint"] = None if self.checkpoint is None else os.fspath(self.checkpoint)
+        data["weight_decay"] = self.resolved_weight_decay
+        data["warmup_lr"] = self.resolved_warmup_lr
+        data["min_lr"] = self.resolved_min_lr
+        return data
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

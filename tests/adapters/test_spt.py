@@ -1,0 +1,304 @@
+"""The "spt" adapter method: the shared merge/storage contract, sparse deltas, hostile files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import karst_deploy as kd
+from karst_deploy.adapters import AdaptedLinear, AdapterFile, count_trainable
+from karst_deploy.adapters.spt import MatrixPlacement, Placement, SparseDelta
+from karst_deploy.errors import AdapterFileError, InputError
+from tests.adapters import test_merge as merge_contract
+from tests.adapters import test_storage as storage_contract
+from tests.cases import (
+    BACKBONE_CASES,
+    adapted,
+    backbone_params,
+    images,
+    spt_case_config,
+    spt_params,
+)
+
+# The generic checks of the merge contract and the adapter format, run on the SPT cases.
+CONTRACT = {
+    "exact-in-float64": merge_contract.test_merge_is_exact_in_float64,
+    "float32-matches-and-differs-from-base": (
+        merge_contract.test_merge_in_float32_matches_and_differs_from_base
+    ),
+    "merged-is-the-plain-backbone": merge_contract.test_merged_model_is_the_plain_backbone,
+    "save-load-is-bit-exact": storage_contract.test_save_load_round_trip_is_bit_exact,
+}
+
+
+@pytest.mark.parametrize("check", list(CONTRACT))
+@spt_params
+@backbone_params
+def test_spt_follows_the_merge_and_storage_contract(check, method, backbone, tmp_path):
+    extra = {"tmp_path": tmp_path} if check == "save-load-is-bit-exact" else {}
+    CONTRACT[check](method=method, backbone=backbone, **extra)
+
+
+@spt_params
+@backbone_params
+def test_fresh_spt_adapters_mix_decisions_spend_the_budget_and_change_nothing(method, backbone):
+    base = backbone.build()
+    config = spt_case_config(backbone, method)
+    decisions = {m.decision for m in config.placement.matrices}
+    assert {"structured", "sparse"} <= decisions
+    model = kd.add_adapters(backbone.build(), config)
+    assert count_trainable(model) == config.placement.parameters
+    assert abs(config.placement.parameters - config.placement.budget) <= 0.02 * (
+        config.placement.budget
+    )
+    frozen = [m.name for m in config.placement.matrices if m.decision == "frozen"]
+    assert all(not isinstance(model.get_submodule(name), AdaptedLinear) for name in frozen)
+    x = images(backbone)
+    with torch.no_grad():
+        assert torch.equal(model(x), base(x))
+
+
+@spt_params
+def test_one_step_moves_values_never_indices_and_the_delta_sits_on_them(method, tiny_case):
+    model = adapted(tiny_case, method).train()
+    sparse = {p: m.adapter for p, m in model.named_modules() if isinstance(m, AdaptedLinear)}
+    sparse = {p: a for p, a in sparse.items() if isinstance(a, SparseDelta)}
+    assert sparse
+    indices = {p: a.indices.clone() for p, a in sparse.items()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(images(tiny_case)).logsumexp(-1).mean().backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= trainable and any(n.endswith(".spt.values") for n in changed)
+    merged = kd.merge(model)
+    for path, adapter in sparse.items():
+        assert torch.equal(adapter.indices, indices[path])
+        # The merged weight differs from the backbone's exactly at the selected entries.
+        difference = merged.get_submodule(path).weight - model.get_submodule(path).weight
+        assert torch.equal(torch.nonzero(difference.flatten()).flatten(), adapter.indices)
+
+
+def test_a_placement_for_another_backbone_is_refused(tiny_case):
+    config = spt_case_config(tiny_case, "spt-lora")
+    other = BACKBONE_CASES[2].build()  # deit-768: other layers and shapes
+    with pytest.raises(AdapterFileError, match="placement"):
+        kd.add_adapters(other, config)
+
+
+def test_a_placement_without_indices_points_to_load_adapters(tiny_case):
+    config = spt_case_config(tiny_case, "spt-karst")
+    bare = type(config)(config.structured, config.placement.with_indices({}))
+    with pytest.raises(InputError, match="load_adapters"):
+        kd.add_adapters(tiny_case.build(), bare)
+
+
+def test_spt_directory_layout(tiny_case, tmp_path):
+    model = adapted(tiny_case, "spt-karst")
+    kd.save_adapters(model, tmp_path / "a")
+    document = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert document["method"] == "spt" and document["placement"] == "placement.json"
+    assert document["structured"] == {
+        "method": "karst",
+        "factor": 8,
+        "rank": 8,
+        "kernels": 8,
+        "alpha": 1.0,
+        "rescale": "channel",
+    }
+    placement = json.loads((tmp_path / "a" / "placement.json").read_text())
+    assert placement["format"] == "karst-deploy.placement" and placement["sigma"] == 10.0
+    assert placement["totals"]["parameters"] == count_trainable(model)
+    tensors = load_file(tmp_path / "a" / "adapter.safetensors")
+    for matrix in placement["matrices"]:
+        key = f"{matrix['name']}.spt.indices"
+        if matrix["decision"] == "sparse":
+            assert tensors[key].dtype == torch.int64
+            assert tensors[key].numel() == matrix["parameters"]
+        else:
+            assert key not in tensors
+    assert set(AdapterFile(tmp_path / "a").sha256()) == {
+        "adapter_config.json",
+        "adapter.safetensors",
+        "placement.json",
+    }
+    # A model that already carries the same placement takes the file's values.
+    target = adapted(tiny_case, "spt-karst", seed=7)
+    kd.load_adapters(target, tmp_path / "a")
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture
+def saved_spt(tiny_case, tmp_path) -> Path:
+    kd.save_adapters(adapted(tiny_case, "spt-karst"), tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def _edit_placement(directory: Path, edit, *, retotal: bool = False) -> None:
+    path = directory / "placement.json"
+    document = json.loads(path.read_text())
+    edit(document)
+    if retotal:  # keep the totals consistent so the edit itself is what is caught
+        matrices = tuple(
+            MatrixPlacement(
+                m["name"], tuple(m["shape"]), m["decision"], m["selected"], m["parameters"]
+            )
+            for m in document["matrices"]
+        )
+        document["totals"] = Placement("karst", 10.0, document["budget"], matrices).totals()
+    path.write_text(json.dumps(document))
+
+
+def _first(document: dict, decision: str) -> dict:
+    return next(m for m in document["matrices"] if m["decision"] == decision)
+
+
+def _sparse_key(directory: Path) -> str:
+    document = json.loads((directory / "placement.json").read_text())
+    return f"{_first(document, 'sparse')['name']}.spt.indices"
+
+
+def _edit_indices(directory: Path, edit) -> None:
+    path = directory / "adapter.safetensors"
+    tensors = load_file(path)
+    key = _sparse_key(directory)
+    tensors[key] = edit(tensors[key])
+    save_file(tensors, path)
+
+
+def _grow_sparse_count(document: dict) -> None:
+    matrix = _first(document, "sparse")
+    matrix["selected"] += 1
+    matrix["parameters"] += 1
+
+
+def _swap_first_two(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t[[0, 1]] = t[[1, 0]]
+    return t
+
+
+def _repeat_first(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t[1] = t[0]
+    return t
+
+
+def _last_out_of_range(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t[-1] = 10**9
+    return t
+
+
+def _first_negative(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t[0] = -1
+    return t
+
+
+def _values_nan(directory: Path) -> None:
+    path = directory / "adapter.safetensors"
+    tensors = load_file(path)
+    key = _sparse_key(directory).replace(".indices", ".values")
+    tensors[key][0] = float("nan")
+    save_file(tensors, path)
+
+
+def _edit_config(directory: Path, edit) -> None:
+    path = directory / "adapter_config.json"
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+HOSTILE_SPT = {
+    "placement.json missing": (lambda d: (d / "placement.json").unlink(), r"placement\.json"),
+    "placement.json not JSON": (
+        lambda d: (d / "placement.json").write_text("{"),
+        r"placement\.json is not valid JSON",
+    ),
+    "unknown decision": (
+        lambda d: _edit_placement(d, lambda p: _first(p, "sparse").update(decision="partial")),
+        r"'matrices\[\d+\]\.decision' is 'partial'",
+    ),
+    "tampered totals": (
+        lambda d: _edit_placement(d, lambda p: p["totals"].update(parameters=1)),
+        r"'totals\.parameters' is 1",
+    ),
+    "sparse count differs from its indices": (
+        lambda d: _edit_placement(d, _grow_sparse_count, retotal=True),
+        r"\.spt\.indices' holds \d+ indices; placement\.json says",
+    ),
+    "structured size tampered": (
+        lambda d: _edit_placement(
+            d, lambda p: _first(p, "structured").update(parameters=7), retotal=True
+        ),
+        r"structured module of 'blocks\.0\.attn\.qkv' has 7 parameters",
+    ),
+    "shape of another model": (
+        lambda d: _edit_placement(d, lambda p: _first(p, "structured").update(shape=[192, 576])),
+        r"shape \(192, 576\), but the model's weight is \(576, 192\)",
+    ),
+    "layer the model lacks": (
+        lambda d: _edit_placement(d, lambda p: _first(p, "structured").update(name="blocks.9.x")),
+        r"names layer 'blocks\.9\.x'",
+    ),
+    "structured methods disagree": (
+        lambda d: _edit_placement(d, lambda p: p.update(structured="lora")),
+        r"'structured' is 'lora' but .* says 'karst'",
+    ),
+    "placement file renamed": (
+        lambda d: _edit_config(d, lambda c: c.update(placement="other.json")),
+        r"key 'placement' is 'other\.json'",
+    ),
+    "unknown structured hyper-parameter": (
+        lambda d: _edit_config(d, lambda c: c["structured"].update(rnak=4)),
+        r"unknown key 'structured\.rnak'",
+    ),
+    "unsorted indices": (
+        lambda d: _edit_indices(d, _swap_first_two),
+        r"\.spt\.indices' is not strictly increasing",
+    ),
+    "duplicate indices": (
+        lambda d: _edit_indices(d, _repeat_first),
+        r"\.spt\.indices' is not strictly increasing",
+    ),
+    "index out of range": (
+        lambda d: _edit_indices(d, _last_out_of_range),
+        r"\.spt\.indices' holds index 1000000000, outside",
+    ),
+    "negative index": (
+        lambda d: _edit_indices(d, _first_negative),
+        r"\.spt\.indices' holds index -1, outside",
+    ),
+    "int32 indices": (
+        lambda d: _edit_indices(d, lambda t: t.to(torch.int32)),
+        r"\.spt\.indices' has dtype torch\.int32; expected torch\.int64",
+    ),
+    "float indices": (
+        lambda d: _edit_indices(d, lambda t: t.to(torch.float32)),
+        r"\.spt\.indices' has dtype torch\.float32",
+    ),
+    "2-D indices": (
+        lambda d: _edit_indices(d, lambda t: t[None]),
+        r"\.spt\.indices' has shape \(1, \d+\); expected a non-empty 1-D",
+    ),
+    "NaN sparse value": (_values_nan, r"\.spt\.values' holds NaN"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(HOSTILE_SPT))
+def test_hostile_spt_directories_are_refused(corruption, saved_spt, tiny_case):
+    corrupt, message = HOSTILE_SPT[corruption]
+    corrupt(saved_spt)
+    model = tiny_case.build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AdapterFileError, match=message):
+        kd.load_adapters(model, saved_spt)
+    assert kd.adapters.adapter_config(model) is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

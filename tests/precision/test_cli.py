@@ -1,0 +1,121 @@
+"""Precision on the command line: export --precision, convert-precision, and the gates/bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from karst_deploy.cli import app
+from karst_deploy.precision import convert_precision
+from karst_deploy.provenance import read_provenance
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _parity_args(digits_model, onnx_path):
+    return (
+        "verify-parity",
+        "--adapter",
+        digits_model.adapter,
+        "--checkpoint",
+        digits_model.checkpoint,
+        "--onnx",
+        onnx_path,
+        "--data",
+        "digits",
+        "--samples",
+        len(digits_model.test_labels),
+        "--threads",
+        1,
+    )
+
+
+def test_export_int8_then_verify_parity_passes(digits_model, tmp_path):
+    out = tmp_path / "int8.onnx"
+    exported = run(
+        "export",
+        "--adapter",
+        digits_model.adapter,
+        "--checkpoint",
+        digits_model.checkpoint,
+        "--precision",
+        "int8",
+        "--calib",
+        "digits",
+        "--calib-samples",
+        64,
+        "--out",
+        out,
+        "--json",
+    )
+    assert exported.exit_code == 0, exported.output
+    summary = json.loads(exported.output)
+    assert summary["precision"] == "int8" and summary["fp32_export"]["kind"] == "merged"
+    assert read_provenance(out)["calibration"]["samples"] == 64
+    report_path = tmp_path / "report.json"
+    parity = run(*_parity_args(digits_model, out), "--json", report_path)
+    assert parity.exit_code == 0, parity.output
+    assert json.loads(report_path.read_text())["passed"] is True
+
+
+def test_a_constant_calibration_fails_verify_parity_with_exit_1(digits_model, tmp_path):
+    zeros = tmp_path / "zeros.npz"
+    np.savez(zeros, images=np.zeros((32, 3, 16, 16), np.float32))
+    broken = tmp_path / "broken.onnx"
+    converted = run(
+        "convert-precision",
+        "--onnx",
+        digits_model.fp32_onnx,
+        "--precision",
+        "int8",
+        "--calib",
+        zeros,
+        "--out",
+        broken,
+    )
+    assert converted.exit_code == 0, converted.output
+    parity = run(*_parity_args(digits_model, broken))
+    assert parity.exit_code == 1
+    assert "accuracy drop" in parity.output and "exceeds 1 pt" in parity.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--precision", "int8"), "needs calibration data"),
+        (("--precision", "fp16", "--calib", "digits"), "int8 only"),
+        (("--precision", "bf16"), "Unknown precision"),
+        (("--precision", "int8", "--calib", "digits", "--calib-method", "mse"), "minmax"),
+        (("--precision", "int8", "--calib", "nowhere.npz"), "does not exist"),
+    ],
+)
+def test_bad_conversion_requests_exit_2_with_one_paragraph(digits_model, tmp_path, args, message):
+    result = run(
+        "convert-precision", "--onnx", digits_model.fp32_onnx, "--out", tmp_path / "x.onnx", *args
+    )
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bench_puts_precisions_side_by_side(digits_model, tmp_path):
+    fp16 = convert_precision(digits_model.fp32_onnx, tmp_path / "fp16.onnx", "fp16").path
+    int8 = tmp_path / "int8.onnx"
+    convert_precision(digits_model.fp32_onnx, int8, "int8", calib="digits", calib_samples=32)
+    bench_args = ("bench", "--onnx", digits_model.fp32_onnx, "--baseline", digits_model.fp32_onnx)
+    report = tmp_path / "bench.json"
+    result = run(*bench_args, "--fp16", fp16, "--int8", int8, "--rounds", 3, "--json", report)
+    assert result.exit_code in (0, 1), result.output  # 1: a latency verdict on 3 rounds
+    measured = json.loads(report.read_text())
+    assert set(measured["models"]) == {"base", "merged", "merged-fp16", "merged-int8"}
+    assert set(measured["ratios"]["merged-int8"]) == {"1", "8"}
+
+    mislabelled = run(*bench_args, "--int8", fp16, "--rounds", 3)
+    assert mislabelled.exit_code == 2 and "not int8" in mislabelled.output
+    needs_data = run(*_parity_args(digits_model, int8)[:7])  # verify-parity without --data
+    assert needs_data.exit_code == 2 and "--data" in needs_data.output

@@ -1,0 +1,28 @@
+"""`doctor` says what this machine lacks for the GPU paths, and how to get each piece."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import onnxruntime
+import torch
+
+from karst_deploy.doctor import diagnose
+
+
+def test_doctor_reports_gpus_and_what_is_missing():
+    report = diagnose()
+    assert report["cuda_build"] == torch.version.cuda
+    assert len(report["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    for gpu in report["gpus"]:
+        assert set(gpu) == {"name", "compute_capability", "memory_gib"}
+    missing = report["missing"]
+    assert ("CUDA GPU" in missing) == (not torch.cuda.is_available())
+    assert ("onnxruntime-gpu" in missing) == (
+        "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    )
+    if importlib.util.find_spec("tensorrt") is None:
+        assert not report["tensorrt"]["available"]
+        assert "JetPack" in missing["TensorRT"] and "--system-site-packages" in missing["TensorRT"]
+    if "CUDA GPU" in missing:
+        assert "JetPack" in missing["CUDA GPU"]

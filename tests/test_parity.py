@@ -1,0 +1,181 @@
+"""verify-parity: passes for every adapter method, fails on a perturbed ONNX, refuses a mismatch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
+from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.export import export_onnx
+from karst_deploy.parity import (
+    TOLERANCES,
+    Stage,
+    Tolerance,
+    compare_logits,
+    tolerance_for,
+    verify_parity,
+)
+from tests.cases import METHOD_CASES, method_params
+from tests.export.artifacts import export_base, save_adapter
+from tests.test_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """For every method: an adapter directory and its merged ONNX export."""
+    root = tmp_path_factory.mktemp("parity")
+    result = {}
+    for method in METHOD_CASES:
+        adapter = save_adapter(root / method, method)
+        result[method] = (adapter, export_onnx(root / f"{method}.onnx", adapter=adapter).path)
+    return result
+
+
+@pytest.fixture(scope="module")
+def perturbed(exports, tmp_path_factory):
+    """The KARST export with one initializer (block 0's qkv weight) perturbed by ±1e-2."""
+    _, path = exports["karst-channel"]
+    model = onnx.load(str(path))
+    weight = next(t for t in model.graph.initializer if t.name == "blocks.0.attn.qkv.weight")
+    values = onnx.numpy_helper.to_array(weight)
+    signs = np.random.default_rng(0).choice([-1.0, 1.0], size=values.shape).astype(np.float32)
+    weight.CopyFrom(onnx.numpy_helper.from_array(values + 1e-2 * signs, weight.name))
+    out = tmp_path_factory.mktemp("perturbed") / "perturbed.onnx"
+    onnx.save(model, str(out))  # provenance (metadata_props) is kept: only a weight changed
+    return out
+
+
+@method_params
+def test_parity_passes_for_every_method(method, exports):
+    adapter, path = exports[method]
+    report = verify_parity(path, adapter, data="digits", samples=24, show_progress=False)
+    assert report.passed, report.failures
+    assert [s["name"] for s in report.stages] == ["torch-unmerged", "torch-merged", "onnxruntime"]
+    pairs = [(c.reference, c.candidate, c.inputs) for c in report.comparisons]
+    assert pairs == [
+        ("torch-unmerged", "torch-merged", "random"),
+        ("torch-unmerged", "torch-merged", "images"),
+        ("torch-merged", "onnxruntime", "random"),
+        ("torch-merged", "onnxruntime", "images"),
+    ]
+    for comparison in report.comparisons:
+        assert comparison.metrics["max_abs_diff"] <= 1e-4 * max(
+            1, comparison.metrics["max_abs_reference"]
+        )
+        assert comparison.metrics["min_cosine"] > 0.999999
+    accuracy = report.accuracy["images"]
+    assert len(set(accuracy.values())) == 1  # the same answers, so the same accuracy
+    assert report.to_dict()["passed"] is True
+
+
+def test_merged_onnx_differs_from_the_plain_backbone(exports, tmp_path):
+    """An adapter that changed nothing would pass parity; these adapters do change the output."""
+    base = export_base(tmp_path / "base.onnx").path
+    images = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    with OnnxRuntimeRunner(base) as runner:
+        plain = runner.infer(images)
+    for _, path in exports.values():
+        with OnnxRuntimeRunner(path) as runner:
+            assert np.abs(runner.infer(images) - plain).max() > 1e-2
+
+
+def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path):
+    adapter, _ = exports["karst-channel"]
+    report_path = tmp_path / "report.json"
+    result = run_cli(
+        "verify-parity", "--adapter", str(adapter), "--onnx", str(perturbed),
+        "--samples", "16", "--json", str(report_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "torch-merged → onnxruntime" in result.stderr and "max abs diff" in result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["passed"] is False and report["failures"]
+    failed = [c for c in report["comparisons"] if not c["passed"]]
+    assert {(c["reference"], c["candidate"]) for c in failed} == {("torch-merged", "onnxruntime")}
+    check = next(k for k in failed[0]["checks"] if k["name"] == "max abs diff")
+    assert check["value"] > check["limit"]
+
+
+def test_cli_passes_with_exit_0(exports, tmp_path):
+    adapter, path = exports["lora"]
+    result = run_cli(
+        "verify-parity", "--adapter", str(adapter), "--onnx", str(path), "--samples", "8",
+        "--data", "digits", "--json", str(tmp_path / "ok.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "ok.json").read_text())["passed"] is True
+
+
+def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):
+    adapter, _ = exports["lora"]
+    _, other = exports["karst-channel"]
+    result = run_cli("verify-parity", "--adapter", str(adapter), "--onnx", str(other))
+    assert result.returncode == 2
+    assert "another adapter" in result.stderr and "sha256" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mismatched_backbone_checkpoint_or_missing_provenance_are_refused(exports, tmp_path):
+    adapter, path = exports["lora"]
+    with pytest.raises(InputError, match="backbone 'vit_tiny_patch16_224', not 'vit_small"):
+        verify_parity(path, adapter, backbone="vit_small_patch16_224")
+    checkpoint = tmp_path / "other.safetensors"
+    checkpoint.write_bytes(b"not the weights it was exported from")
+    with pytest.raises(InputError, match="checkpoint with sha256 none"):
+        verify_parity(path, adapter, checkpoint=checkpoint)
+    bare = onnx.load(str(path))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(InputError, match="carries no karst-deploy provenance"):
+        verify_parity(tmp_path / "bare.onnx", adapter)
+
+
+def test_extra_stages_are_compared_with_the_previous_one(exports, perturbed):
+    """Another runtime (e.g. a TensorRT engine) joins by appending a Stage."""
+    adapter, path = exports["karst-channel"]
+    extra = Stage("onnxruntime-perturbed", OnnxRuntimeRunner(perturbed))
+    report = verify_parity(path, adapter, samples=8, extra_stages=[extra], show_progress=False)
+    verdicts = {(c.reference, c.candidate): c.passed for c in report.comparisons}
+    assert verdicts == {
+        ("torch-unmerged", "torch-merged"): True,
+        ("torch-merged", "onnxruntime"): True,
+        ("onnxruntime", "onnxruntime-perturbed"): False,
+    }
+    with pytest.raises(VerificationError, match="onnxruntime → onnxruntime-perturbed"):
+        report.raise_if_failed()
+
+
+def test_compare_logits_names_the_failed_check_and_by_how_much():
+    reference = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    metrics, checks = compare_logits(reference, reference.copy(), TOLERANCES["fp32"])
+    assert all(c.passed for c in checks) and metrics["max_abs_diff"] == 0
+    flipped = reference.copy()
+    flipped[0] = [1.0, 2.0, 0.0]  # sample 0 changes its answer
+    metrics, checks = compare_logits(reference, flipped, TOLERANCES["fp32"])
+    failed = {c.name: c for c in checks if not c.passed}
+    assert set(failed) == {"max abs diff", "top-1 agreement"}
+    assert (
+        metrics["top1_agreement"] == 0.5 and "short by 50.00%" in failed["top-1 agreement"].detail
+    )
+    # The bound scales with the logits: 1e-4 × max(1, 3) here.
+    _, checks = compare_logits(reference, reference + 2.9e-4, TOLERANCES["fp32"])
+    assert all(c.passed for c in checks)
+    _, checks = compare_logits(reference, reference + 3.1e-4, TOLERANCES["fp32"])
+    assert not checks[0].passed and "exceeds" in checks[0].detail
+
+
+def test_accuracy_drop_gate_and_tolerance_table():
+    assert TOLERANCES["fp32"] == Tolerance(atol_scale=1e-4, min_top1_agreement=1.0)
+    with pytest.raises(InputError, match="No parity tolerance is declared for precision 'int4'"):
+        tolerance_for("int4")
+    gate = Tolerance(atol_scale=10.0, min_top1_agreement=0.0, max_accuracy_drop=1.0)
+    reference = np.eye(4)
+    candidate = np.eye(4)[[0, 1, 2, 0]]  # the last sample is now wrong
+    metrics, checks = compare_logits(reference, candidate, gate, labels=np.arange(4))
+    assert metrics["accuracy_drop"] == 25.0
+    assert [c.name for c in checks if not c.passed] == ["accuracy drop"]

@@ -1,0 +1,46 @@
+"""`karst-deploy train`: bad input is one paragraph and exit code 2, never a traceback.
+
+(The successful command, single-process and under torchrun, runs in test_distributed.py.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from karst_deploy.cli import app
+from tests.train.tiny import TINY_BACKBONE, TINY_KWARGS
+
+
+def _train(*extra: str):
+    arguments = ["train", "--backbone", TINY_BACKBONE, "--model-kwargs", json.dumps(TINY_KWARGS)]
+    return CliRunner().invoke(app, [*arguments, *extra])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "lora", "--factor", "4"], "--factor does not apply to --method lora"),
+        (["--method", "linear", "--rank", "4"], "it takes no method options"),
+        (["--method", "dora"], "--method is 'dora'"),
+        (["--rescale", "vector"], "expected one of ['channel', 'scalar']"),
+        (["--warmup-epochs", "5", "--epochs", "5"], "--warmup-epochs is 5"),
+        (["--data", "no/such/dir"], "neither 'digits'/'digits:A-B' nor an existing directory"),
+        (["--data", "digits:7-3"], "should look like 'digits:A-B'"),
+        (["--model-kwargs", "[1]"], "--model-kwargs must be a JSON object"),
+    ],
+)
+def test_bad_input_exits_2_with_one_paragraph(extra, message, tmp_path):
+    result = _train("--data", "digits", "--out", str(tmp_path / "run"), *extra)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_output_exits_2(tmp_path):
+    (tmp_path / "run").mkdir()
+    result = _train("--data", "digits", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "--force" in result.output
