@@ -2,7 +2,10 @@
 
 Method. All models are loaded at once; per batch size, after warm-up rounds, every round
 runs each model once on the same input, rotating the order each round (A B C, B C A,
-C A B, …) so that machine noise and cache effects fall on all of them alike. The ratio
+C A B, …) so that machine noise and cache effects fall on all of them alike. The rounds
+are split into blocks, each with freshly created sessions in rotated creation order:
+measured here, two sessions of the *same* graph differ by 1–3 % depending on where their
+memory lands, which would otherwise be a fixed bias of exactly the size of the verdict. The ratio
 of medians candidate/baseline gets a 95 % bootstrap confidence interval from resampling
 *rounds* (the paired samples), so noise shared within a round cancels.
 
@@ -45,6 +48,7 @@ class BenchResult:
     batches: list[int]
     rounds: int
     warmup: int
+    sessions: int
     threads: int | None
     latency: dict[str, dict[str, dict[str, float]]]  # label -> batch -> statistics
     samples_ms: dict[str, dict[str, list[float]]]  # label -> batch -> per-round latency
@@ -136,13 +140,15 @@ def bench(
     rounds: int = 50,
     warmup: int = 5,
     tolerance: float = DEFAULT_TOLERANCE,
+    sessions: int = 5,
     seed: int = 0,
     runner_options: Mapping[str, Any] | None = None,
     show_progress: bool = True,
 ) -> BenchResult:
     """Time `models` (label → file) interleaved on `runner`; ratios against `baseline`.
 
-    With `candidate`, also decide "zero added latency" for it against `baseline`.
+    With `candidate`, also decide "zero added latency" for it against `baseline`. The rounds
+    are split over `sessions` blocks, each with freshly created sessions and `warmup` rounds.
     `runner_options` go to the runner's ``from_file`` (e.g. TensorRT's `copies`, `cuda_graph`).
     """
     from karst_deploy.backends import runner_class
@@ -154,9 +160,10 @@ def bench(
     for label in [baseline, candidate]:
         if label is not None and label not in paths:
             raise InputError(f"'{label}' is not one of the models {list(paths)}.")
-    if rounds < 2 or warmup < 0:
+    if rounds < 2 or warmup < 0 or sessions < 1:
         raise InputError(
-            f"--rounds must be at least 2 and --warmup at least 0 (got {rounds}, {warmup})."
+            f"--rounds must be at least 2, --warmup at least 0 and --sessions at least 1 (got "
+            f"{rounds}, {warmup}, {sessions})."
         )
     if not batches or min(batches) < 1:
         raise InputError(f"--batch must list positive batch sizes, got {list(batches)}.")
@@ -191,31 +198,38 @@ def bench(
         raise InputError(f"The '{runner}' runner cannot open model files, so bench cannot use it.")
     rng = np.random.default_rng(seed)
     labels = list(paths)
-    times: dict[str, dict[str, np.ndarray]] = {label: {} for label in labels}
-    steps = len(batches) * (rounds + warmup) * len(labels)
-    with (
-        contextlib.ExitStack() as stack,
-        progress_bar("bench", steps, enabled=show_progress) as advance,
-    ):
-        runners = {
-            label: stack.enter_context(
-                factory.from_file(path, threads=threads, **(runner_options or {}))
-            )
-            for label, path in paths.items()
-        }
-        for batch in batches:
-            images = rng.standard_normal((batch, *image_shape), dtype=np.float32)
-            measured = {label: [] for label in labels}
-            for round_index in range(warmup + rounds):
-                shift = round_index % len(labels)
-                for label in labels[shift:] + labels[:shift]:
-                    runners[label].infer(images)
-                    if round_index >= warmup:
-                        measured[label].append(runners[label].last_inference_time)
-                    advance()
-            for label in labels:
-                times[label][str(batch)] = np.asarray(measured[label], dtype=np.float64)
-        descriptions = {label: r.describe() for label, r in runners.items()}
+    inputs = {b: rng.standard_normal((b, *image_shape), dtype=np.float32) for b in batches}
+    measured: dict[str, dict[int, list[float]]] = {
+        label: {b: [] for b in batches} for label in labels
+    }
+    blocks = np.array_split(np.arange(rounds), min(sessions, rounds))
+    steps = len(batches) * (rounds + warmup * len(blocks)) * len(labels)
+    descriptions: dict[str, dict[str, Any]] = {}
+    with progress_bar("bench", steps, enabled=show_progress) as advance:
+        for block_index, block in enumerate(blocks):
+            # Fresh sessions per block, created in rotated order: where a session's memory
+            # lands moves identical graphs by 1-3 %, so it must be noise, not a fixed bias.
+            order = labels[block_index % len(labels) :] + labels[: block_index % len(labels)]
+            with contextlib.ExitStack() as stack:
+                runners = {
+                    label: stack.enter_context(
+                        factory.from_file(paths[label], threads=threads, **(runner_options or {}))
+                    )
+                    for label in order
+                }
+                for batch in batches:
+                    for round_index in range(warmup + len(block)):
+                        shift = round_index % len(labels)
+                        for label in labels[shift:] + labels[:shift]:
+                            runners[label].infer(inputs[batch])
+                            if round_index >= warmup:
+                                measured[label][batch].append(runners[label].last_inference_time)
+                            advance()
+                descriptions = {label: r.describe() for label, r in runners.items()}
+    times = {
+        label: {str(b): np.asarray(measured[label][b], dtype=np.float64) for b in batches}
+        for label in labels
+    }
 
     latency = {
         label: {b: latency_statistics(t, int(b)) for b, t in per_batch.items()}
@@ -263,6 +277,7 @@ def bench(
         batches=list(batches),
         rounds=rounds,
         warmup=warmup,
+        sessions=len(blocks),
         threads=threads,
         latency=latency,
         samples_ms={

@@ -368,8 +368,9 @@ def verify_parity_command(
     split: str | None = typer.Option(
         None, "--split", help="Split of --data [default: test if present, else val]."
     ),
-    samples: int = typer.Option(
-        64, "--samples", help="Random inputs, and at most this many images."
+    samples: int = typer.Option(64, "--samples", help="Seeded random inputs."),
+    images: int = typer.Option(
+        1000, "--images", help="With --data: at most this many images, spread over the split."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
     atol: float | None = typer.Option(
@@ -398,6 +399,7 @@ def verify_parity_command(
         data=data,
         split=split,
         samples=samples,
+        images=images,
         seed=seed,
         atol_scale=atol,
         batch_size=batch_size,
@@ -438,7 +440,10 @@ def bench_command(
     ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads per model."),
     rounds: int = typer.Option(50, "--rounds", help="Measured rounds per batch size."),
-    warmup: int = typer.Option(5, "--warmup", help="Unmeasured rounds first."),
+    warmup: int = typer.Option(5, "--warmup", help="Unmeasured rounds per session first."),
+    sessions: int = typer.Option(
+        5, "--sessions", help="Fresh runtime sessions per model, in rotated creation order."
+    ),
     tolerance: float = typer.Option(
         0.03, "--tolerance", help="Zero added latency: the 95% CI of merged/base within ±this."
     ),
@@ -479,6 +484,7 @@ def bench_command(
         threads=threads,
         rounds=rounds,
         warmup=warmup,
+        sessions=sessions,
         tolerance=tolerance,
         runner_options=runner_options,
     )
@@ -724,6 +730,37 @@ def convert_precision_command(
         print_json(result.to_dict())
     else:
         console.print(key_value_table(f"{precision} model", result.summary()))
+
+
+@command("demo")
+def demo_command(
+    out: Path = typer.Option(
+        Path("karst-deploy-demo"), "--out", help="Report directory to write (must not exist)."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Reduced mode for tests/CI: shorter training, fewer bench rounds."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seeds adapter training, parity and bench inputs."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for PyTorch and ONNX Runtime [default: theirs]."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of tables."),
+):
+    """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
+    from karst_deploy.pipeline import run_demo, summary_tables
+
+    result = run_demo(out, quick=quick, seed=seed, force=force, threads=threads)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        for table in summary_tables(result):
+            console.print(table)
+        if result.settings.note:
+            console.print(f"[yellow]note:[/] {escape(result.settings.note)}")
+    result.raise_if_failed()
+    if not as_json:
+        console.print(f"[green]demo passed[/]: report in {escape(str(out))}")
 
 
 def main() -> None:

@@ -23,6 +23,10 @@ from karst_deploy.errors import CheckpointError, InputError
 from karst_deploy.files import sha256_file
 
 SPEC_ATTRIBUTE = "karst_deploy_backbone"
+#: Weights that come from neither a checkpoint nor timm's pretrained set are drawn under
+#: this torch seed, so a random-init backbone is the same network in every command
+#: (export, verify-parity, bench) instead of a fresh draw each time.
+INIT_SEED = 0
 
 
 @dataclass
@@ -78,7 +82,8 @@ def create_model(
     `checkpoint` may be ``.safetensors``, ``.pth``/``.pt``/``.bin`` (plain state dicts or
     nested under ``state_dict``/``model``), or a Google ViT ``.npz``. When `num_classes`
     is given and differs from the checkpoint's classifier, the classifier is left freshly
-    initialised (the usual fine-tuning start); any other mismatch is an error.
+    initialised (the usual fine-tuning start); any other mismatch is an error. Weights not
+    loaded from anywhere are drawn under `INIT_SEED`, so they are reproducible.
     """
     import timm
 
@@ -95,7 +100,9 @@ def create_model(
     if img_size is not None:
         kwargs["img_size"] = img_size
     try:
-        model = timm.create_model(name, pretrained=pretrained, exportable=True, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's random state alone
+            torch.manual_seed(INIT_SEED)
+            model = timm.create_model(name, pretrained=pretrained, exportable=True, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         raise InputError(f"timm could not build '{name}' with arguments {kwargs}: {exc}") from None
 

@@ -357,6 +357,7 @@ def verify_parity(
     data: str | None = None,
     split: str | None = None,
     samples: int = 64,
+    images: int = 1000,
     seed: int = 0,
     atol_scale: float | None = None,
     batch_size: int = 16,
@@ -367,6 +368,9 @@ def verify_parity(
 ) -> ParityReport:
     """Unmerged PyTorch → merged PyTorch → ONNX Runtime (→ `extra_stages`) on the same inputs.
 
+    Inputs: `samples` seeded random tensors and, with `data`, up to `images` labelled images
+    evenly spaced over the split (an accuracy gate needs many: one image of 64 is 1.6 points).
+
     Refuses (InputError) an ONNX file whose provenance names another backbone, adapter or
     checkpoint. `atol_scale` replaces the table's value for every precision. With `engine`,
     a TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
@@ -374,11 +378,11 @@ def verify_parity(
     from karst_deploy.adapters import load_adapted_model, merge
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from karst_deploy.backends.torch import TorchRunner
-    from karst_deploy.export.record import check_source, require_provenance, seeded_init
+    from karst_deploy.export.record import check_source, require_provenance
     from karst_deploy.models import backbone_spec
 
-    if samples < 1:
-        raise InputError(f"--samples must be at least 1, got {samples}.")
+    if samples < 1 or images < 1:
+        raise InputError(f"--samples and --images must be at least 1, got {samples}, {images}.")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     onnx = Path(onnx)
@@ -390,8 +394,7 @@ def verify_parity(
 
         engine_precision = engine_source_precision(engine, onnx) or record.get("precision", "fp32")
         extra_stages = [Stage("tensorrt", TensorRTRunner(engine), engine_precision), *extra_stages]
-    with seeded_init():  # the backbone export_onnx built, when no checkpoint gives weights
-        unmerged = load_adapted_model(adapter, checkpoint)
+    unmerged = load_adapted_model(adapter, checkpoint)
     spec = backbone_spec(unmerged)
     stages = [
         Stage("torch-unmerged", TorchRunner(unmerged, threads=threads)),
@@ -412,7 +415,7 @@ def verify_parity(
         )
     input_sets = [random_inputs(samples, spec.img_size, seed)]
     if data is not None:
-        input_sets.append(image_inputs(data, split, samples, spec.img_size, spec.mean, spec.std))
+        input_sets.append(image_inputs(data, split, images, spec.img_size, spec.mean, spec.std))
     overrides = None
     if atol_scale is not None:
         if not atol_scale > 0:

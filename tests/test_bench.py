@@ -36,7 +36,8 @@ def test_cli_json_has_the_documented_fields(models, tmp_path):
     result = run_cli(
         "bench", "--onnx", str(models["merged"]), "--baseline", str(models["base"]),
         "--unmerged", str(models["unmerged"]), "--batch", "1,2", "--rounds", "4",
-        "--warmup", "1", "--threads", "1", "--json", str(report), "--plot", str(plot),
+        "--warmup", "1", "--sessions", "2", "--threads", "1", "--json", str(report),
+        "--plot", str(plot),
     )  # fmt: skip
     # Exit 0 or 1 depends on timing noise over 4 rounds; the verdict's fields do not.
     assert result.returncode in (0, 1), result.stderr
@@ -45,6 +46,7 @@ def test_cli_json_has_the_documented_fields(models, tmp_path):
     assert (data["runner"], data["baseline"], data["batches"], data["rounds"]) == (
         "onnxruntime", "base", [1, 2], 4,
     )  # fmt: skip
+    assert (data["sessions"], data["warmup"]) == (2, 1)
     for label in data["models"]:
         for batch in ("1", "2"):
             assert set(data["latency"][label][batch]) == STATISTICS

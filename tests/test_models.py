@@ -17,9 +17,26 @@ def _tiny(num_classes=10, **extra):
     return kd.create_model("vit_tiny_patch16_224", num_classes=num_classes, **TINY, **extra)
 
 
+def _distinct(model, seed):
+    """`model` with weights no fresh model has (create_model's random init is seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.1)
+    return model
+
+
 def _same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_random_init_is_reproducible_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    assert _same_weights(_tiny(), _tiny())
+    assert torch.equal(torch.rand(3), expected_next)
 
 
 def test_models_are_exportable_and_described():
@@ -35,8 +52,7 @@ def test_models_are_exportable_and_described():
     "layout", ["safetensors", "plain.pth", "state_dict.pth", "model.pt", "module.pth"]
 )
 def test_checkpoint_layouts_load(layout, tmp_path):
-    torch.manual_seed(3)
-    source = _tiny()
+    source = _distinct(_tiny(), 3)
     state = source.state_dict()
     path = tmp_path / f"ckpt.{layout.rsplit('.', 1)[-1]}"
     if layout == "safetensors":
@@ -86,8 +102,7 @@ def _write_google_vit_npz(model, path):
 
 
 def test_google_vit_npz_loads(tmp_path):
-    torch.manual_seed(4)
-    source = _tiny()
+    source = _distinct(_tiny(), 4)
     _write_google_vit_npz(source, tmp_path / "vit.npz")
     loaded = _tiny(checkpoint=tmp_path / "vit.npz")
     x = torch.randn(2, 3, 32, 32)
@@ -102,7 +117,7 @@ def test_npz_that_is_not_a_vit_is_refused(tmp_path):
 
 
 def test_new_head_is_kept_fresh_when_num_classes_is_given(tmp_path):
-    source = _tiny(num_classes=1000)
+    source = _distinct(_tiny(num_classes=1000), 5)
     save_file(
         {k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "in1k.safetensors"
     )

@@ -52,7 +52,7 @@ def perturbed(exports, tmp_path_factory):
 @method_params
 def test_parity_passes_for_every_method(method, exports):
     adapter, path = exports[method]
-    report = verify_parity(path, adapter, data="digits", samples=24, show_progress=False)
+    report = verify_parity(path, adapter, data="digits", samples=24, images=24, show_progress=False)
     assert report.passed, report.failures
     assert [s["name"] for s in report.stages] == ["torch-unmerged", "torch-merged", "onnxruntime"]
     pairs = [(c.reference, c.candidate, c.inputs) for c in report.comparisons]

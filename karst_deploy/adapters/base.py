@@ -173,11 +173,27 @@ class AdapterMethod:
         """The Linear layers (short names or path suffixes) this config adapts."""
         return config.targets
 
+    def validate(self, config: AdapterConfig, targets: dict[str, nn.Linear]) -> None:
+        """Refuse a config that does not fit the model's target layers (before any is built)."""
+
     def shared_module(
         self, config: AdapterConfig, targets: dict[str, nn.Linear]
     ) -> nn.Module | None:
         """A module of parameters shared by all layers (stored at the model root), if any."""
         return None
+
+    def files(self, config: AdapterConfig) -> dict[str, str]:
+        """Extra text files of the adapter directory, by name (e.g. SPT's placement.json)."""
+        return {}
+
+    def bind_tensors(
+        self, config: AdapterConfig, tensors: dict[str, torch.Tensor], source: str
+    ) -> AdapterConfig:
+        """The config completed with structure stored in adapter.safetensors (SPT's indices).
+
+        Called on load, before the adapters are built; `source` names the file for errors.
+        """
+        return config
 
     def layer_adapter(
         self, path: str, linear: nn.Linear, config: AdapterConfig, shared: nn.Module | None
@@ -252,6 +268,7 @@ class AdapterPlan:
         names = method.module_targets(config)
         # A method with no target layers (the linear probe) trains only the classifier head.
         targets = resolve_targets(model, names) if names else {}
+        method.validate(config, targets)
         self.shared = method.shared_module(config, targets)
         if self.shared is not None:
             first = next(iter(targets.values())).weight

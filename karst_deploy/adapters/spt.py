@@ -409,9 +409,7 @@ class Spt(AdapterMethod):
     def module_targets(self, config: SptConfig) -> tuple[str, ...]:
         return tuple(m.name for m in config.placement.matrices if m.decision != "frozen")
 
-    def shared_module(self, config: SptConfig, targets: dict[str, nn.Linear]) -> None:
-        # Not a shared module: the one hook that sees every target, so the placement is
-        # checked against the model here, before any adapter is built.
+    def validate(self, config: SptConfig, targets: dict[str, nn.Linear]) -> None:
         for matrix in config.placement.matrices:
             if matrix.decision == "frozen":
                 continue
@@ -432,7 +430,31 @@ class Spt(AdapterMethod):
                 f"Layer '{unplanned[0]}' matches a planned module path without being planned; "
                 "the placement does not fit this model."
             )
-        return None
+
+    def files(self, config: SptConfig) -> dict[str, str]:
+        return {PLACEMENT_FILE: json.dumps(config.placement.to_document(), indent=2) + "\n"}
+
+    def bind_tensors(
+        self, config: SptConfig, tensors: dict[str, torch.Tensor], source: str
+    ) -> SptConfig:
+        """Attach each sparse matrix's validated ``P.spt.indices`` from the weights file."""
+        indices = {}
+        for matrix in config.placement.matrices:
+            if matrix.decision != "sparse":
+                continue
+            key = f"{matrix.name}.spt.indices"
+            if key not in tensors:
+                raise AdapterFileError(f"{source}: key '{key}' is missing.")
+            problem = index_problem(tensors[key], matrix.shape[0] * matrix.shape[1])
+            if problem is None and tensors[key].numel() != matrix.parameters:
+                problem = (
+                    f"holds {tensors[key].numel()} indices; {PLACEMENT_FILE} says "
+                    f"{matrix.parameters}"
+                )
+            if problem is not None:
+                raise AdapterFileError(f"{source}: key '{key}' {problem}.")
+            indices[matrix.name] = tensors[key]
+        return dataclasses.replace(config, placement=config.placement.with_indices(indices))
 
     def layer_adapter(self, path, linear, config: SptConfig, shared) -> LayerAdapter:
         matrix = config.placement.matrix(path)

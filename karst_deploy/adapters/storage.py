@@ -9,7 +9,6 @@ Loading validates everything before touching the model and names the first offen
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -26,7 +25,6 @@ from karst_deploy.adapters.base import (
     adapter_state_dict,
     method_for,
 )
-from karst_deploy.adapters.spt import PLACEMENT_FILE, Placement, SptConfig, index_problem
 from karst_deploy.errors import AdapterFileError
 from karst_deploy.files import atomic_directory, sha256_file
 from karst_deploy.models import BackboneSpec, backbone_spec, classifier_parameter_names
@@ -75,9 +73,8 @@ def save_adapters(
     with atomic_directory(directory, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-        if isinstance(config, SptConfig):
-            placement = json.dumps(config.placement.to_document(), indent=2)
-            (tmp / PLACEMENT_FILE).write_text(placement + "\n")
+        for name, text in method_for(config.method).files(config).items():
+            (tmp / name).write_text(text)
     return Path(directory)
 
 
@@ -138,7 +135,7 @@ class AdapterFile:
 
     def sha256(self) -> dict[str, str]:
         """Hashes of the adapter's files (recorded in ONNX provenance)."""
-        names = [CONFIG_FILE, WEIGHTS_FILE] + ([PLACEMENT_FILE] if self.method == "spt" else [])
+        names = [CONFIG_FILE, WEIGHTS_FILE, *method_for(self.method).files(self.config)]
         return {name: sha256_file(self.directory / name) for name in names}
 
     def read_tensors(self) -> dict[str, torch.Tensor]:
@@ -257,27 +254,6 @@ def _check_tensors(
             raise AdapterFileError(f"{source}: key '{key}' holds NaN or infinite values.")
 
 
-def _sparse_indices(
-    tensors: dict[str, torch.Tensor], placement: Placement, source: Path
-) -> dict[str, torch.Tensor]:
-    """The validated ``P.spt.indices`` tensor of every sparse matrix of an SPT placement."""
-    indices = {}
-    for matrix in placement.matrices:
-        if matrix.decision != "sparse":
-            continue
-        key = f"{matrix.name}.spt.indices"
-        if key not in tensors:
-            raise AdapterFileError(f"{source}: key '{key}' is missing.")
-        tensor = tensors[key]
-        problem = index_problem(tensor, matrix.shape[0] * matrix.shape[1])
-        if problem is None and tensor.numel() != matrix.parameters:
-            problem = f"holds {tensor.numel()} indices; {PLACEMENT_FILE} says {matrix.parameters}"
-        if problem is not None:
-            raise AdapterFileError(f"{source}: key '{key}' {problem}.")
-        indices[matrix.name] = tensor
-    return indices
-
-
 @torch.no_grad()
 def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     """Load an adapter directory into `model` (a plain backbone, or one with the same adapters).
@@ -293,12 +269,7 @@ def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Mod
             f"{existing}; load into a fresh backbone instead."
         )
     tensors = file.read_tensors()
-    config = file.config
-    if isinstance(config, SptConfig):  # sparse layers are built from their stored indices
-        placement = config.placement.with_indices(
-            _sparse_indices(tensors, config.placement, file.weights_path)
-        )
-        config = dataclasses.replace(config, placement=placement)
+    config = method_for(file.method).bind_tensors(file.config, tensors, str(file.weights_path))
     plan = None if existing is not None else AdapterPlan(model, config)
     adapter_tensors = plan.state_dict() if plan else adapter_state_dict(model)
     named = dict(model.named_parameters())

@@ -107,7 +107,6 @@ def export_onnx(
     `model_kwargs`. `batch=None` exports a dynamic batch axis named ``batch``.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
-    from karst_deploy.export.record import seeded_init
     from karst_deploy.models import create_model
 
     refuse_existing(Path(out), force)  # before minutes of work, not after
@@ -129,8 +128,7 @@ def export_onnx(
                 f"{clash[0]} applies only with --no-adapter; with --adapter the backbone is "
                 f"built exactly as '{file.config_path}' records it."
             )
-        with seeded_init():
-            model = load_adapted_model(adapter, checkpoint)
+        model = load_adapted_model(adapter, checkpoint)
     else:
         if unmerged:
             raise InputError(
@@ -138,10 +136,9 @@ def export_onnx(
             )
         if backbone is None:
             raise InputError("--backbone NAME is required with --no-adapter.")
-        with seeded_init():
-            model = create_model(
-                backbone, num_classes, img_size, checkpoint=checkpoint, **(model_kwargs or {})
-            )
+        model = create_model(
+            backbone, num_classes, img_size, checkpoint=checkpoint, **(model_kwargs or {})
+        )
     return export_model(
         model,
         out,

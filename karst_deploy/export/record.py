@@ -14,9 +14,7 @@ backbone), ``adapter_config`` (the parsed adapter_config.json, or null),
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +27,6 @@ from karst_deploy.models import BackboneSpec
 from karst_deploy.provenance import read_provenance
 
 KINDS = ("merged", "unmerged", "base")
-#: Torch seed for building backbones. Weights that come from neither a checkpoint nor timm's
-#: pretrained set are then the same in `export` and `verify-parity` (and in tests/cases.py),
-#: instead of a fresh random draw each time.
-INIT_SEED = 0
-
-
-@contextlib.contextmanager
-def seeded_init() -> Iterator[None]:
-    """Build models under `INIT_SEED` without disturbing the caller's random state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        yield
 
 
 def provenance_record(
@@ -56,7 +42,6 @@ def provenance_record(
 ) -> dict[str, Any]:
     """The record `export_model` embeds (see the module docstring for every key)."""
     import timm
-    import torch
 
     from karst_deploy import __version__
 
@@ -113,8 +98,7 @@ def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
         img_size=record["img_size"],
         model_kwargs=record.get("model_kwargs") or {},
     )
-    with seeded_init():
-        model = spec.build()
+    model = spec.build()
     if record.get("kind") == "unmerged":
         method = method_for(record["method"])
         config = method.config_type.from_hparams(record["adapter_config"], f"{path} provenance")

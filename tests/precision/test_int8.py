@@ -34,7 +34,8 @@ def _parity(digits_model, onnx_path):
         digits_model.adapter,
         checkpoint=digits_model.checkpoint,
         data="digits",
-        samples=len(digits_model.test_labels),
+        samples=8,
+        images=len(digits_model.test_labels),
         threads=1,
         show_progress=False,
     )
