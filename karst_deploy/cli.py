@@ -12,7 +12,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -230,6 +230,21 @@ def build_engine_command(
         console.print(f"  GPU fallback: {escape(layer)}")
 
 
+# int8 calibration options, shared by `export --precision int8` and `convert-precision`.
+Calib = Annotated[
+    str | None,
+    typer.Option(
+        "--calib", help="int8 calibration data: digits, digits:A-B, IMAGE_DIR or FILE.npz."
+    ),
+]
+CalibSamples = Annotated[int, typer.Option("--calib-samples", help="Calibration images.")]
+CalibMethod = Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")]
+CalibCache = Annotated[
+    bool,
+    typer.Option("--calib-cache/--no-calib-cache", help="Reuse cached calibration ranges."),
+]
+
+
 def _parse_batch(text: str) -> int | None:
     """``dynamic`` -> None, else a positive integer."""
     from karst_deploy.errors import InputError
@@ -293,16 +308,10 @@ def export_command(
     precision: str = typer.Option(
         "fp32", "--precision", help="fp32, fp16 or int8 (explicit in the graph, for TensorRT 11)."
     ),
-    calib: str | None = typer.Option(
-        None, "--calib", help="int8 calibration data: digits, digits:A-B, IMAGE_DIR or FILE.npz."
-    ),
-    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration images."),
-    calib_method: str = typer.Option(
-        "minmax", "--calib-method", help="minmax, entropy or percentile."
-    ),
-    calib_cache: bool = typer.Option(
-        True, "--calib-cache/--no-calib-cache", help="Reuse cached calibration ranges."
-    ),
+    calib: Calib = None,
+    calib_samples: CalibSamples = 256,
+    calib_method: CalibMethod = "minmax",
+    calib_cache: CalibCache = True,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -699,16 +708,10 @@ def convert_precision_command(
     onnx: Path = typer.Option(..., "--onnx", help="fp32 ONNX file (from karst-deploy export)."),
     precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
-    calib: str | None = typer.Option(
-        None, "--calib", help="int8 calibration data: digits, digits:A-B, IMAGE_DIR or FILE.npz."
-    ),
-    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration images."),
-    calib_method: str = typer.Option(
-        "minmax", "--calib-method", help="minmax, entropy or percentile."
-    ),
-    calib_cache: bool = typer.Option(
-        True, "--calib-cache/--no-calib-cache", help="Reuse cached calibration ranges."
-    ),
+    calib: Calib = None,
+    calib_samples: CalibSamples = 256,
+    calib_method: CalibMethod = "minmax",
+    calib_cache: CalibCache = True,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
