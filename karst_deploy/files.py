@@ -79,6 +79,16 @@ def write_json(path: str | os.PathLike[str], data: Any, *, force: bool = False) 
     return Path(path)
 
 
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/karst-deploy`` (``~/.cache/karst-deploy`` when it is unset).
+
+    The one place karst-deploy keeps reusable work: pretrained demo backbones,
+    calibration ranges.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "karst-deploy"
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -77,8 +77,7 @@ def compute_sensitivity(
     `data` yields ``(image, label)`` pairs preprocessed for `model` (e.g. `open_images`).
     The model's training mode and ``requires_grad`` flags are restored afterwards.
     """
-    from rich.console import Console
-    from rich.progress import Progress
+    from karst_deploy.report import progress_bar
 
     if adapter_config(model) is not None:
         raise InputError(
@@ -109,10 +108,9 @@ def compute_sensitivity(
             parameter.requires_grad_(True)
         with (
             torch.random.fork_rng(devices=[]),  # dropout/drop-path, if any, repeatable
-            Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar,
+            progress_bar("sensitivity", len(chunks), enabled=progress) as advance,
         ):
             torch.manual_seed(seed)
-            task = bar.add_task("sensitivity", total=len(chunks))
             for chunk in chunks:
                 pairs = [data[int(i)] for i in chunk]
                 images = torch.stack([p[0] for p in pairs]).to(device)
@@ -122,7 +120,7 @@ def compute_sensitivity(
                 grads = torch.autograd.grad(loss, list(weights.values()))
                 for score, grad in zip(scores.values(), grads, strict=True):
                     score += grad.detach().float().square()
-                bar.advance(task)
+                advance()
     finally:
         model.train(was_training)
         for parameter, flag in flags.items():

@@ -33,6 +33,7 @@ import numpy as np
 
 from karst_deploy.data import IMAGE_SUFFIXES, VTAB_LISTS, open_images, preprocess
 from karst_deploy.errors import InputError
+from karst_deploy.files import cache_root
 
 #: Default number of calibration images: a few hundred is what ORT and TensorRT examples
 #: use; `benchmarks/precision.py` measures accuracy against this count.
@@ -213,8 +214,7 @@ def _from_npz(path: Path, samples: int, img_size: int | None) -> CalibrationSet:
 
 def cache_dir() -> Path:
     """Where calibration ranges are cached: ``$XDG_CACHE_HOME/karst-deploy/calibration``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "karst-deploy" / "calibration"
+    return cache_root() / "calibration"
 
 
 def cache_key(**parts: Any) -> str:

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from karst_deploy.adapters import AdapterConfig
 from karst_deploy.data import open_images
 from karst_deploy.errors import InputError
-from karst_deploy.files import atomic_directory, write_json
+from karst_deploy.files import atomic_directory, cache_root, write_json
 from karst_deploy.models import create_model
 from karst_deploy.train.loop import TrainResult, progress_bar, seed_everything, train_adapters
 from karst_deploy.train.recipe import TrainConfig
@@ -85,12 +85,6 @@ class SourceRecipe:
         """A short hash of the recipe: the cache directory's name."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/karst-deploy`` (``~/.cache/karst-deploy`` when it is unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "karst-deploy"
 
 
 def source_checkpoint_path(recipe: SourceRecipe, cache_dir: Path | None = None) -> Path:

@@ -209,13 +209,6 @@ def _values_nan(directory: Path) -> None:
     save_file(tensors, path)
 
 
-def _edit_config(directory: Path, edit) -> None:
-    path = directory / "adapter_config.json"
-    document = json.loads(path.read_text())
-    edit(document)
-    path.write_text(json.dumps(document))
-
-
 HOSTILE_SPT = {
     "placement.json missing": (lambda d: (d / "placement.json").unlink(), r"placement\.json"),
     "placement.json not JSON": (
@@ -253,11 +246,11 @@ HOSTILE_SPT = {
         r"'structured' is 'lora' but .* says 'karst'",
     ),
     "placement file renamed": (
-        lambda d: _edit_config(d, lambda c: c.update(placement="other.json")),
+        lambda d: storage_contract._edit_config(d, lambda c: c.update(placement="other.json")),
         r"key 'placement' is 'other\.json'",
     ),
     "unknown structured hyper-parameter": (
-        lambda d: _edit_config(d, lambda c: c["structured"].update(rnak=4)),
+        lambda d: storage_contract._edit_config(d, lambda c: c["structured"].update(rnak=4)),
         r"unknown key 'structured\.rnak'",
     ),
     "unsorted indices": (

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 import karst_deploy as kd
+from karst_deploy.files import cache_root
 from karst_deploy.train.transfer import (
     RECIPE_FILE,
     SourceRecipe,
-    cache_root,
     pretrain_source_backbone,
     train_transfer_target,
 )
