@@ -23,7 +23,12 @@ import numpy as np
 
 from karst_deploy.backends.base import Runner
 from karst_deploy.engine.options import BatchProfile, BuildOptions
-from karst_deploy.engine.sidecar import RuntimeEnvironment, check_sidecar, read_sidecar
+from karst_deploy.engine.sidecar import (
+    RuntimeEnvironment,
+    check_sidecar,
+    read_sidecar,
+    sidecar_path,
+)
 from karst_deploy.errors import InputError, KarstDeployError, MissingDependencyError
 
 MIN_TENSORRT_MAJOR = 10
@@ -94,13 +99,24 @@ def make_logger(trt: Any) -> Any:
 
 
 def deserialize_engine(
-    trt: Any, data: bytes, logger: Any, *, version_compatible: bool
+    trt: Any, data: bytes, logger: Any, *, version_compatible: bool, dla_core: int | None = None
 ) -> tuple[Any, Any]:
-    """(engine, runtime) from a plan (keep the runtime alive as long as the engine)."""
+    """(engine, runtime) from a plan (keep the runtime alive as long as the engine).
+
+    A DLA engine runs on the core the runtime names when it deserializes (``IRuntime::setDLACore``,
+    as trtexec's ``--useDLACore`` does); left unset, an engine built for core 1 runs on core 0.
+    """
     runtime = trt.Runtime(logger)
     # A version-compatible plan embeds its lean runtime, which TensorRT runs only when the
     # host code is explicitly trusted (developer guide, "Version Compatibility").
     runtime.engine_host_code_allowed = version_compatible
+    if dla_core is not None:
+        if dla_core >= runtime.num_DLA_cores:
+            raise InputError(
+                f"The engine was built for DLA core {dla_core}; this device has "
+                f"{runtime.num_DLA_cores} DLA core(s) under TensorRT {trt.__version__}."
+            )
+        runtime.DLA_core = dla_core
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise InputError(
@@ -109,6 +125,18 @@ def deserialize_engine(
             "with `karst-deploy build-engine`."
         )
     return engine, runtime
+
+
+def sidecar_dla_core(record: dict[str, Any], engine: Path) -> int | None:
+    """The DLA core the sidecar says `engine` was built for (None: built for the GPU)."""
+    core = record["builder"].get("dla_core")
+    if core is not None and (isinstance(core, bool) or not isinstance(core, int) or core < 0):
+        raise InputError(
+            f"Engine sidecar '{sidecar_path(engine)}': builder.dla_core is {core!r}; expected "
+            "null or a DLA core number (0, 1, ...). Rebuild the engine with `karst-deploy "
+            "build-engine`."
+        )
+    return core
 
 
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
@@ -167,9 +195,9 @@ class TensorRTRunner(Runner):
         torch.cuda.set_device(self.device)
         environment = runtime_environment(trt, self.device)
         logger = make_logger(trt)
-        data, version_compatible = self._engine_bytes(environment)
+        data, version_compatible, dla_core = self._engine_bytes(environment)
         engine, runtime = deserialize_engine(
-            trt, data, logger, version_compatible=version_compatible
+            trt, data, logger, version_compatible=version_compatible, dla_core=dla_core
         )
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -220,25 +248,32 @@ class TensorRTRunner(Runner):
             events=(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)),
             graphs={},
             environment=environment,
+            dla_core=dla_core,
         )
         super().activate()
 
-    def _engine_bytes(self, environment: RuntimeEnvironment) -> tuple[bytes, bool]:
+    def _engine_bytes(self, environment: RuntimeEnvironment) -> tuple[bytes, bool, int | None]:
+        """The plan, whether it is version-compatible, and its DLA core (None: the GPU)."""
         if self.path.suffix == ".onnx":  # build in memory, as Polygraphy's EngineFromNetwork does
             from karst_deploy.engine.build import build_in_memory
 
             options = self.build_options or BuildOptions(batch=IN_MEMORY_BATCH)
             built = build_in_memory(self.path, options, progress=self.progress)
             self.precision = built.request.precision
-            return built.data, options.version_compatible
+            return built.data, options.version_compatible, options.dla_core
         if not self.path.is_file():
             raise InputError(f"Engine '{self.path}' does not exist or is not a file.")
         sidecar = read_sidecar(self.path)
-        if sidecar is not None:
-            check_sidecar(sidecar, self.path, environment)
-            self.precision = sidecar.get("precision", {}).get("requested")
-        version_compatible = bool(sidecar and sidecar["builder"].get("version_compatible"))
-        return self.path.read_bytes(), version_compatible
+        if sidecar is None:  # built by trtexec: nothing says how it was built
+            return self.path.read_bytes(), False, None
+        check_sidecar(sidecar, self.path, environment)
+        self.precision = sidecar.get("precision", {}).get("requested")
+        builder = sidecar["builder"]
+        return (
+            self.path.read_bytes(),
+            bool(builder.get("version_compatible")),
+            sidecar_dla_core(sidecar, self.path),
+        )
 
     def deactivate(self) -> None:
         # Release in dependency order: graphs and context before the engine, engine before
@@ -342,6 +377,7 @@ class TensorRTRunner(Runner):
                 gpu=environment.gpu_name,
                 compute_capability=environment.compute_capability,
                 batch_range=list(self._state["batch_range"]),
+                dla_core=self._state["dla_core"],
             )
         if self.cuda_graph_error:
             info["cuda_graph_error"] = self.cuda_graph_error

@@ -25,6 +25,7 @@ from karst_deploy.engine.layers import PrecisionReport, check_precision, parse_l
 from karst_deploy.engine.onnx_graph import OnnxSummary, summarize_onnx
 from karst_deploy.engine.options import HARDWARE_COMPAT, BuildOptions, BuildRequest, resolve_request
 from karst_deploy.engine.sidecar import RuntimeEnvironment, make_sidecar, sidecar_path
+from karst_deploy.engine.trtexec import DLA_ON_11
 from karst_deploy.errors import InputError, KarstDeployError, VerificationError
 from karst_deploy.files import atomic_output, refuse_existing, write_json
 
@@ -126,20 +127,15 @@ def _configure(
             trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[options.hardware_compat]
         )
     if options.timing_cache is not None:
-        cached = options.timing_cache.read_bytes() if options.timing_cache.exists() else b""
-        cache = config.create_timing_cache(cached)
-        if cache is None:
-            raise InputError(
-                f"--timing-cache '{options.timing_cache}' is not a TensorRT timing cache."
-            )
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        _use_timing_cache(trt, config, options.timing_cache)
     fallback: list[str] = []
     if options.dla_core is not None:
         if options.dla_core >= builder.num_DLA_cores:
             raise InputError(
                 f"--dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA "
-                "core(s), numbered from 0 (Jetson AGX Orin and Orin NX have DLAs; desktop GPUs "
-                "and Orin Nano have none)."
+                f"core(s) under TensorRT {trt.__version__}, numbered from 0 (Jetson AGX Orin and "
+                "Orin NX have DLAs; desktop GPUs, Orin Nano and Jetson Thor have none). "
+                f"{DLA_ON_11}"
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = options.dla_core
@@ -149,6 +145,26 @@ def _configure(
             if not config.can_run_on_DLA(layer):
                 fallback.append(f"{layer.name} ({layer.type.name})")
     return config, fallback
+
+
+def _use_timing_cache(trt: Any, config: Any, path: Path) -> None:
+    """Start the build from the timing cache at `path` (created empty when it does not exist).
+
+    ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch=False)`` returns False for a cache
+    recorded on another GPU or TensorRT version. Such a cache is refused before the build
+    (minutes) rather than ignored, and never overwritten: it is the user's file, possibly
+    shared with the machine that made it.
+    """
+    cached = path.read_bytes() if path.exists() else b""
+    cache = config.create_timing_cache(cached)
+    if cache is None:
+        raise InputError(f"--timing-cache '{path}' is not a TensorRT timing cache.")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise InputError(
+            f"--timing-cache '{path}' was recorded on another GPU or TensorRT version, and "
+            f"TensorRT {trt.__version__} refused it. It was left as it is: pass a new path "
+            "(it is created) or delete that file to start a fresh cache."
+        )
 
 
 def _inspect(
@@ -162,7 +178,11 @@ def _inspect(
     from karst_deploy.backends.tensorrt import deserialize_engine
 
     engine, _runtime = deserialize_engine(
-        trt, data, logger, version_compatible=options.version_compatible
+        trt,
+        data,
+        logger,
+        version_compatible=options.version_compatible,
+        dla_core=options.dla_core,
     )
     context = engine.create_execution_context()
     if summary.fixed_batch is None:
@@ -209,9 +229,10 @@ def _build(
             + ("; ".join(logger.errors) or "the builder returned no engine")
         )
     data = bytes(memoryview(serialized))
-    if options.timing_cache is not None:  # a cache: updated in place, atomically
+    cache = config.get_timing_cache() if options.timing_cache is not None else None
+    if cache is not None:  # accepted by _use_timing_cache: updated in place, atomically
         with atomic_output(options.timing_cache, force=True) as tmp:
-            tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+            tmp.write_bytes(bytes(memoryview(cache.serialize())))
     with _status(progress, "Inspecting the engine's layer precisions"):
         report = _inspect(trt, data, summary, request, logger, options)
     if options.precision_check and not report.passed:

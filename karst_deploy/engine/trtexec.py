@@ -1,7 +1,8 @@
 """The ``trtexec`` commands equivalent to a `build-engine` call, for building on the device.
 
 Flag names follow trtexec's own option parser (``samples/common/sampleOptions.cpp`` of
-NVIDIA/TensorRT at v10.3.0, v10.16 and v11.1) and the migration guides:
+NVIDIA/TensorRT at v10.3.0, v10.16, v11.0 and v11.1; the flag tables derived from them are
+``tests/engine/data/trtexec_flags/``) and the migration guides:
 
 - ``--memPoolSize=workspace:N`` (MiB) replaced ``--workspace=N``, deprecated in 8.4 and
   removed in 10.0 ("Migrating trtexec Usage from TensorRT 8.x to 10.x").
@@ -11,6 +12,10 @@ NVIDIA/TensorRT at v10.3.0, v10.16 and v11.1) and the migration guides:
   is a deprecated no-op ("Migrating trtexec Usage from TensorRT 10.x to 11.x").
 - ``--noTF32`` on both: TensorRT uses TF32 for fp32 GEMMs unless told not to, and an fp32
   node of the ONNX must compute in fp32 (see `build.py`).
+- The timing command repeats what loading the engine needs (``samples/common/sampleEngines.cpp``):
+  ``--versionCompatible`` for a version-compatible engine (trtexec allows the embedded lean
+  runtime, ``IRuntime::setEngineHostCodeAllowed``, only then) and ``--useDLACore=N`` for a DLA
+  engine (``IRuntime::setDLACore``; without it the engine runs on DLA core 0).
 - Timing defaults changed in 11.x: CUDA graphs, spin-wait and *no* host↔device transfers are
   on by default (``--noCudaGraph``, ``--noSpinWait``, ``--includeDataTransfers`` turn them
   off); in 10.x they are off unless ``--useCudaGraph``, ``--useSpinWait`` and
@@ -31,6 +36,12 @@ from karst_deploy.engine.options import BuildOptions, BuildRequest, resolve_requ
 from karst_deploy.errors import InputError
 
 SUPPORTED_MAJORS = (10, 11)
+#: Where TensorRT 11 has a DLA (TensorRT 11.x release notes).
+DLA_ON_11 = (
+    "DLA on TensorRT 11: 11.0 to 11.3 have no DLA support; 11.4.1 supports it on Jetson AGX "
+    "Orin with JetPack 7.2.2 or later. Jetson Thor has no DLA, and Orin on JetPack 6 stays on "
+    "TensorRT 10.3: there, use the 10.x commands."
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ def build_args(
     if options.dla_core is not None:
         args += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
         if major >= 11:
-            notes.append("DLA builds need TensorRT 10.x (JetPack 6/7); TensorRT 11 lacks JetPack.")
+            notes.append(DLA_ON_11)
     if options.hardware_compat != "none":
         args.append(f"--hardwareCompatibilityLevel={options.hardware_compat}")
     if options.version_compatible:
@@ -126,11 +137,20 @@ def timing_args(
     batch: int,
     major: int,
     settings: TimingSettings = TimingSettings(),
+    options: BuildOptions = BuildOptions(),
 ) -> list[str]:
-    """trtexec arguments that time `engine` at `batch` with the same meaning on 10.x and 11.x."""
+    """trtexec arguments that time `engine` at `batch` with the same meaning on 10.x and 11.x.
+
+    `options` are those the engine was built with: a version-compatible engine loads only with
+    ``--versionCompatible``, a DLA engine runs on its core only with ``--useDLACore``.
+    """
     args = ["trtexec", f"--loadEngine={engine}"]
     if summary.fixed_batch is None:
         args.append(f"--shapes={_shape(summary.input_name, (batch, *summary.input_chw))}")
+    if options.version_compatible:
+        args.append("--versionCompatible")
+    if options.dla_core is not None:
+        args.append(f"--useDLACore={options.dla_core}")
     if major >= 11:
         args += [
             flag
@@ -185,7 +205,10 @@ def trtexec_commands(
         )
         commands.append(
             TrtexecCommands(
-                major, build, timing_args(summary, engine, request.batch.opt, major, timing), notes
+                major,
+                build,
+                timing_args(summary, engine, request.batch.opt, major, timing, options),
+                notes,
             )
         )
     return commands
