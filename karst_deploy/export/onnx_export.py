@@ -17,6 +17,14 @@ TorchScript exporter warns it will be removed). Costs: a few seconds per export 
 2 s for a tiny ViT, 5 s for ViT-S/16), and more Constant nodes in the file (ViT-Ti/2
 blocks: 158 nodes; Swin-tiny/2 stages: 341 vs TorchScript's 583). It needs torch ≥ 2.6.
 
+Integer constant chains are folded after export (`fold_integer_constants`): the exporter
+writes some ``axes`` inputs as ``Reshape(Constant, Constant)`` or ``Reshape(Cast(Constant))``
+(Swin's final ``ReduceMean``, the class-token ``Slice`` of ViT/DeiT), and TensorRT's ONNX
+parser takes ``axes`` only as a build-time constant (onnx-tensorrt ``docs/operators.md``:
+ReduceMean in every 10.x/11.x table, Slice up to 10.1; its importer turns a Cast or Reshape
+of constants into a network tensor). Only integer (shape) values are folded, never weights,
+so base and merged graphs stay structurally identical.
+
 One file, no external data: ViT-B/16 in fp32 is ~346 MB, far below protobuf's 2 GiB
 limit, and a single self-contained file is what TensorRT's parser, ``trtexec`` and a
 copy to a Jetson want; its sha256 then covers every weight. Larger models are refused
@@ -40,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -268,7 +277,61 @@ def _to_onnx(
                 f"torch >= 2.6 to export) could not export {type(network).__name__}: "
                 f"{type(exc).__name__}: {lines[0] if lines else ''}"
             ) from None
-    return program.model_proto
+    return fold_integer_constants(program.model_proto)
+
+
+#: Operators whose integer result is folded when all their inputs are constants.
+_FOLDABLE = frozenset({"Cast", "Reshape", "Concat", "Unsqueeze", "Squeeze", "Identity"})
+
+
+def _constant_value(node: onnx.NodeProto) -> Any:
+    """The value of a Constant node with a tensor or integer payload, else None."""
+    if node.op_type != "Constant" or len(node.attribute) != 1:
+        return None
+    attribute = node.attribute[0]
+    if attribute.name == "value":
+        return onnx.numpy_helper.to_array(attribute.t)
+    if attribute.name in ("value_int", "value_ints"):
+        return np.asarray(onnx.helper.get_attribute_value(attribute), dtype=np.int64)
+    return None
+
+
+def fold_integer_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace integer-valued Cast/Reshape/Concat/(Un)Squeeze/Identity of constants by Constants.
+
+    Evaluated with ONNX's reference implementation; Constants left unused are dropped. The
+    graph is in topological order (as the exporter writes it), so chains fold in one pass.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    values: dict[str, Any] = {}
+    nodes = []
+    for node in model.graph.node:
+        value = _constant_value(node)
+        inputs = [name for name in node.input if name]
+        if value is not None:
+            values[node.output[0]] = value
+        elif (
+            node.op_type in _FOLDABLE
+            and len(node.output) == 1
+            and inputs
+            and all(name in values for name in inputs)
+        ):
+            (result,) = ReferenceEvaluator(node).run(None, {name: values[name] for name in inputs})
+            result = np.asarray(result)
+            if result.dtype in (np.int64, np.int32):
+                values[node.output[0]] = result
+                tensor = onnx.numpy_helper.from_array(result, node.output[0])
+                node = onnx.helper.make_node(
+                    "Constant", [], [node.output[0]], name=node.name, value=tensor
+                )
+        nodes.append(node)
+    used = {name for node in nodes for name in node.input}
+    used |= {output.name for output in model.graph.output}
+    kept = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[str | int]:
