@@ -139,6 +139,14 @@ def sidecar_dla_core(record: dict[str, Any], engine: Path) -> int | None:
     return core
 
 
+def accepted(ok: bool, what: str, logger: Any) -> None:
+    """TensorRT answers a rejected setting with False (and a logged error): raise it."""
+    if not ok:
+        raise KarstDeployError(
+            f"TensorRT rejected {what}: {'; '.join(logger.errors) or 'no message logged'}"
+        )
+
+
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
 
 
@@ -215,7 +223,9 @@ class TensorRTRunner(Runner):
             batch_range = (shape[0], shape[0])
         context = engine.create_execution_context()
         chw = shape[1:]
-        context.set_input_shape(inputs[0], (batch_range[1], *chw))
+        accepted(
+            context.set_input_shape(inputs[0], (batch_range[1], *chw)), "the input shape", logger
+        )
         out_shape = tuple(context.get_tensor_shape(outputs[0]))
 
         def torch_dtype(name: str) -> Any:
@@ -227,8 +237,8 @@ class TensorRTRunner(Runner):
         in_dtype, out_dtype = torch_dtype(inputs[0]), torch_dtype(outputs[0])
         device_in = torch.empty((batch_range[1], *chw), dtype=in_dtype, device="cuda")
         device_out = torch.empty(out_shape, dtype=out_dtype, device="cuda")
-        context.set_tensor_address(inputs[0], device_in.data_ptr())
-        context.set_tensor_address(outputs[0], device_out.data_ptr())
+        for name, buffer in ((inputs[0], device_in), (outputs[0], device_out)):
+            accepted(context.set_tensor_address(name, buffer.data_ptr()), f"'{name}'", logger)
         self._state = dict(
             torch=torch,
             trt=trt,
@@ -287,7 +297,9 @@ class TensorRTRunner(Runner):
     def _bind_batch(self, batch: int) -> None:
         state = self._state
         if state["bound_batch"] != batch:
-            state["context"].set_input_shape(state["input"], (batch, *state["chw"]))
+            shape = (batch, *state["chw"])
+            ok = state["context"].set_input_shape(state["input"], shape)
+            accepted(ok, f"input shape {shape}", state["logger"])
             state["bound_batch"] = batch
 
     def _enqueue(self) -> None:

@@ -175,7 +175,7 @@ def _inspect(
     logger: Any,
     options: BuildOptions,
 ) -> PrecisionReport:
-    from karst_deploy.backends.tensorrt import deserialize_engine
+    from karst_deploy.backends.tensorrt import accepted, deserialize_engine
 
     engine, _runtime = deserialize_engine(
         trt,
@@ -186,7 +186,8 @@ def _inspect(
     )
     context = engine.create_execution_context()
     if summary.fixed_batch is None:
-        context.set_input_shape(summary.input_name, (request.batch.opt, *summary.input_chw))
+        shape = (request.batch.opt, *summary.input_chw)
+        accepted(context.set_input_shape(summary.input_name, shape), "the input shape", logger)
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
     layers = parse_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))

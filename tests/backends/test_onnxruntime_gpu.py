@@ -8,7 +8,12 @@ import pytest
 
 from karst_deploy.backends import runner_class
 from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
-from karst_deploy.backends.onnxruntime_gpu import OnnxRuntimeCudaRunner, OnnxRuntimeTensorRTRunner
+from karst_deploy.backends.onnxruntime_gpu import (
+    OnnxRuntimeCudaRunner,
+    OnnxRuntimeTensorRTRunner,
+    check_tensorrt_11,
+    tensorrt_precision,
+)
 from karst_deploy.errors import MissingDependencyError
 from tests.engine.graphs import save, tiny_classifier
 
@@ -21,10 +26,33 @@ def test_registered_by_name():
 
 
 @pytest.mark.parametrize(
-    ("precision", "fp16", "int8"),
-    [("fp32", False, False), ("fp16", True, False), ("int8", True, True)],
+    ("precision", "ort_version", "fp16", "int8", "typing"),
+    [
+        ("fp32", "1.22.1", False, False, "weakly typed"),
+        ("fp16", "1.22.1", True, False, "weakly typed"),
+        ("int8", "1.26.0", True, True, "weakly typed"),
+        ("fp16", "1.27.0", False, False, "strongly typed"),
+        ("int8", "1.28.0.dev20260101", False, False, "strongly typed"),
+    ],
 )
-def test_tensorrt_provider_options_follow_the_model(precision, fp16, int8, tmp_path):
+def test_precision_flags_per_onnxruntime_version(precision, ort_version, fp16, int8, typing):
+    """F4: flags on make ORT's TensorRT network weakly typed (TensorRT may lower the fp32 head);
+    from STRONGLY_TYPED_ORT on, both off give a strongly typed network from the ONNX types."""
+    chosen = tensorrt_precision(precision, ort_version)
+    assert (chosen["trt_fp16_enable"], chosen["trt_int8_enable"]) == (fp16, int8)
+    assert chosen["typing"].startswith(typing)
+
+
+def test_tensorrt_11_needs_a_recent_onnxruntime():
+    with pytest.raises(MissingDependencyError, match=r"TensorRT 11\.4\.0\.106.*>=1\.27"):
+        check_tensorrt_11("1.24.4", "11.4.0.106")
+    check_tensorrt_11("1.27.0", "11.4.0.106")
+    check_tensorrt_11("1.24.4", "10.3.0")
+    check_tensorrt_11("1.24.4", None)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_provider_options_follow_the_model(precision, tmp_path):
     onnx_file = save(tiny_classifier(precision, precision), tmp_path / "model.onnx")
     runner = OnnxRuntimeTensorRTRunner(onnx_file, max_batch=16)
     name, options = runner.providers[0]
@@ -35,7 +63,14 @@ def test_tensorrt_provider_options_follow_the_model(precision, fp16, int8, tmp_p
     ]
     assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
     assert options["trt_engine_cache_path"] == str(tmp_path / "model.onnx.ort-trt-cache")
-    assert (options["trt_fp16_enable"], options["trt_int8_enable"]) == (fp16, int8)
+    chosen = tensorrt_precision(precision, ort.__version__)
+    assert (options["trt_fp16_enable"], options["trt_int8_enable"]) == (
+        chosen["trt_fp16_enable"],
+        chosen["trt_int8_enable"],
+    )
+    described = runner.describe()  # what the bench JSON records
+    assert described["tensorrt_network"] == chosen["typing"]
+    assert described["trt_fp16_enable"] == chosen["trt_fp16_enable"]
     assert options["trt_profile_min_shapes"] == "images:1x3x8x8"
     assert options["trt_profile_max_shapes"] == "images:16x3x8x8"
     fixed = OnnxRuntimeTensorRTRunner(save(tiny_classifier(batch=2), tmp_path / "fixed.onnx"))

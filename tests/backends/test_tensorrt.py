@@ -9,7 +9,7 @@ import pytest
 from karst_deploy.backends import runner_class
 from karst_deploy.engine import BatchProfile, BuildOptions, build_engine, sidecar_path
 from karst_deploy.engine.sidecar import EngineMismatchError
-from karst_deploy.errors import MissingDependencyError
+from karst_deploy.errors import InputError, MissingDependencyError
 from tests.engine.graphs import save, tiny_classifier
 from tests.engine.needs import needs_tensorrt_gpu, without_tensorrt
 
@@ -109,3 +109,19 @@ def test_no_cuda_gpu_is_explained():
         pytest.skip("a CUDA GPU is present here")
     with pytest.raises(MissingDependencyError, match="NVIDIA's PyTorch wheel"):
         import_torch_cuda()
+
+
+@pytest.mark.parametrize(("core", "expected"), [(None, None), (0, 0), (1, 1)])
+def test_dla_core_comes_from_the_sidecar(core, expected, tmp_path):
+    """F2: the runner deserializes a DLA engine on the core its sidecar names."""
+    from karst_deploy.backends.tensorrt import sidecar_dla_core
+
+    assert sidecar_dla_core({"builder": {"dla_core": core}}, tmp_path / "m.engine") == expected
+
+
+@pytest.mark.parametrize("core", [-1, True, "1", 1.0])
+def test_a_bad_dla_core_in_the_sidecar_is_refused(core, tmp_path):
+    from karst_deploy.backends.tensorrt import sidecar_dla_core
+
+    with pytest.raises(InputError, match=r"m\.engine\.json': builder\.dla_core"):
+        sidecar_dla_core({"builder": {"dla_core": core}}, tmp_path / "m.engine")

@@ -61,6 +61,14 @@ def test_every_tensorrt_call_of_ours_was_typed_and_checked():
     assert probed == {"BuilderFlag.FP16", "NetworkDefinitionCreationFlag.STRONGLY_TYPED"}
 
 
+def test_runtime_dla_core_is_set_before_deserializing():
+    """F2: IRuntime::setDLACore applies to engines deserialized after it (as in trtexec)."""
+    uses = trt_api.check(VERSIONS[0]).uses
+    (write,) = [u for u in uses if (u.kind, u.member) == ("write", "Runtime.DLA_core")]
+    (load,) = [u for u in uses if (u.kind, u.member) == ("call", "Runtime.deserialize_cuda_engine")]
+    assert write.file == load.file and write.line < load.line
+
+
 def _planted(version: str) -> set[tuple[int, str]]:
     expected = set()
     for number, line in enumerate(PLANTED.read_text().splitlines(), 1):
@@ -72,7 +80,8 @@ def _planted(version: str) -> set[tuple[int, str]]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_checker_catches_every_planted_mistake(version):
-    """Removed member, wrong keyword, read-only write, IEngineInspector, wrong arity/override."""
+    """Removed member, wrong keyword, read-only write, IEngineInspector, wrong arity/override,
+    an ignored success bool (set_timing_cache, F3)."""
     result = trt_api.check(version, [PLANTED])
     found = {(p.line, p.member) for p in result.problems}
     assert found == _planted(version)

@@ -12,7 +12,9 @@ use against one surface:
 - every call matches one overload (arity, keyword names, required parameters);
 - every attribute written is a writable property;
 - a method overridden in a subclass of a TensorRT class (``ILogger.log``) can be called the
-  way TensorRT calls it.
+  way TensorRT calls it;
+- no call whose result is TensorRT's success ``bool`` (``set_timing_cache``,
+  ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3`` ...) is a bare statement.
 
 A member missing from a version is accepted only where the code probes it: inside
 ``hasattr(X, "m")`` or ``getattr(X, "m", default)``, in the body of ``if hasattr(X, "m")`` or
@@ -328,6 +330,11 @@ class Checker:
                     self.returns[function] = _merge(self.returns.get(function), value)
         elif isinstance(stmt, ast.Delete):
             pass
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+            self._expr(stmt.value, scope)
+            label = getattr(stmt.value, "_trt_bool", None)
+            if label:  # TensorRT reports failure through this bool (e.g. set_timing_cache)
+                self._problem(stmt, label, "returns a success bool that is ignored")
         else:
             for child in ast.iter_child_nodes(stmt):
                 if isinstance(child, ast.expr):
@@ -665,6 +672,8 @@ class Checker:
         overload = self._match(node, entry.get("overloads", []), bound, label)
         if overload is None or name == "__init__":
             return None
+        if overload.get("returns") == "bool":
+            node._trt_bool = label  # type: ignore[attr-defined]
         return _type_from_annotation(self.surf, overload.get("returns"))
 
     def _match(

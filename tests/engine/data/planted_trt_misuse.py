@@ -25,6 +25,7 @@ def build(path, cache_bytes):
         config.set_flag(trt.BuilderFlag.FP16)  # probed: fine on 11.x
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatches=0)  # expect: IBuilderConfig.set_timing_cache
+    config.set_timing_cache(cache, ignore_mismatch=False)  # expect: IBuilderConfig.set_timing_cache
     builder.num_DLA_cores = 2  # expect: Builder.num_DLA_cores
     profile = builder.create_optimization_profile()
     small = (1, 3, 8, 8)
