@@ -105,7 +105,10 @@ def parse_layers(report: str | dict[str, Any]) -> list[EngineLayer]:
         if isinstance(raw, str):  # ProfilingVerbosity.LAYER_NAMES_ONLY lists bare names
             layers.append(EngineLayer(name=raw, kind="", precision=None))
             continue
-        tensors = [*raw.get("Inputs", [])]
+        if not isinstance(raw, dict):  # a schema we have not seen: nothing to read here
+            continue
+        inputs = raw.get("Inputs")
+        tensors = list(inputs) if isinstance(inputs, list) else []
         precisions = [tensor_precision(t) for t in tensors if isinstance(t, dict)]
         weights = raw.get("Weights")
         if isinstance(weights, dict):

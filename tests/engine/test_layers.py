@@ -221,3 +221,18 @@ def test_dla_layers_are_listed_and_accepted_only_for_reduced_precision():
 def test_malformed_reports_are_refused(text, message):
     with pytest.raises(InputError, match=message):
         parse_layers(text)
+
+
+def test_unknown_layer_entries_and_fields_are_tolerated():
+    """11.x reports were read from documentation only: unknown shapes must not crash parsing."""
+    layers = parse_layers(
+        {
+            "Layers": [
+                7,
+                {"Name": "gemm", "LayerType": "gemm", "Inputs": "not a list", "Tactic": 3},
+                {"Name": "mm", "LayerType": "MatrixMultiply", "Inputs": [{"Format": "Half"}]},
+            ],
+            "I/O Tensors": [],
+        }
+    )
+    assert [(layer.name, layer.precision) for layer in layers] == [("gemm", None), ("mm", "fp16")]
