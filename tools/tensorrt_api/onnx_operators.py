@@ -58,7 +58,9 @@ def derive(text: str) -> dict:
 def write(table: dict, label: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{label}.json"
-    target.write_text(json.dumps(table, indent=1) + "\n")
+    partial = target.with_suffix(".tmp")
+    partial.write_text(json.dumps(table, indent=1) + "\n")
+    partial.replace(target)
     print(
         f"{target}: TensorRT {table['tensorrt']}, opset {table['opset']}, "
         f"{len(table['operators'])} operators"

@@ -103,7 +103,9 @@ def main() -> None:
             **derive(git("show", f"{tag}:{SOURCE}")),
         }
         target = args.out / f"{tag}.json"
-        target.write_text(json.dumps(table, indent=1) + "\n")
+        partial = target.with_suffix(".tmp")
+        partial.write_text(json.dumps(table, indent=1) + "\n")
+        partial.replace(target)
         print(f"{target}: {len(table['flags'])} flags")
 
 
