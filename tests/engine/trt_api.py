@@ -505,7 +505,7 @@ class Checker:
         if isinstance(node, ast.Name):
             return scope.lookup(node.id)
         if isinstance(node, ast.Attribute):
-            return self._attribute(node, self._eval(node.value, scope), node.attr, scope, node)
+            return self._attribute(self._eval(node.value, scope), node.attr, scope, node)
         if isinstance(node, ast.Call):
             return self._call(node, scope)
         if isinstance(node, ast.Subscript):
@@ -544,9 +544,7 @@ class Checker:
                         self._eval(grandchild, scope)
         return None
 
-    def _attribute(
-        self, node: ast.AST, owner: Any, name: str, scope: _Scope, where: ast.AST
-    ) -> Any:
+    def _attribute(self, owner: Any, name: str, scope: _Scope, where: ast.AST) -> Any:
         if isinstance(owner, Unresolved):
             self._problem(where, name, f"read on a value of unknown class ({owner.why})")
             return Unresolved(owner.why)
@@ -568,7 +566,8 @@ class Checker:
             owner = ClassRef(base)
         if not isinstance(owner, Module | ClassRef | Instance):
             return None
-        probed = scope.probed((owner, name)) or self._probe_context(where, owner, name)
+        # inside hasattr(X, "m") / getattr(X, "m", default) itself, or a block they guard
+        probed = scope.probed((owner, name)) or getattr(where, "_probe", False)
         if isinstance(owner, Module):
             member = f"tensorrt.{name}"
             self._use(where, "read", member, probed)
@@ -602,10 +601,6 @@ class Checker:
         if kind == "value":
             return Instance(entry["type"]) if _class(self.surf, entry["type"]) else None
         return Unresolved(f"{member} is {kind}")
-
-    def _probe_context(self, where: ast.AST, owner: Any, name: str) -> bool:
-        """`where` is the getattr(X, "m", default) / hasattr(X, "m") probe itself."""
-        return getattr(where, "_probe", False)
 
     def _call(self, node: ast.Call, scope: _Scope) -> Any:
         func = node.func
@@ -647,7 +642,7 @@ class Checker:
         for arg in node.args[2:]:
             self._eval(arg, scope)
         node._probe = probe  # type: ignore[attr-defined]
-        results = [self._attribute(node, owner, name, scope, node) for name in names]
+        results = [self._attribute(owner, name, scope, node) for name in names]
         if node.func.id == "hasattr":
             return None
         return results[0] if len(results) == 1 else None
