@@ -40,7 +40,7 @@ SUPPORTED_MAJORS = (10, 11)
 DLA_ON_11 = (
     "DLA on TensorRT 11: 11.0 to 11.3 have no DLA support; 11.4.1 supports it on Jetson AGX "
     "Orin with JetPack 7.2.2 or later. Jetson Thor has no DLA, and Orin on JetPack 6 stays on "
-    "TensorRT 10.3: there, use the 10.x commands."
+    "TensorRT 10.3."
 )
 
 
@@ -114,7 +114,7 @@ def build_args(
     if options.dla_core is not None:
         args += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
         if major >= 11:
-            notes.append(DLA_ON_11)
+            notes.append(f"{DLA_ON_11} Elsewhere use the 10.x commands.")
     if options.hardware_compat != "none":
         args.append(f"--hardwareCompatibilityLevel={options.hardware_compat}")
     if options.version_compatible:
