@@ -32,9 +32,10 @@ def rejected(args, tag):
     bad = []
     for arg in args[1:]:
         flag, _, value = arg.partition("=")
-        if flag not in accepted or (flag in keywords and value.split(":")[0].lower() not in {
-            k.lower() for k in keywords[flag]
-        }):
+        if flag not in accepted or (
+            flag in keywords
+            and value.split(":")[0].lower() not in {k.lower() for k in keywords[flag]}
+        ):
             bad.append(arg)
     return bad
 
