@@ -40,10 +40,6 @@ def rejected(args, tag):
     return bad
 
 
-def flags(args):
-    return [a.split("=")[0] for a in args[1:]]
-
-
 @pytest.fixture
 def onnx_file(tmp_path):
     return save(tiny_classifier("fp16", "fp16"), tmp_path / "model.onnx")
