@@ -15,7 +15,8 @@ for none of the KARST ones. That makes "the merged model is the baseline graph w
 numbers in it" a structural fact the bench can check. It is also the supported path (the
 TorchScript exporter warns it will be removed). Costs: a few seconds per export (about
 2 s for a tiny ViT, 5 s for ViT-S/16), and more Constant nodes in the file (ViT-Ti/2
-blocks: 158 nodes; Swin-tiny/2 stages: 341 vs TorchScript's 583). It needs torch ≥ 2.6.
+blocks: 158 nodes, 151 after the folding below; Swin-tiny/2 stages: 341, 275 folded, vs
+TorchScript's 583). It needs torch ≥ 2.6.
 
 Integer constant chains are folded after export (`fold_integer_constants`): the exporter
 writes some ``axes`` inputs as ``Reshape(Constant, Constant)`` or ``Reshape(Cast(Constant))``
