@@ -33,7 +33,7 @@ from karst_deploy.errors import MissingDependencyError
 
 #: The first ONNX Runtime whose TensorRT provider builds strongly typed networks when no
 #: precision flag is set (and the first that supports TensorRT 11, where every network is
-#: strongly typed).
+#: strongly typed). From the project's TensorRT review; not checked against ORT's source.
 STRONGLY_TYPED_ORT = (1, 27)
 TENSORRT_11_ORT = (1, 27)
 #: Distributions that carry TensorRT's libraries for the provider to load.
