@@ -129,8 +129,23 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+INTEGER_TYPES = (
+    TensorProto.INT8,
+    TensorProto.UINT8,
+    TensorProto.INT16,
+    TensorProto.UINT16,
+    TensorProto.INT32,
+    TensorProto.UINT32,
+    TensorProto.INT64,
+    TensorProto.UINT64,
+)
+
+
 def float32_violations(model: onnx.ModelProto, op_types: Iterable[str]) -> list[str]:
-    """Inputs/outputs of the `op_types` nodes that are not float32 (e.g. fp16 LayerNorm)."""
+    """Float inputs/outputs of the `op_types` nodes that are not float32 (e.g. fp16 LayerNorm).
+
+    Integer operands (ReduceMean's int64 ``axes``) are not activations and are allowed.
+    """
     op_types = set(op_types)
     types = tensor_types(model)
     problems = []
@@ -138,7 +153,7 @@ def float32_violations(model: onnx.ModelProto, op_types: Iterable[str]) -> list[
         if node.op_type not in op_types:
             continue
         for name in [*node.input, *node.output]:
-            if name and types.get(name) != TensorProto.FLOAT:
+            if name and types.get(name) not in (TensorProto.FLOAT, *INTEGER_TYPES):
                 kind = TensorProto.DataType.Name(types[name]) if name in types else "unknown"
                 problems.append(f"{node.op_type} '{node.name}': tensor '{name}' is {kind}")
     return problems

@@ -13,7 +13,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from karst_deploy.errors import VerificationError
 from karst_deploy.export import export_onnx
 from karst_deploy.precision import convert_precision
 from tests.cases import BACKBONE_CASES
@@ -22,10 +21,6 @@ from tests.engine import onnx_trt_support as support
 BACKBONES = {case.id: case for case in BACKBONE_CASES if case.id in ("vit-192", "deit-768", "swin")}
 PRECISIONS = ("fp32", "fp16", "int8")
 LABELS = sorted(set(support.TENSORRT_TABLES.values()), key=lambda v: tuple(map(int, v.split("."))))
-SWIN_FP16 = (
-    "convert_precision fp16 refuses Swin: its fp32-island check counts the int64 `axes` input "
-    "of the final ReduceMean as a float tensor left in int64 (karst_deploy/precision/fp16.py)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +53,6 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_exported_forms_are_supported_by_every_parser(exported, backbone, precision):
-    if (backbone, precision) == ("swin", "fp16"):
-        with pytest.raises(VerificationError, match="ReduceMean"):  # reported, see SWIN_FP16
-            exported(backbone, precision)
-        pytest.xfail(SWIN_FP16)
     model = exported(backbone, precision)
     for label in LABELS:
         findings = support.check(model, label, qdq=precision == "int8")
