@@ -123,9 +123,14 @@ def check_source(
     The message says which hash (or name) differs, and both values.
     """
     from karst_deploy.adapters import AdapterFile
+    from karst_deploy.adapters.peft_format import PeftDirectory, is_peft_directory
 
-    adapter = AdapterFile(adapter_dir)
-    expected_backbone = backbone or adapter.backbone.name
+    if is_peft_directory(adapter_dir):  # PEFT records no backbone: --backbone, else the ONNX's
+        adapter: AdapterFile | PeftDirectory = PeftDirectory(adapter_dir)
+        expected_backbone = backbone or record.get("backbone")
+    else:
+        adapter = AdapterFile(adapter_dir)
+        expected_backbone = backbone or adapter.backbone.name
     if record.get("backbone") != expected_backbone:
         raise InputError(
             f"'{onnx_path}' was exported from backbone {record.get('backbone')!r}, not "
