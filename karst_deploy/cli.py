@@ -121,7 +121,7 @@ def merge_command(
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Fold an adapter (ours or a Hugging Face PEFT one) into its backbone; write a timm checkpoint."""
+    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint."""
     from karst_deploy.adapters.peft_format import is_peft_directory, write_merged_peft_checkpoint
     from karst_deploy.adapters.storage import write_merged_checkpoint
 

@@ -232,7 +232,8 @@ class PeftLohaLayer(LayerAdapter):
             self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        w1a, w1b, w2a, w2b = (getattr(self, n).to(dtype or self.hada_w1_a.dtype) for n in self.NAMES)
+        dtype = dtype or self.hada_w1_a.dtype
+        w1a, w1b, w2a, w2b = (getattr(self, name).to(dtype) for name in self.NAMES)
         return (w1a @ w1b) * (w2a @ w2b) * self.scaling
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,23 +312,8 @@ class PeftDirectory:
             raise AdapterFileError(f"Adapter directory '{self.directory}' does not exist.")
         self.config_path = self.directory / CONFIG_FILE
         self.weights_path = self.directory / WEIGHTS_FILE
-        if not self.weights_path.is_file():
-            if (self.directory / PICKLE_FILE).is_file():
-                raise AdapterFileError(
-                    f"'{self.directory}' holds the PEFT weights only as {PICKLE_FILE}, a pickle, "
-                    f"which karst-deploy does not read (it can run code). Save the adapter with "
-                    f"save_pretrained(..., safe_serialization=True) to get {WEIGHTS_FILE}."
-                )
-            raise AdapterFileError(f"PEFT adapter directory '{self.directory}' has no {WEIGHTS_FILE}.")
-        nested = sorted(
-            p.parent.name for p in self.directory.glob(f"*/{CONFIG_FILE}") if p.parent.is_dir()
-        )
-        if nested:
-            raise AdapterFileError(
-                f"'{self.directory}' holds several PEFT adapters (also '{nested[0]}/'); a "
-                "deployed model carries one. Pass that adapter's own directory, e.g. --adapter "
-                f"{self.directory / nested[0]}."
-            )
+        if not self.config_path.is_file():
+            raise AdapterFileError(f"Adapter directory '{self.directory}' has no {CONFIG_FILE}.")
         try:
             document = json.loads(self.config_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -342,6 +328,25 @@ class PeftDirectory:
                 f"{list(PEFT_TYPES)} (the methods whose eval-mode forward is a dense Linear)."
             )
         self._check_keys()
+        if not self.weights_path.is_file():
+            if (self.directory / PICKLE_FILE).is_file():
+                raise AdapterFileError(
+                    f"'{self.directory}' holds the PEFT weights only as {PICKLE_FILE}, a pickle, "
+                    f"which karst-deploy does not read (it can run code). Save the adapter with "
+                    f"save_pretrained(..., safe_serialization=True) to get {WEIGHTS_FILE}."
+                )
+            raise AdapterFileError(
+                f"PEFT adapter directory '{self.directory}' has no {WEIGHTS_FILE}."
+            )
+        nested = sorted(
+            p.parent.name for p in self.directory.glob(f"*/{CONFIG_FILE}") if p.parent.is_dir()
+        )
+        if nested:
+            raise AdapterFileError(
+                f"'{self.directory}' holds several PEFT adapters (also '{nested[0]}/'); a "
+                "deployed model carries one. Pass that adapter's own directory, e.g. --adapter "
+                f"{self.directory / nested[0]}."
+            )
 
     # -- config
     def _fail(self, key: str, value: Any, want: str) -> AdapterFileError:
@@ -367,9 +372,7 @@ class PeftDirectory:
         targets = doc.get("target_modules")
         if isinstance(targets, str):
             if targets == "all-linear":
-                raise self._fail(
-                    "target_modules", targets, "the expanded module names PEFT saves"
-                )
+                raise self._fail("target_modules", targets, "the expanded module names PEFT saves")
             self._regex("target_modules", targets)
         elif not (
             isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
@@ -613,8 +616,9 @@ class PeftDirectory:
 
     def head_classes(self, model: nn.Module) -> int | None:
         """The classifier size stored in the directory (``modules_to_save``), if it holds one."""
-        from karst_deploy.models import classifier_parameter_names
         from safetensors import safe_open
+
+        from karst_deploy.models import classifier_parameter_names
 
         names = [n for n in classifier_parameter_names(model) if n.endswith("weight")]
         try:
@@ -658,7 +662,9 @@ def load_peft_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> n
     from karst_deploy.adapters.base import adapter_config
 
     if adapter_config(model) is not None:
-        raise InputError("This model already carries adapters; load the PEFT adapter into a fresh backbone.")
+        raise InputError(
+            "This model already carries adapters; load the PEFT adapter into a fresh backbone."
+        )
     file = PeftDirectory(directory)
     mapping = (file.document.get("auto_mapping") or {}).get("base_model_class")
     if isinstance(mapping, str) and mapping != type(model).__name__:
@@ -687,14 +693,18 @@ def load_peft_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> n
     for key in sorted(expected):
         tensor, want = tensors[key], expected[key]
         if not tensor.is_floating_point():
-            raise AdapterFileError(f"{file.weights_path}: key '{key}' has dtype {tensor.dtype}; expected floats.")
+            raise AdapterFileError(
+                f"{file.weights_path}: key '{key}' has dtype {tensor.dtype}; expected floats."
+            )
         if tensor.shape != want.shape:
             raise AdapterFileError(
                 f"{file.weights_path}: key '{key}' has shape {tuple(tensor.shape)}; the backbone "
                 f"and {CONFIG_FILE} expect {tuple(want.shape)}."
             )
         if not torch.isfinite(tensor).all():
-            raise AdapterFileError(f"{file.weights_path}: key '{key}' holds NaN or infinite values.")
+            raise AdapterFileError(
+                f"{file.weights_path}: key '{key}' holds NaN or infinite values."
+            )
     # Validated: now change the model.
     for key, name in replaced.items():
         state[name].copy_(tensors[key])
@@ -707,7 +717,9 @@ def load_peft_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> n
         parameter.requires_grad_(False)
     for layer in layers:
         _set_submodule(model, layer.path, AdaptedLinear(layer.linear, METHOD, layer.adapter))
-    config = PeftAdapterConfig(peft_type=file.peft_type, targets=tuple(l.path for l in layers))
+    config = PeftAdapterConfig(
+        peft_type=file.peft_type, targets=tuple(layer.path for layer in layers)
+    )
     setattr(model, CONFIG_ATTRIBUTE, config)
     return model.eval()
 
@@ -775,7 +787,8 @@ def peft_reference_model(directory: str | os.PathLike[str], backbone: nn.Module)
         from peft import PeftModel
     except ImportError as exc:
         raise MissingDependencyError(
-            f"The 'peft' parity stage needs Hugging Face PEFT (pip install 'karst-deploy[peft]'): {exc}"
+            "The 'peft' parity stage needs Hugging Face PEFT (pip install "
+            f"'karst-deploy[peft]'): {exc}"
         ) from None
     import warnings
 

@@ -105,7 +105,8 @@ def export_onnx(
     With `adapter`, the backbone is the one its adapter_config.json names (`backbone`, if
     given, must agree); without, it is built from `backbone`, `num_classes`, `img_size` and
     `model_kwargs`, and so is it for a Hugging Face PEFT `adapter` (which records none;
-    `num_classes` then defaults to the head stored in it). `batch=None` exports a dynamic batch axis named ``batch``.
+    `num_classes` then defaults to the head stored in it). `batch=None` exports a dynamic
+    batch axis named ``batch``.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
     from karst_deploy.adapters.peft_format import is_peft_directory, load_peft_model
