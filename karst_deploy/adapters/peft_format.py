@@ -137,7 +137,12 @@ def is_peft_directory(directory: str | os.PathLike[str] | None) -> bool:
         document = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError, OSError):
         return False
-    return isinstance(document, dict) and "peft_type" in document
+    # Our own format never has `peft_type` at the top level, but check its marker anyway.
+    return (
+        isinstance(document, dict)
+        and "peft_type" in document
+        and document.get("format") != "karst-deploy.adapter"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +309,7 @@ class _Layer:
 
 
 class PeftDirectory:
-    """A parsed, validated PEFT adapter directory (config only; tensors are read by `load`)."""
+    """A parsed, validated PEFT adapter directory (its tensors: `load_peft_adapters`)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
@@ -318,16 +323,7 @@ class PeftDirectory:
             document = json.loads(self.config_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AdapterFileError(f"{self.config_path} is not valid JSON: {exc}.") from None
-        if not isinstance(document, dict):
-            raise AdapterFileError(f"{self.config_path} must hold a JSON object.")
-        self.document = document
-        self.peft_type = document.get("peft_type")
-        if self.peft_type not in PEFT_TYPES:
-            raise AdapterFileError(
-                f"{self.config_path}: key 'peft_type' is {self.peft_type!r}; karst-deploy folds "
-                f"{list(PEFT_TYPES)} (the methods whose eval-mode forward is a dense Linear)."
-            )
-        self._check_keys()
+        self._parse(document)
         if not self.weights_path.is_file():
             if (self.directory / PICKLE_FILE).is_file():
                 raise AdapterFileError(
@@ -348,7 +344,27 @@ class PeftDirectory:
                 f"{self.directory / nested[0]}."
             )
 
+    @classmethod
+    def from_document(cls, document: Any, source: str) -> PeftDirectory:
+        """The config part alone (e.g. from ONNX provenance); it has no tensors to read."""
+        parsed = cls.__new__(cls)
+        parsed.config_path = Path(source)
+        parsed._parse(document)
+        return parsed
+
     # -- config
+    def _parse(self, document: Any) -> None:
+        if not isinstance(document, dict):
+            raise AdapterFileError(f"{self.config_path} must hold a JSON object.")
+        self.document = document
+        self.peft_type = document.get("peft_type")
+        if self.peft_type not in PEFT_TYPES:
+            raise AdapterFileError(
+                f"{self.config_path}: key 'peft_type' is {self.peft_type!r}; karst-deploy folds "
+                f"{list(PEFT_TYPES)} (the methods whose eval-mode forward is a dense Linear)."
+            )
+        self._check_keys()
+
     def _fail(self, key: str, value: Any, want: str) -> AdapterFileError:
         return AdapterFileError(f"{self.config_path}: key '{key}' is {value!r}; expected {want}.")
 
@@ -386,10 +402,13 @@ class PeftDirectory:
                 raise self._fail(key, value, "null, a regex or a list of module names")
         for key in ("modules_to_save", "layers_pattern"):
             value = doc.get(key)
-            if isinstance(value, str) and key == "layers_pattern":
-                continue
+            value = [value] if isinstance(value, str) and key == "layers_pattern" else value
             if not (value is None or _str_list(value)):
                 raise self._fail(key, value, "null or a list of names")
+            for name in value or []:  # PEFT matches them as regular expressions
+                self._regex(key, name)
+        if not isinstance(doc.get("auto_mapping") or {}, dict):
+            raise self._fail("auto_mapping", doc["auto_mapping"], "an object")
         layers = doc.get("layers_to_transform")
         if not (
             layers is None
@@ -514,6 +533,12 @@ class PeftDirectory:
             adapter = PeftIa3Layer(linear, self._is_feedforward(path))
             return _Layer(path, linear, adapter, {f"{key}ia3_l": "ia3_l"})
         rank, alpha = self._rank_alpha(path)
+        if rank > max(linear.in_features, linear.out_features):
+            key = "rank_pattern" if rank != doc["r"] else "r"
+            raise AdapterFileError(
+                f"{self.config_path}: key '{key}' gives '{path}' rank {rank}, more than its "
+                f"{linear.out_features}×{linear.in_features} weight has rows or columns."
+            )
         if self.peft_type == "LORA":
             scaling = alpha / math.sqrt(rank) if doc.get("use_rslora") else alpha / rank
             lora_bias = bool(doc.get("lora_bias"))
@@ -549,8 +574,11 @@ class PeftDirectory:
         return _Layer(path, linear, adapter, {key + n: n for n in shapes})
 
     def plan(self, model: nn.Module) -> tuple[list[_Layer], dict[str, str]]:
-        """The adapted layers, and the backbone tensors the directory replaces (stored key ->
-        backbone key), for `model`; refuses targets that are not Linear layers."""
+        """The adapted layers of `model`, and the backbone tensors the directory replaces.
+
+        Replaced tensors map stored key -> backbone key; a target that is not a Linear is
+        refused.
+        """
         doc = self.document
         layers = []
         for path, module in model.named_modules():
@@ -712,16 +740,30 @@ def load_peft_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> n
         params = dict(layer.adapter.named_parameters())
         for key, name in layer.keys.items():
             params[name].copy_(tensors[key])
+    return _install(model, file.peft_type, layers)
+
+
+def _install(model: nn.Module, peft_type: str, layers: list[_Layer]) -> nn.Module:
+    for layer in layers:
         layer.adapter.to(device=layer.linear.weight.device, dtype=layer.linear.weight.dtype)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     for layer in layers:
         _set_submodule(model, layer.path, AdaptedLinear(layer.linear, METHOD, layer.adapter))
-    config = PeftAdapterConfig(
-        peft_type=file.peft_type, targets=tuple(layer.path for layer in layers)
-    )
-    setattr(model, CONFIG_ATTRIBUTE, config)
+    targets = tuple(layer.path for layer in layers)
+    setattr(model, CONFIG_ATTRIBUTE, PeftAdapterConfig(peft_type=peft_type, targets=targets))
     return model.eval()
+
+
+def peft_architecture(model: nn.Module, document: Any, source: str) -> nn.Module:
+    """`model` with the (unmerged) layers a PEFT config describes, values left as built.
+
+    For timing an unmerged export with the torch runner (`architecture_from_onnx`), where
+    only the arithmetic matters, not the numbers.
+    """
+    document = {k: v for k, v in document.items() if k != "format"}
+    layers, _ = PeftDirectory.from_document(document, source).plan(model)
+    return _install(model, document["peft_type"], layers)
 
 
 def build_backbone(

@@ -99,7 +99,11 @@ def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
         model_kwargs=record.get("model_kwargs") or {},
     )
     model = spec.build()
-    if record.get("kind") == "unmerged":
+    if record.get("kind") == "unmerged" and record.get("method") == "peft":
+        from karst_deploy.adapters.peft_format import peft_architecture
+
+        peft_architecture(model, record["adapter_config"], f"{path} provenance")
+    elif record.get("kind") == "unmerged":
         method = method_for(record["method"])
         config = method.config_type.from_hparams(record["adapter_config"], f"{path} provenance")
         add_adapters(model, config)

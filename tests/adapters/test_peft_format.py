@@ -213,6 +213,8 @@ HOSTILE = {
     "no-target-matches": (_config(target_modules=["q_proj"]), "'target_modules'"),
     "bad-regex": (_config(target_modules="(qkv"), "'target_modules'"),
     "rank-pattern-vs-tensors": (_config(rank_pattern={"qkv": 8}), QKV + "lora_A.weight"),
+    "huge-rank": (_config(r=10**9), "'r'"),
+    "bad-modules-to-save": (_config(modules_to_save=["head("]), "'modules_to_save'"),
     "other-backbone-family": (
         _config(auto_mapping={"base_model_class": "SwinTransformer"}),
         "'auto_mapping.base_model_class'",
@@ -258,3 +260,22 @@ def test_a_directory_of_ours_is_not_a_peft_directory(tmp_path):
     assert not is_peft_directory(tmp_path / "ours")
     with pytest.raises(AdapterFileError, match="peft_type"):
         PeftDirectory(tmp_path / "ours")
+
+
+def test_unmerged_export_runs_our_reading_and_rebuilds_for_the_torch_runner(adapter_dirs, tmp_path):
+    from karst_deploy.adapters.base import adapted_layers
+    from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
+    from karst_deploy.export import architecture_from_onnx, export_onnx
+
+    backbone = PEFT_BACKBONES[0]
+    directory = adapter_dirs(backbone, "dora")
+    args = peft_backbone_args(backbone)
+    path = tmp_path / "unmerged.onnx"
+    export_onnx(path, adapter=directory, backbone=backbone.name, unmerged=True, **args)
+    ours, _ = ours_and_peft(backbone, directory)
+    x = images(backbone)
+    with torch.no_grad(), OnnxRuntimeRunner(path) as runner:
+        _, checks = compare_logits(ours(x).numpy(), runner.infer(x.numpy()), TOLERANCES["fp32"])
+    assert all(check.passed for check in checks), [c.detail for c in checks]
+    rebuilt = architecture_from_onnx(path)  # bench --runner torch: the same arithmetic
+    assert [p for p, _ in adapted_layers(rebuilt)] == [p for p, _ in adapted_layers(ours)]
