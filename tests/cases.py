@@ -235,7 +235,9 @@ def peft_adapter(backbone: BackboneCase, case: str, directory: Any, seed: int = 
         for parameter in wrapped.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-    wrapped.save_pretrained(str(directory))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT mistakes lora_B's 1-D bias for a sharded tensor
+        wrapped.save_pretrained(str(directory))
     return directory
 
 
