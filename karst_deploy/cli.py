@@ -107,20 +107,45 @@ def merge_command(
     ),
     out: Path = typer.Option(..., "--out", help="Merged checkpoint to write (.safetensors)."),
     backbone: str | None = typer.Option(
-        None, "--backbone", help="timm name; checked against the adapter's."
+        None, "--backbone", help="timm name; checked against the adapter's (PEFT: required)."
     ),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Backbone checkpoint the adapter was trained on."
     ),
+    img_size: int | None = typer.Option(
+        None, "--img-size", help="PEFT adapter only (it records no backbone): input size."
+    ),
+    model_kwargs: str | None = typer.Option(
+        None, "--model-kwargs", help="PEFT adapter only: extra timm arguments as JSON."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Fold an adapter into its backbone and write a plain timm checkpoint."""
+    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint."""
+    from karst_deploy.adapters.peft_format import is_peft_directory, write_merged_peft_checkpoint
     from karst_deploy.adapters.storage import write_merged_checkpoint
 
-    result = write_merged_checkpoint(
-        adapter, out, checkpoint=checkpoint, backbone=backbone, force=force
-    )
+    if is_peft_directory(adapter):
+        result = write_merged_peft_checkpoint(
+            adapter,
+            out,
+            backbone=backbone,
+            checkpoint=checkpoint,
+            img_size=img_size,
+            model_kwargs=_parse_model_kwargs(model_kwargs),
+            force=force,
+        )
+    elif img_size is not None or model_kwargs is not None:
+        from karst_deploy.errors import InputError
+
+        raise InputError(
+            "--img-size and --model-kwargs apply to PEFT adapters only; our adapter directory "
+            "records its backbone."
+        )
+    else:
+        result = write_merged_checkpoint(
+            adapter, out, checkpoint=checkpoint, backbone=backbone, force=force
+        )
     if as_json:
         print_json(result)
     else:
@@ -286,7 +311,9 @@ def export_command(
     backbone: str | None = typer.Option(
         None, "--backbone", help="timm name; required with --no-adapter, checked with --adapter."
     ),
-    adapter: Path | None = typer.Option(None, "--adapter", help="Adapter directory to export."),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="Adapter directory to export (ours, or a Hugging Face PEFT one)."
+    ),
     no_adapter: bool = typer.Option(
         False, "--no-adapter", help="Export the plain backbone (the latency baseline)."
     ),
@@ -297,13 +324,18 @@ def export_command(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
     num_classes: int | None = typer.Option(
-        None, "--num-classes", help="With --no-adapter: classifier size."
+        None,
+        "--num-classes",
+        help="With --no-adapter or a PEFT adapter: classifier size [PEFT: the stored head's].",
     ),
-    img_size: int | None = typer.Option(None, "--img-size", help="With --no-adapter: input size."),
+    img_size: int | None = typer.Option(
+        None, "--img-size", help="With --no-adapter or a PEFT adapter: input size."
+    ),
     model_kwargs: str | None = typer.Option(
         None,
         "--model-kwargs",
-        help="With --no-adapter: extra timm arguments as JSON, e.g. '{\"depth\": 6}'.",
+        help="With --no-adapter or a PEFT adapter: extra timm arguments as JSON, e.g. "
+        "'{\"depth\": 6}'.",
     ),
     precision: str = typer.Option(
         "fp32", "--precision", help="fp32, fp16 or int8 (explicit in the graph, for TensorRT 11)."
@@ -367,7 +399,9 @@ def export_command(
 
 @command("verify-parity")
 def verify_parity_command(
-    adapter: Path = typer.Option(..., "--adapter", help="Adapter directory the ONNX came from."),
+    adapter: Path = typer.Option(
+        ..., "--adapter", help="Adapter directory the ONNX came from (ours, or a PEFT one)."
+    ),
     onnx: Path = typer.Option(..., "--onnx", help="ONNX file to verify."),
     backbone: str | None = typer.Option(None, "--backbone", help="timm name; checked."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
@@ -416,6 +450,8 @@ def verify_parity_command(
         engine=engine,
     )
     console.print(parity_table(report))
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if json_path is not None:
         write_json(json_path, report.to_dict(), force=force)
     report.raise_if_failed()

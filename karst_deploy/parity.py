@@ -222,6 +222,7 @@ class ParityReport:
     comparisons: list[Comparison]
     accuracy: dict[str, dict[str, float]]  # input set -> stage -> percent
     provenance: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -249,6 +250,7 @@ class ParityReport:
             "comparisons": [c.to_dict() for c in self.comparisons],
             "accuracy": self.accuracy,
             "provenance": self.provenance,
+            "notes": self.notes,
         }
 
 
@@ -368,6 +370,10 @@ def verify_parity(
 ) -> ParityReport:
     """Unmerged PyTorch → merged PyTorch → ONNX Runtime (→ `extra_stages`) on the same inputs.
 
+    For a Hugging Face PEFT `adapter`, PEFT's own ``PeftModel`` forward (stage ``peft``) comes
+    first when ``peft`` is installed (else a note says so), and the backbone is the one the
+    ONNX provenance records.
+
     Inputs: `samples` seeded random tensors and, with `data`, up to `images` labelled images
     evenly spaced over the split (an accuracy gate needs many: one image of 64 is 1.6 points).
 
@@ -376,6 +382,7 @@ def verify_parity(
     a TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
     """
     from karst_deploy.adapters import load_adapted_model, merge
+    from karst_deploy.adapters.peft_format import is_peft_directory, peft_parity_models
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from karst_deploy.backends.torch import TorchRunner
     from karst_deploy.export.record import check_source, require_provenance
@@ -394,9 +401,17 @@ def verify_parity(
 
         engine_precision = engine_source_precision(engine, onnx) or record.get("precision", "fp32")
         extra_stages = [Stage("tensorrt", TensorRTRunner(engine), engine_precision), *extra_stages]
-    unmerged = load_adapted_model(adapter, checkpoint)
+    notes: list[str] = []
+    first: list[Stage] = []
+    if is_peft_directory(adapter):  # PEFT's own forward first, when PEFT is installed
+        unmerged, reference, notes = peft_parity_models(adapter, record, checkpoint)
+        if reference is not None:
+            first = [Stage("peft", TorchRunner(reference, threads=threads))]
+    else:
+        unmerged = load_adapted_model(adapter, checkpoint)
     spec = backbone_spec(unmerged)
     stages = [
+        *first,
         Stage("torch-unmerged", TorchRunner(unmerged, threads=threads)),
         Stage("torch-merged", TorchRunner(merge(unmerged), threads=threads)),
         Stage(
@@ -427,4 +442,5 @@ def verify_parity(
         stages, input_sets, overrides, batch_size=batch_size, show_progress=show_progress
     )
     report.provenance = record
+    report.notes = notes
     return report

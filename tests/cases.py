@@ -162,3 +162,88 @@ RUNNER_CASES = [
 runner_params = pytest.mark.parametrize(
     "runner_case", [pytest.param(c, id=c.id, marks=c.marks) for c in RUNNER_CASES]
 )
+
+
+# Hugging Face PEFT adapters (karst_deploy.adapters.peft_format): config class and arguments,
+# made with PEFT itself by `peft_adapter`; HEAD stands for the backbone's classifier module.
+HEAD = "<head>"
+PEFT_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora": (
+        "LoraConfig",
+        dict(r=4, lora_alpha=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"],
+             modules_to_save=[HEAD]),
+    ),
+    "lora-rslora-patterns": (
+        "LoraConfig",
+        dict(r=3, lora_alpha=5, use_rslora=True, target_modules=["qkv", "fc2"],
+             rank_pattern={"fc2": 2}, alpha_pattern={"qkv": 7}, bias="lora_only"),
+    ),
+    "lora-bias-all": (
+        "LoraConfig",
+        dict(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["qkv"], bias="all",
+             lora_bias=True),
+    ),
+    "lora-layers": (
+        "LoraConfig",
+        dict(r=2, lora_alpha=2, target_modules=["qkv", "fc1"], layers_to_transform=[0],
+             layers_pattern="blocks", exclude_modules=["fc1"]),
+    ),
+    "dora": (
+        "LoraConfig",
+        dict(r=4, lora_alpha=8, use_dora=True, target_modules=["qkv", "fc1"],
+             modules_to_save=[HEAD]),
+    ),
+    "lokr-decomposed": (
+        "LoKrConfig",
+        dict(r=2, alpha=4, rank_dropout=0.1, target_modules=["qkv", "fc1"], decompose_both=True,
+             decompose_factor=8),
+    ),
+    "lokr-whole": ("LoKrConfig", dict(r=16, alpha=8, target_modules=["fc2"])),
+    "loha": (
+        "LoHaConfig",
+        dict(r=2, alpha=4, target_modules=["qkv", "fc2"], modules_to_save=[HEAD]),
+    ),
+    "ia3": (
+        "IA3Config",
+        dict(target_modules=["qkv", "fc1", "fc2"], feedforward_modules=["fc2"],
+             modules_to_save=[HEAD]),
+    ),
+}  # fmt: skip
+PEFT_BACKBONES = [BACKBONE_CASES[0], BACKBONE_CASES[3]]  # ViT and Swin
+peft_backbone_params = pytest.mark.parametrize("backbone", PEFT_BACKBONES, ids=lambda c: c.id)
+peft_params = pytest.mark.parametrize("peft_case", list(PEFT_CASES))
+
+
+def peft_adapter(backbone: BackboneCase, case: str, directory: Any, seed: int = 1) -> Any:
+    """Make the PEFT case on the backbone with PEFT itself, give every trainable tensor random
+    non-zero values (PEFT zero-initialises B and sets IA³ to ones), save_pretrained it."""
+    import warnings
+
+    import peft
+
+    from karst_deploy.models import classifier_parameter_names
+
+    model = backbone.build()
+    head = classifier_parameter_names(model)[0].rpartition(".")[0]  # e.g. head, head.fc
+    name, kwargs = PEFT_CASES[case]
+    kwargs = {k: [head] if v == [HEAD] else v for k, v in kwargs.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = peft.get_peft_model(model, getattr(peft, name)(**kwargs))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in wrapped.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT mistakes lora_B's 1-D bias for a sharded tensor
+        wrapped.save_pretrained(str(directory))
+    return directory
+
+
+def peft_backbone_args(backbone: BackboneCase) -> dict[str, Any]:
+    """`load_peft_model` keyword arguments that rebuild the case's backbone."""
+    kwargs = dict(backbone.kwargs)
+    return dict(
+        num_classes=kwargs.pop("num_classes"), img_size=kwargs.pop("img_size"), model_kwargs=kwargs
+    )

@@ -114,13 +114,26 @@ def export_onnx(
 
     With `adapter`, the backbone is the one its adapter_config.json names (`backbone`, if
     given, must agree); without, it is built from `backbone`, `num_classes`, `img_size` and
-    `model_kwargs`. `batch=None` exports a dynamic batch axis named ``batch``.
+    `model_kwargs`, and so is it for a Hugging Face PEFT `adapter` (which records none;
+    `num_classes` then defaults to the head stored in it). `batch=None` exports a dynamic
+    batch axis named ``batch``.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
+    from karst_deploy.adapters.peft_format import is_peft_directory, load_peft_model
     from karst_deploy.models import create_model
 
     refuse_existing(Path(out), force)  # before minutes of work, not after
-    if adapter is not None:
+    if adapter is not None and is_peft_directory(adapter):
+        # PEFT records no backbone: it comes from the flags, num_classes from the stored head.
+        model = load_peft_model(
+            adapter,
+            backbone,
+            checkpoint=checkpoint,
+            img_size=img_size,
+            model_kwargs=model_kwargs,
+            num_classes=num_classes,
+        )
+    elif adapter is not None:
         file = AdapterFile(adapter)
         if backbone is not None and backbone != file.backbone.name:
             raise InputError(
@@ -176,6 +189,7 @@ def export_model(
     were loaded from, is hashed into the provenance (so `verify-parity` can match them).
     """
     from karst_deploy.adapters import AdapterFile, adapter_config, merge
+    from karst_deploy.adapters.peft_format import PeftDirectory, is_peft_directory
     from karst_deploy.export.record import provenance_record
     from karst_deploy.models import backbone_spec
     from karst_deploy.provenance import write_provenance
@@ -198,7 +212,10 @@ def export_model(
     else:
         kind = "unmerged" if unmerged else "merged"
         network = model if unmerged else merge(model)
-        if adapter_dir is not None:
+        if adapter_dir is not None and is_peft_directory(adapter_dir):
+            file = PeftDirectory(adapter_dir)
+            document, hashes = {"format": "peft", **file.document}, file.sha256()
+        elif adapter_dir is not None:
             file = AdapterFile(adapter_dir)
             document, hashes = json.loads(file.config_path.read_text()), file.sha256()
         else:

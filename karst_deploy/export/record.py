@@ -99,7 +99,11 @@ def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
         model_kwargs=record.get("model_kwargs") or {},
     )
     model = spec.build()
-    if record.get("kind") == "unmerged":
+    if record.get("kind") == "unmerged" and record.get("method") == "peft":
+        from karst_deploy.adapters.peft_format import peft_architecture
+
+        peft_architecture(model, record["adapter_config"], f"{path} provenance")
+    elif record.get("kind") == "unmerged":
         method = method_for(record["method"])
         config = method.config_type.from_hparams(record["adapter_config"], f"{path} provenance")
         add_adapters(model, config)
@@ -123,9 +127,14 @@ def check_source(
     The message says which hash (or name) differs, and both values.
     """
     from karst_deploy.adapters import AdapterFile
+    from karst_deploy.adapters.peft_format import PeftDirectory, is_peft_directory
 
-    adapter = AdapterFile(adapter_dir)
-    expected_backbone = backbone or adapter.backbone.name
+    if is_peft_directory(adapter_dir):  # PEFT records no backbone: --backbone, else the ONNX's
+        adapter: AdapterFile | PeftDirectory = PeftDirectory(adapter_dir)
+        expected_backbone = backbone or record.get("backbone")
+    else:
+        adapter = AdapterFile(adapter_dir)
+        expected_backbone = backbone or adapter.backbone.name
     if record.get("backbone") != expected_backbone:
         raise InputError(
             f"'{onnx_path}' was exported from backbone {record.get('backbone')!r}, not "
