@@ -769,5 +769,5 @@ def demo_command(
 def main() -> None:
     from karst_deploy.interrupts import exit_on_interrupt
 
-    with exit_on_interrupt():  # SIGINT 130, SIGTERM 143, temporaries removed
+    with exit_on_interrupt(restore=False):  # SIGINT 130, SIGTERM 143, temporaries removed
         app()

@@ -116,9 +116,12 @@ def _handler(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def exit_on_interrupt() -> Iterator[None]:
+def exit_on_interrupt(*, restore: bool = True) -> Iterator[None]:
     """Run a command with SIGINT/SIGTERM handled: temporaries removed, exit 130/143.
 
+    Without `restore` both signals are ignored afterwards, for a process about to exit:
+    Python's shutdown resets handlers to the default (die by the signal) but keeps
+    ``SIG_IGN``, so a late signal changes neither the exit code nor the files.
     Only the main thread can install signal handlers; elsewhere the block runs unchanged.
     """
     global _state
@@ -139,7 +142,7 @@ def exit_on_interrupt() -> Iterator[None]:
         _state.exiting = True
         remove_all()
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if restore else signal.SIG_IGN)
     late = None if _state.committed else _state.pending  # deferred, then the run failed
     signum = _state.received or late
     if signum is not None:
