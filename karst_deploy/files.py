@@ -12,7 +12,8 @@ refused even then. Outputs get the usual ``0666 & ~umask`` (directories ``0777``
 Temporaries are named ``.NAME.karst-HOST-PID-RANDOM.tmp`` next to the output and
 registered with `karst_deploy.interrupts`, which removes them on every exit path; a run
 that was killed outright (SIGKILL, power loss) leaves them behind, and the next run
-writing to that directory sweeps those whose process is gone (`sweep_stale`).
+writing to that directory sweeps those whose process is gone (`sweep_stale`). HOST
+identifies the machine and pid namespace the pid belongs to.
 """
 
 from __future__ import annotations
@@ -37,7 +38,20 @@ from typing import Any
 from karst_deploy import interrupts
 from karst_deploy.errors import InputError, OutputExistsError
 
-HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+def _host_tag() -> str:
+    """Where our process ids mean something: this machine and its pid namespace.
+
+    Two containers sharing a hostname (``--net=host``) and a volume have distinct pid
+    namespaces; each must see the other's temporaries as foreign, not as dead.
+    """
+    namespace = ""
+    with contextlib.suppress(OSError):
+        namespace = os.readlink("/proc/self/ns/pid")
+    return hashlib.sha1(f"{socket.gethostname()} {namespace}".encode()).hexdigest()[:8]
+
+
+HOST = _host_tag()
 TEMP_PATTERN = re.compile(r"^\..*\.karst-([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}\.tmp$")
 # Temporaries from another machine (a shared filesystem) are swept only after this long:
 # their owner's liveness cannot be checked from here.
