@@ -33,6 +33,10 @@ import pytest
 from karst_deploy.files import TEMP_PATTERN
 from tests.train.tiny import TINY_BACKBONE, TINY_DATA, TINY_KWARGS
 
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="times and watches the runs through Linux /proc"
+)
+
 SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)}
 # CPU seconds a whole run takes (user + system, imports included, measured on 2 cores).
 RUN_CPU_SECONDS = {
