@@ -88,7 +88,14 @@ atexit.register(remove_all)
 
 @contextlib.contextmanager
 def critical() -> Iterator[None]:
-    """Defer SIGINT/SIGTERM while the block runs; raise it afterwards unless committed."""
+    """Defer SIGINT/SIGTERM while the block runs; raise it afterwards unless committed.
+
+    A run that was already interrupted is stopped here again: some library code swallows
+    KeyboardInterrupt (a bare ``except:`` around an optional import), and such a run must
+    not go on to create temporaries or publish an output.
+    """
+    if _state.received is not None and not _state.exiting:
+        raise Interrupted(_state.received)
     _state.critical += 1
     try:
         yield

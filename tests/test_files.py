@@ -423,3 +423,17 @@ def test_a_published_staging_file_is_not_a_commit(tmp_path):
         time.sleep(5)
     assert exited.value.code == 143
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin"]
+
+
+def test_a_swallowed_interrupt_still_stops_the_run_before_it_writes(tmp_path):
+    """Library code with a bare ``except:`` may eat the KeyboardInterrupt: no output then."""
+    target = tmp_path / "out.onnx"
+    with pytest.raises(SystemExit) as exited, interrupts.exit_on_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass  # swallowed
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"complete, but the user asked to stop")
+    assert exited.value.code == 130 and list(tmp_path.iterdir()) == []
