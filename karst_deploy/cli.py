@@ -803,4 +803,7 @@ def demo_command(
 
 
 def main() -> None:
-    app()
+    from karst_deploy.interrupts import exit_on_interrupt
+
+    with exit_on_interrupt(restore=False):  # SIGINT 130, SIGTERM 143, temporaries removed
+        app()

@@ -265,7 +265,7 @@ def run_demo(
     even when a verdict fails; call `DemoResult.raise_if_failed` to turn that into an error.
     """
     out = Path(out_dir)
-    refuse_existing(out, force)
+    refuse_existing(out, force, directory=True)
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}.")
     settings = QUICK if quick else FULL

@@ -232,7 +232,7 @@ def _build(
     data = bytes(memoryview(serialized))
     cache = config.get_timing_cache() if options.timing_cache is not None else None
     if cache is not None:  # accepted by _use_timing_cache: updated in place, atomically
-        with atomic_output(options.timing_cache, force=True) as tmp:
+        with atomic_output(options.timing_cache, force=True, cache=True) as tmp:
             tmp.write_bytes(bytes(memoryview(cache.serialize())))
     with _status(progress, "Inspecting the engine's layer precisions"):
         report = _inspect(trt, data, summary, request, logger, options)
@@ -304,7 +304,7 @@ def build_engine(
         provenance=summary.provenance,
     )
     try:
-        write_json(sidecar_path(out), record, force=True)
+        write_json(sidecar_path(out), record, force=force)
     except BaseException:
         out.unlink(missing_ok=True)  # never an engine without its sidecar
         raise

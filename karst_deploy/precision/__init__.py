@@ -14,12 +14,11 @@ locates the cache.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from karst_deploy.errors import InputError
-from karst_deploy.files import refuse_existing
+from karst_deploy.files import refuse_existing, temporary_directory
 from karst_deploy.precision.base import PrecisionResult, open_fp32_source
 from karst_deploy.precision.calibration import (
     CALIBRATION_METHODS,
@@ -125,9 +124,8 @@ def export_with_precision(
     check_request(precision, calib, calib_method)
     out = Path(out)
     refuse_existing(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        exported = export_onnx(Path(tmp) / "fp32.onnx", **export_options)
+    with temporary_directory(out) as tmp:
+        exported = export_onnx(tmp / "fp32.onnx", **export_options)
         result = convert_precision(
             exported.path,
             out,

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 from karst_deploy.errors import InputError, KarstDeployError, VerificationError
-from karst_deploy.files import refuse_existing
+from karst_deploy.files import refuse_existing, temporary_directory
 from karst_deploy.precision.base import PrecisionResult, open_fp32_source, write_converted
 from karst_deploy.precision.calibration import CalibrationSet, cache_dir, cache_key, check_method
 from karst_deploy.precision.graph import check_valid, qdq_violations, quantized_nodes
@@ -90,9 +90,10 @@ def quantize_int8(
         onnxruntime=onnxruntime.__version__,
     )
     cache_path, cache_state = _cache_path(key, use_cache)
-    with tempfile.TemporaryDirectory(prefix="karst-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quantized = Path(tmp) / "int8.onnx"
+    # Next to `out`, ORT's own scratch files inside: removed on interrupt, swept if killed.
+    with temporary_directory(out) as tmp, _tempfile_dir(tmp):
+        prepared = tmp / "prepared.onnx"
+        quantized = tmp / "int8.onnx"
         with _quiet():
             try:
                 # ORT's symbolic shape inference cannot read Constant nodes holding
@@ -277,6 +278,16 @@ def _quantize_static(
             extra_options=extra,
             **optional,
         )
+
+
+@contextlib.contextmanager
+def _tempfile_dir(directory: Path):
+    """Point `tempfile` (ORT's ``ort.quant.*`` scratch directories) into `directory`."""
+    previous, tempfile.tempdir = tempfile.tempdir, os.fspath(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
 
 
 @contextlib.contextmanager

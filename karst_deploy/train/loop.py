@@ -211,7 +211,7 @@ def train_adapters(
     """
     out = None if out is None else Path(out)
     if out is not None:
-        refuse_existing(out, force)
+        refuse_existing(out, force, directory=True)
     requested = _requested_device(config.device)
     seed_everything(config.seed)
     # Opened before the backbone (which needs the class count); resized for it just below.

@@ -167,7 +167,7 @@ def pretrain_source_backbone(
             optimizer.step()
             bar.advance(task)
     model.eval()
-    with atomic_directory(path.parent, force=True) as staging:
+    with atomic_directory(path.parent, force=True, cache=True) as staging:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / CHECKPOINT_FILE), metadata={"format": "pt"})
         write_json(staging / RECIPE_FILE, recipe.to_dict(), force=True)
