@@ -33,6 +33,7 @@ float64 merge (~1e-7 relative) while a weight changed by 0.1 % is caught.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -421,6 +422,24 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else None
 
 
+#: The last reference export, keyed by `_fingerprint`: verifying the fp32, fp16 and int8
+#: files of one model (as the demo and the tamper tests do) exports it once. One entry, so
+#: a process holds at most one extra copy of a model's weights.
+_last_reference: tuple[str, bytes] | None = None
+
+
+def _fingerprint(network: nn.Module, opset: int, batch: int | None, img_size: int) -> str:
+    """sha256 of everything the export depends on: module tree, every tensor, settings."""
+    import torch
+
+    digest = hashlib.sha256(repr((repr(network), opset, batch, img_size)).encode())
+    for name, tensor in network.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def reference_graph(
     network: nn.Module, candidate: onnx.ModelProto, img_size: int
 ) -> onnx.ModelProto:
@@ -429,14 +448,24 @@ def reference_graph(
 
     from karst_deploy.export.onnx_export import DEFAULT_OPSET, EXAMPLE_BATCH, _to_onnx
 
+    global _last_reference
     opset = next(
         (o.version for o in candidate.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET
     )
     batch = fixed_batch(candidate)
-    example = torch.randn(
-        batch or EXAMPLE_BATCH, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)
-    )
-    reference = _to_onnx(network.eval(), example, opset=opset, dynamic=batch is None)
+    key = _fingerprint(network, opset, batch, img_size)
+    if _last_reference is not None and _last_reference[0] == key:
+        reference = onnx.ModelProto.FromString(_last_reference[1])
+    else:
+        example = torch.randn(
+            batch or EXAMPLE_BATCH,
+            3,
+            img_size,
+            img_size,
+            generator=torch.Generator().manual_seed(0),
+        )
+        reference = _to_onnx(network.eval(), example, opset=opset, dynamic=batch is None)
+        _last_reference = (key, reference.SerializeToString())
     if graph_precision(candidate) != "int8":
         return reference
     from karst_deploy.precision.int8 import prepare_for_quantization
