@@ -54,7 +54,7 @@ def require_precision(path: str | os.PathLike[str], expected: str) -> None:
             f"({evidence}); the record does not describe this graph."
         )
     if actual != expected:
-        raise InputError(f"'{path}' is an {actual} model ({evidence}), not {expected}.")
+        raise InputError(f"'{path}' is an {actual} model, not {expected} ({evidence}).")
 
 
 def qdq_violations(model: onnx.ModelProto) -> list[str]:
