@@ -168,6 +168,12 @@ def trojan_if(model):
     )
 
 
+def dead_branch(model):
+    """A node reading the input whose result goes nowhere."""
+    image = model.graph.input[0].name
+    model.graph.node.append(helper.make_node("Relu", [image], ["unused"], name="stowaway"))
+
+
 def fake_qdq(model):
     """A Q/DQ pair on the image input: the graph now *looks* int8."""
     image = model.graph.input[0].name
@@ -272,12 +278,26 @@ TAMPERS = [
     ),
     Tamper("gemm-alpha", "fp32", set_attribute("Gemm", "alpha", 1.05), 1, ("attribute 'alpha'",)),
     Tamper("swapped-inputs", "fp32", swap_concat_inputs, 1, ("stands where the reference has",)),
-    Tamper("trojan-where", "fp32", trojan_where, 1, ("Where node",), hidden=True),
+    Tamper(
+        "trojan-where",
+        "fp32",
+        trojan_where,
+        1,
+        ("Where node", "stands where the reference has Gemm"),
+        hidden=True,
+    ),
     Tamper("trojan-if", "fp32", trojan_if, 1, ("If node",), hidden=True),
     Tamper(
         "gemm-transB-equivalent", "fp32", gemm_untransposed, 1, ("attribute 'transB'",), hidden=True
     ),
-    Tamper("kind-relabelled-unmerged", "fp32", relabel(kind="unmerged"), 1, ("white-box",)),
+    Tamper(
+        "dead-branch",
+        "fp32",
+        dead_branch,
+        1,
+        ("Relu node 'stowaway'", "feeds no output"),
+        hidden=True,
+    ),
     Tamper("precision-relabelled-fp16", "fp32", relabel(precision="fp16"), 2, (RELABEL, "'fp16'")),
     Tamper(
         "backbone-relabelled",
@@ -296,6 +316,8 @@ TAMPERS = [
     Tamper(
         "int8-relabelled-fp32", "int8", relabel(precision="fp32"), 2, (RELABEL, "graph is int8")
     ),
+    # Last: its unmerged reference export replaces the cached merged one (see whitebox).
+    Tamper("kind-relabelled-unmerged", "fp32", relabel(kind="unmerged"), 1, ("white-box",)),
 ]
 
 

@@ -312,8 +312,11 @@ def compare_graphs(
     reverse: dict[str, str] = {}
     visited: set[int] = set()
     constants = 0
+    walk_stopped = False  # at a differing node: the nodes above it were not walked
 
-    def differ(message: str) -> None:
+    def differ(message: str, stops_walk: bool = True) -> None:
+        nonlocal walk_stopped
+        walk_stopped = walk_stopped or stops_walk
         if message not in differences:
             differences.append(message)
 
@@ -358,7 +361,7 @@ def compare_graphs(
             ):
                 worst = figures
             if message:
-                differ(message)
+                differ(message, stops_walk=False)
         elif kind == "node":
             (node, index), (ref_node, ref_index) = cand.producer[c], ref.producer[r]
             message = _compare_nodes(node, index, ref_node, ref_index)
@@ -371,7 +374,8 @@ def compare_graphs(
             stack.extend(reversed(list(zip(node.input, ref_node.input, strict=True))))
         elif kind == "undefined":
             differ(f"value '{c}' is used but nothing defines it")
-    for node in candidate.graph.node:  # a node that reaches no output is not in the reference
+    # A node that reaches no output is not in the reference (unless the walk stopped early).
+    for node in [] if walk_stopped else candidate.graph.node:
         if len(differences) >= MAX_DIFFERENCES:
             break
         reached = id(node) in visited or any(cand.resolve(o) in pairs for o in node.output)
