@@ -439,7 +439,6 @@ def verify_parity(
     except Exception as exc:  # DecodeError, OSError, ...
         raise InputError(f"'{onnx}' is not a readable ONNX file: {exc}") from None
     precision = check_precision_label(record, graph, onnx)
-    del graph
     if engine is not None:  # a TensorRT engine is compared only with the ONNX it was built from
         from karst_deploy.backends.tensorrt import TensorRTRunner
         from karst_deploy.engine.sidecar import engine_source_precision
@@ -470,11 +469,13 @@ def verify_parity(
     # The file's kind label only picks which model it is compared with: a wrong one fails.
     unmerged_file = record.get("kind") == "unmerged"
     checked = white_box(
-        onnx,
+        graph,
         unmerged if unmerged_file else merged,
         spec.img_size,
         f"{'unmerged' if unmerged_file else 'merged'} model",
+        onnx,
     )
+    del graph
     report = run_stages(
         stages, input_sets, overrides, batch_size=batch_size, show_progress=show_progress
     )

@@ -84,10 +84,18 @@ class WhiteBoxResult:
 
 @dataclass
 class _Constant:
-    values: np.ndarray
+    """A constant value of a graph; an initializer is decoded only when it is compared."""
+
+    source: np.ndarray | onnx.TensorProto
     origin: str
     stored_as: int  # TensorProto data type in the file
     step: np.ndarray | None = None  # int8: the quantization step, broadcast to `values`
+
+    @property
+    def values(self) -> np.ndarray:
+        if isinstance(self.source, onnx.TensorProto):
+            return numpy_helper.to_array(self.source)
+        return self.source
 
 
 class _View:
@@ -104,7 +112,7 @@ class _View:
         for tensor in graph.initializer:
             self.inputs.pop(tensor.name, None)
             self.constants[tensor.name] = _Constant(
-                numpy_helper.to_array(tensor), f"initializer '{tensor.name}'", tensor.data_type
+                tensor, f"initializer '{tensor.name}'", tensor.data_type
             )
         for node in graph.node:
             for index, name in enumerate(node.output):
@@ -199,11 +207,18 @@ def _dequantize(node: onnx.NodeProto, view: _View) -> _Constant | None:
     if np.ndim(scale) == 1 and quantized.ndim > 0:
         shape = [1] * quantized.ndim
         shape[axis % quantized.ndim] = -1
-        scale = scale.reshape(shape)
-        zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
-    step = np.broadcast_to(np.abs(scale), quantized.shape)
+        try:
+            scale = scale.reshape(shape)
+            zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+        except ValueError:
+            return None
+    try:
+        step = np.broadcast_to(np.abs(scale), quantized.shape)
+        values = (quantized - zero) * scale
+    except ValueError:  # shapes that do not broadcast: left as a node, which then differs
+        return None
     origin = f"{_node_label(node)} (int8 constant '{node.input[0]}')"
-    return _Constant((quantized - zero) * scale, origin, onnx.TensorProto.INT8, step)
+    return _Constant(values, origin, onnx.TensorProto.INT8, step)
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -482,12 +497,24 @@ def reference_graph(
 
 
 def white_box(
-    path: str | os.PathLike[str], network: nn.Module, img_size: int, what: str
+    candidate: onnx.ModelProto,
+    network: nn.Module,
+    img_size: int,
+    what: str,
+    path: str | os.PathLike[str] = "the ONNX file",
 ) -> WhiteBoxResult:
-    """Compare the ONNX file `path` with a fresh export of `network` (described by `what`)."""
-    candidate = onnx.load(os.fspath(path))
+    """Compare the graph `candidate` (read from `path`) with a fresh export of `network`."""
+    from karst_deploy.errors import InputError
+    from karst_deploy.export.onnx_export import ExportError
+
     precision = graph_precision(candidate)
-    reference = reference_graph(network, candidate, img_size)
+    try:
+        reference = reference_graph(network, candidate, img_size)
+    except ExportError as error:
+        raise InputError(
+            f"Could not export the {what} as '{path}' was exported (opset and batch read from "
+            f"its graph) to compare the two: {error}"
+        ) from None
     name = f"fresh export of the {what}" + (
         " (fp32, prepared for quantization)" if precision == "int8" else " (fp32)"
     )
