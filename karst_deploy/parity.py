@@ -434,10 +434,18 @@ def verify_parity(
     onnx = Path(onnx)
     record = require_provenance(onnx)
     check_source(record, onnx, adapter_dir=adapter, backbone=backbone, checkpoint=checkpoint)
-    try:
-        graph = onnx_lib.load(os.fspath(onnx))
+    try:  # never follow external-data paths a file names: our exports are one file
+        graph = onnx_lib.load(os.fspath(onnx), load_external_data=False)
     except Exception as exc:  # DecodeError, OSError, ...
         raise InputError(f"'{onnx}' is not a readable ONNX file: {exc}") from None
+    external = [
+        t.name for t in graph.graph.initializer if t.data_location == onnx_lib.TensorProto.EXTERNAL
+    ]
+    if external:
+        raise InputError(
+            f"'{onnx}' keeps tensor '{external[0]}' in an external data file; karst-deploy "
+            "exports are single self-contained files, export it again."
+        )
     precision = check_precision_label(record, graph, onnx)
     if engine is not None:  # a TensorRT engine is compared only with the ONNX it was built from
         from karst_deploy.backends.tensorrt import TensorRTRunner

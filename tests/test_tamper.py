@@ -193,6 +193,14 @@ def fake_qdq(model):
     )
 
 
+def external_data(model):
+    """One weight moved to an 'external data' file outside the model's directory."""
+    tensor = _initializer(model, FC1)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../../../etc/hostname")
+
+
 def relabel(**changes) -> Edit:
     def edit(model):
         write_provenance(model, {**read_provenance(model), **changes})
@@ -306,6 +314,7 @@ TAMPERS = [
         2,
         ("exported from backbone 'vit_small_patch16_224'",),
     ),
+    Tamper("external-data", "fp32", external_data, 2, ("external data file", FC1)),
     Tamper("provenance-removed", "fp32", remove_provenance, 2, ("carries no karst-deploy",)),
     Tamper("fp16-fc1-weight-x1.05", "fp16", scale_weight(FC1), 1, (FC1,)),
     Tamper(
