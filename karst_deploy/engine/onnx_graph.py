@@ -21,10 +21,9 @@ import onnx
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import sha256_file
-from karst_deploy.graph_precision import precision_evidence
+from karst_deploy.graph_precision import PRECISIONS, precision_evidence
 from karst_deploy.provenance import read_provenance
 
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Operators whose arithmetic is what "precision" means for a ViT (GEMMs and the patch conv).
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv"})
 _FLOAT_INPUTS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
