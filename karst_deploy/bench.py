@@ -123,10 +123,9 @@ def _input_shape(path: Path) -> tuple[int | str, int, int, int]:
 
 
 def _precision(path: Path) -> str:
-    from karst_deploy.provenance import read_provenance
+    from karst_deploy.graph_precision import graph_precision
 
-    record = read_provenance(path) or {}
-    return record.get("precision", "fp32")
+    return graph_precision(path)
 
 
 def bench(

@@ -427,11 +427,17 @@ def verify_parity_command(
     json_path: Path | None = typer.Option(None, "--json", help="Write the full report here."),
     force: bool = typer.Option(False, "--force", help="Overwrite the --json file."),
 ):
-    """Run the same inputs through unmerged, merged and ONNX Runtime; exit 1 if any check fails."""
+    """Run the same inputs through unmerged, merged and ONNX Runtime, and compare the graph
+    with a fresh export of the same model; exit 1 if any check fails."""
+    import math
+
+    from karst_deploy.errors import InputError
     from karst_deploy.files import refuse_existing, write_json
     from karst_deploy.parity import verify_parity
-    from karst_deploy.report import parity_table
+    from karst_deploy.report import parity_table, white_box_table
 
+    if atol is not None and not (math.isfinite(atol) and atol > 0):
+        raise InputError(f"--atol must be a finite positive number, got {atol}.")
     if json_path is not None:
         refuse_existing(json_path, force)
     report = verify_parity(
@@ -452,6 +458,8 @@ def verify_parity_command(
     console.print(parity_table(report))
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
+    if report.white_box is not None:
+        console.print(white_box_table(report.white_box))
     if json_path is not None:
         write_json(json_path, report.to_dict(), force=force)
     report.raise_if_failed()

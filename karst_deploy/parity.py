@@ -7,26 +7,32 @@ adjacent pair of stages and every input set it reports max abs diff, max relativ
 cosine similarity, top-1 and top-5 agreement, and with labels the accuracy of each stage.
 
 Pass/fail limits live in one table, `TOLERANCES`, keyed by the precision of the stage
-being judged (from the ONNX provenance), so a reduced-precision model is judged by its
-own gates. Polygraphy's default elementwise atol = rtol = 1e-5 is the wrong statistic for
-a classifier; we bound the error relative to the logit scale and require the answers
-(top-1) to be the same.
+being judged (read from the ONNX graph itself, `karst_deploy.graph_precision`; a provenance
+label that disagrees is refused), so a reduced-precision model is judged by its own gates.
+Besides running inputs, `verify_parity` compares the ONNX graph with a fresh export of the
+same model (`karst_deploy.export.whitebox`), so a branch no test input triggers is found.
+Polygraphy's default elementwise atol = rtol = 1e-5 is the wrong statistic for a classifier;
+we bound the error relative to the logit scale and require the answers (top-1) to be the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from karst_deploy.backends.base import Runner
 from karst_deploy.errors import InputError, VerificationError
+
+if TYPE_CHECKING:
+    from karst_deploy.export.whitebox import WhiteBoxResult
 
 
 @dataclass(frozen=True)
@@ -223,19 +229,30 @@ class ParityReport:
     accuracy: dict[str, dict[str, float]]  # input set -> stage -> percent
     provenance: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    white_box: WhiteBoxResult | None = None  # the file's graph vs a fresh export
 
     @property
     def passed(self) -> bool:
-        return all(comparison.passed for comparison in self.comparisons)
+        black_box = all(comparison.passed for comparison in self.comparisons)
+        return black_box and (self.white_box is None or self.white_box.passed)
 
     @property
     def failures(self) -> list[str]:
-        return [
+        failures = [
             f"{c.reference} → {c.candidate} on {c.inputs} inputs: {check.detail}"
             for c in self.comparisons
             for check in c.checks
             if not check.passed
         ]
+        if self.white_box is not None and not self.white_box.passed:
+            shown = self.white_box.differences[:3]
+            more = len(self.white_box.differences) - len(shown)
+            failures.append(
+                f"white-box (graph vs the {self.white_box.reference}): "
+                + "; ".join(shown)
+                + (f"; and {more} more" if more else "")
+            )
+        return failures
 
     def raise_if_failed(self) -> None:
         if not self.passed:
@@ -249,6 +266,7 @@ class ParityReport:
             "inputs": self.inputs,
             "comparisons": [c.to_dict() for c in self.comparisons],
             "accuracy": self.accuracy,
+            "white_box": None if self.white_box is None else self.white_box.to_dict(),
             "provenance": self.provenance,
             "notes": self.notes,
         }
@@ -329,13 +347,24 @@ def image_inputs(
     img_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    num_classes: int | None = None,
 ) -> InputSet:
-    """Up to `samples` labelled images, evenly spaced over the split (so every class appears)."""
+    """Up to `samples` labelled images, evenly spaced over the split (so every class appears).
+
+    With `num_classes` (the model's head), data with another number of classes is refused:
+    its labels would be compared with outputs that mean other classes.
+    """
     from karst_deploy.data import has_split, open_images
 
     if split is None:
         split = "test" if has_split(source, "test") else "val"
     data = open_images(source, split, img_size, mean, std)
+    if num_classes is not None and data.num_classes != num_classes:
+        raise InputError(
+            f"--data '{source}' has {data.num_classes} classes but the model's head has "
+            f"{num_classes}: its labels do not name the model's outputs. Pass the data the "
+            "adapter was trained on (e.g. digits:A-B for a subset of digits)."
+        )
     if len(data) == 0:
         raise InputError(f"Split '{split}' of data source '{source}' has no readable images.")
     index = np.unique(np.linspace(0, len(data) - 1, min(samples, len(data))).round().astype(int))
@@ -368,7 +397,8 @@ def verify_parity(
     engine: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
 ) -> ParityReport:
-    """Unmerged PyTorch → merged PyTorch → ONNX Runtime (→ `extra_stages`) on the same inputs.
+    """Unmerged PyTorch → merged PyTorch → ONNX Runtime (→ `extra_stages`) on the same inputs,
+    and the white-box stage: the ONNX graph against a fresh export of the same model.
 
     For a Hugging Face PEFT `adapter`, PEFT's own ``PeftModel`` forward (stage ``peft``) comes
     first when ``peft`` is installed (else a note says so), and the backbone is the one the
@@ -378,28 +408,57 @@ def verify_parity(
     evenly spaced over the split (an accuracy gate needs many: one image of 64 is 1.6 points).
 
     Refuses (InputError) an ONNX file whose provenance names another backbone, adapter or
-    checkpoint. `atol_scale` replaces the table's value for every precision. With `engine`,
-    a TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
+    checkpoint, or a precision its graph does not show (the tolerance follows the graph),
+    a `backbone` other than the adapter's, and `data` whose classes do not fit the model's
+    head. `atol_scale` replaces the table's value for every precision. With `engine`, a
+    TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
     """
+    import onnx as onnx_lib
+
     from karst_deploy.adapters import load_adapted_model, merge
     from karst_deploy.adapters.peft_format import is_peft_directory, peft_parity_models
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from karst_deploy.backends.torch import TorchRunner
-    from karst_deploy.export.record import check_source, require_provenance
+    from karst_deploy.export.record import (
+        check_precision_label,
+        check_source,
+        require_provenance,
+    )
+    from karst_deploy.export.whitebox import white_box
     from karst_deploy.models import backbone_spec
 
     if samples < 1 or images < 1:
         raise InputError(f"--samples and --images must be at least 1, got {samples}, {images}.")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+    overrides = None
+    if atol_scale is not None:
+        if not (math.isfinite(atol_scale) and atol_scale > 0):
+            raise InputError(f"atol_scale must be a finite positive number, got {atol_scale}.")
+        overrides = {
+            p: dataclasses.replace(t, atol_scale=atol_scale) for p, t in TOLERANCES.items()
+        }
     onnx = Path(onnx)
     record = require_provenance(onnx)
     check_source(record, onnx, adapter_dir=adapter, backbone=backbone, checkpoint=checkpoint)
+    try:  # never follow external-data paths a file names: our exports are one file
+        graph = onnx_lib.load(os.fspath(onnx), load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError, ...
+        raise InputError(f"'{onnx}' is not a readable ONNX file: {exc}") from None
+    external = [
+        t.name for t in graph.graph.initializer if t.data_location == onnx_lib.TensorProto.EXTERNAL
+    ]
+    if external:
+        raise InputError(
+            f"'{onnx}' keeps tensor '{external[0]}' in an external data file; karst-deploy "
+            "exports are single self-contained files, export it again."
+        )
+    precision = check_precision_label(record, graph, onnx)
     if engine is not None:  # a TensorRT engine is compared only with the ONNX it was built from
         from karst_deploy.backends.tensorrt import TensorRTRunner
         from karst_deploy.engine.sidecar import engine_source_precision
 
-        engine_precision = engine_source_precision(engine, onnx) or record.get("precision", "fp32")
+        engine_precision = engine_source_precision(engine, onnx) or precision
         extra_stages = [Stage("tensorrt", TensorRTRunner(engine), engine_precision), *extra_stages]
     notes: list[str] = []
     first: list[Stage] = []
@@ -409,16 +468,13 @@ def verify_parity(
             first = [Stage("peft", TorchRunner(reference, threads=threads))]
     else:
         unmerged = load_adapted_model(adapter, checkpoint)
+    merged = merge(unmerged)
     spec = backbone_spec(unmerged)
     stages = [
         *first,
         Stage("torch-unmerged", TorchRunner(unmerged, threads=threads)),
-        Stage("torch-merged", TorchRunner(merge(unmerged), threads=threads)),
-        Stage(
-            "onnxruntime",
-            OnnxRuntimeRunner(onnx, threads=threads),
-            precision=record.get("precision", "fp32"),
-        ),
+        Stage("torch-merged", TorchRunner(merged, threads=threads)),
+        Stage("onnxruntime", OnnxRuntimeRunner(onnx, threads=threads), precision=precision),
         *extra_stages,
     ]
     judged_on_images = [s for s in stages if tolerance_for(s.precision).real_images_only]
@@ -430,17 +486,23 @@ def verify_parity(
         )
     input_sets = [random_inputs(samples, spec.img_size, seed)]
     if data is not None:
-        input_sets.append(image_inputs(data, split, images, spec.img_size, spec.mean, spec.std))
-    overrides = None
-    if atol_scale is not None:
-        if not atol_scale > 0:
-            raise InputError(f"--atol must be a positive number, got {atol_scale}.")
-        overrides = {
-            p: dataclasses.replace(t, atol_scale=atol_scale) for p, t in TOLERANCES.items()
-        }
+        input_sets.append(
+            image_inputs(data, split, images, spec.img_size, spec.mean, spec.std, spec.num_classes)
+        )
+    # The file's kind label only picks which model it is compared with: a wrong one fails.
+    unmerged_file = record.get("kind") == "unmerged"
+    checked = white_box(
+        graph,
+        unmerged if unmerged_file else merged,
+        spec.img_size,
+        f"{'unmerged' if unmerged_file else 'merged'} model",
+        onnx,
+    )
+    del graph
     report = run_stages(
         stages, input_sets, overrides, batch_size=batch_size, show_progress=show_progress
     )
+    report.white_box = checked
     report.provenance = record
     report.notes = notes
     return report

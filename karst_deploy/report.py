@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
     from karst_deploy.bench import BenchResult
+    from karst_deploy.export.whitebox import WhiteBoxResult
     from karst_deploy.parity import Comparison, ParityReport
 
 progress_console = Console(stderr=True)
@@ -75,6 +77,27 @@ def parity_table(report: ParityReport) -> Table:
     if report.accuracy:
         row("accuracy %", lambda c: accuracy(c.metrics))
     row("verdict", lambda c: _mark(c.passed if c.checks else None))  # None: reported only
+    return table
+
+
+def white_box_table(result: WhiteBoxResult) -> Table:
+    """The white-box stage: the graph against a fresh export, and its first differences."""
+    table = Table(title="verify-parity: white-box (graph vs fresh export)", title_justify="left")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("precision (from the graph)", result.precision)
+    table.add_row("reference", result.reference)
+    compared = f"{result.nodes_compared} nodes, {result.constants_compared} constants"
+    table.add_row("compared", compared)
+    worst = result.worst_constant
+    if worst is not None:
+        table.add_row(
+            "closest to its limit",
+            f"{worst['constant']}: {worst['error_over_limit']:.2f} of the allowed difference",
+        )
+    for index, difference in enumerate(result.differences):
+        table.add_row("differs" if index == 0 else "", escape(difference))
+    table.add_row("verdict", _mark(result.passed))
     return table
 
 

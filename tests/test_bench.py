@@ -85,17 +85,26 @@ def test_torch_runner_times_the_same_architectures(models):
 
 
 def test_different_precisions_get_a_table_but_no_verdict(models, tmp_path):
+    """Precision is read from the graphs (a provenance label alone changes nothing)."""
+    from karst_deploy.precision import convert_precision
+
+    fp16 = convert_precision(models["merged"], tmp_path / "fp16.onnx", "fp16").path
+    result = bench(
+        {"fp32": models["merged"], "fp16": fp16},
+        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, show_progress=False,
+    )  # fmt: skip
+    assert result.verdict is None and result.passed is None
+    assert "fp16" in result.notes[0] and "fp16" in result.ratios
     import onnx
 
     model = onnx.load(str(models["merged"]))
     write_provenance(model, read_provenance(model) | {"precision": "fp16"})
     onnx.save(model, str(tmp_path / "relabelled.onnx"))
-    result = bench(
+    relabelled = bench(
         {"fp32": models["merged"], "fp16": tmp_path / "relabelled.onnx"},
         baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, show_progress=False,
     )  # fmt: skip
-    assert result.verdict is None and result.passed is None
-    assert "fp16" in result.notes[0] and "fp16" in result.ratios
+    assert relabelled.verdict is not None  # an fp32 graph is fp32, whatever its label says
 
 
 def test_bad_requests_are_refused(models, tmp_path):

@@ -19,6 +19,7 @@ from karst_deploy.parity import (
     tolerance_for,
     verify_parity,
 )
+from karst_deploy.provenance import read_provenance, write_provenance
 from tests.cases import METHOD_CASES, method_params
 from tests.export.artifacts import export_base, save_adapter
 from tests.test_cli import run_cli
@@ -69,6 +70,8 @@ def test_parity_passes_for_every_method(method, exports):
         assert comparison.metrics["min_cosine"] > 0.999999
     accuracy = report.accuracy["images"]
     assert len(set(accuracy.values())) == 1  # the same answers, so the same accuracy
+    assert report.white_box.passed and report.white_box.precision == "fp32"
+    assert report.white_box.nodes_compared > 50 and report.white_box.constants_compared > 20
     assert report.to_dict()["passed"] is True
 
 
@@ -92,9 +95,11 @@ def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path)
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "torch-merged → onnxruntime" in result.stderr and "max abs diff" in result.stderr
+    assert "white-box" in result.stderr and "blocks.0.attn.qkv.weight" in result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads(report_path.read_text())
     assert report["passed"] is False and report["failures"]
+    assert report["white_box"]["passed"] is False
     failed = [c for c in report["comparisons"] if not c["passed"]]
     assert {(c["reference"], c["candidate"]) for c in failed} == {("torch-merged", "onnxruntime")}
     check = next(k for k in failed[0]["checks"] if k["name"] == "max abs diff")
@@ -122,8 +127,15 @@ def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):
 
 def test_mismatched_backbone_checkpoint_or_missing_provenance_are_refused(exports, tmp_path):
     adapter, path = exports["lora"]
-    with pytest.raises(InputError, match="backbone 'vit_tiny_patch16_224', not 'vit_small"):
+    with pytest.raises(InputError, match="--backbone is 'vit_small_patch16_224' but the adapter"):
         verify_parity(path, adapter, backbone="vit_small_patch16_224")
+    relabelled = onnx.load(str(path))
+    write_provenance(
+        relabelled, {**read_provenance(relabelled), "backbone": "vit_small_patch16_224"}
+    )
+    onnx.save(relabelled, str(tmp_path / "relabelled.onnx"))
+    with pytest.raises(InputError, match="backbone 'vit_small_patch16_224', not 'vit_tiny"):
+        verify_parity(tmp_path / "relabelled.onnx", adapter)
     checkpoint = tmp_path / "other.safetensors"
     checkpoint.write_bytes(b"not the weights it was exported from")
     with pytest.raises(InputError, match="checkpoint with sha256 none"):
@@ -179,3 +191,35 @@ def test_accuracy_drop_gate_and_tolerance_table():
     metrics, checks = compare_logits(reference, candidate, gate, labels=np.arange(4))
     assert metrics["accuracy_drop"] == 25.0
     assert [c.name for c in checks if not c.passed] == ["accuracy drop"]
+
+
+def test_a_fixed_batch_export_is_fed_in_chunks_of_its_batch(exports, tmp_path):
+    """`export --batch 3` then verify-parity on 8 inputs: chunks of 3, the last one padded."""
+    adapter, dynamic = exports["lora"]
+    fixed = export_onnx(tmp_path / "batch3.onnx", adapter=adapter, batch=3).path
+    images = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    with OnnxRuntimeRunner(dynamic) as reference, OnnxRuntimeRunner(fixed) as runner:
+        assert runner.fixed_batch == 3 and reference.fixed_batch is None
+        np.testing.assert_allclose(runner.infer(images), reference.infer(images), atol=1e-5)
+    result = run_cli(
+        "verify-parity", "--adapter", str(adapter), "--onnx", str(fixed), "--samples", "8"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_data_with_another_class_count_is_refused(exports):
+    adapter, path = exports["lora"]  # a 10-class head
+    with pytest.raises(InputError, match="--data 'digits:0-4' has 5 classes but the model's head"):
+        verify_parity(path, adapter, data="digits:0-4", samples=2, show_progress=False)
+
+
+def test_an_atol_that_is_not_finite_and_positive_is_refused(exports):
+    adapter, path = exports["lora"]
+    result = run_cli(
+        "verify-parity", "--adapter", str(adapter), "--onnx", str(path), "--atol", "inf"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--atol must be a finite positive number, got inf" in result.stderr
+    for atol in (float("inf"), float("nan"), -1.0, 0.0):
+        with pytest.raises(InputError, match="atol_scale must be a finite positive number"):
+            verify_parity(path, adapter, atol_scale=atol)

@@ -61,6 +61,7 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self.allow_spinning = allow_spinning
         self.session: Any = None
+        self.fixed_batch: int | None = None  # the graph's fixed batch size, once activated
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, threads: int | None = None) -> Runner:
@@ -113,6 +114,8 @@ class OnnxRuntimeRunner(Runner):
                 f"{', '.join(started)}). {GPU_HINT}"
             )
         self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = first if isinstance(first, int) and first > 0 else None
         super().activate()
 
     def deactivate(self) -> None:
@@ -120,10 +123,30 @@ class OnnxRuntimeRunner(Runner):
         super().deactivate()
 
     def infer(self, images: np.ndarray) -> np.ndarray:
+        """Logits of `images`; a graph with a fixed batch N gets them in chunks of N.
+
+        The last chunk is padded with copies of its last image, whose logits are dropped.
+        `last_inference_time` is the sum over chunks.
+        """
         self.activate()
-        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        size = self.fixed_batch
+        if size is None or len(images) == size:
+            return self._run(images)
+        logits, elapsed = [], 0.0
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            count = len(chunk)
+            if count < size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
+            logits.append(self._run(chunk)[:count])
+            elapsed += self.last_inference_time
+        self.last_inference_time = elapsed
+        return np.concatenate(logits)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        logits = self.session.run(None, feed)[0]
+        logits = self.session.run(None, {self.input_name: images})[0]
         self.last_inference_time = time.perf_counter() - start
         return np.asarray(logits, dtype=np.float32)
 

@@ -1,9 +1,10 @@
 """What an ONNX file asks of TensorRT: its image input, batch axis and precision.
 
-The requested precision comes from the karst-deploy provenance (``precision``) and is
-cross-checked against the graph itself: QuantizeLinear/DequantizeLinear feeding a
-MatMul/Gemm/Conv means int8 (explicit quantization), fp16 tensors feeding one means fp16,
-else fp32. Each such compute node gets its own expected precision, keyed by the name the
+The requested precision is the graph's own (`karst_deploy.graph_precision`: Q/DQ nodes
+mean int8, float16 tensors fp16, else fp32); a provenance ``precision`` that disagrees is
+refused. Per compute node, QuantizeLinear/DequantizeLinear feeding a MatMul/Gemm/Conv means
+int8 (explicit quantization), fp16 tensors feeding one fp16, else fp32; each such compute
+node gets its own expected precision, keyed by the name the
 TensorRT ONNX parser gives its layers (node name, or ``node_of_<first output>`` when the node
 is unnamed — onnx-tensorrt ``getNodeName``), so the engine inspector's per-layer report can be
 checked node by node (`layers.check_precision`).
@@ -20,9 +21,9 @@ import onnx
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import sha256_file
+from karst_deploy.graph_precision import PRECISIONS, precision_evidence
 from karst_deploy.provenance import read_provenance
 
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Operators whose arithmetic is what "precision" means for a ViT (GEMMs and the patch conv).
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv"})
 _FLOAT_INPUTS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
@@ -66,7 +67,7 @@ def summarize_onnx(path: str | os.PathLike[str]) -> OnnxSummary:
     model = _load_graph(path)
     name, dtype, chw, fixed_batch = _image_input(model, path)
     compute_nodes = _compute_node_precisions(model)
-    graph_precision = _overall(compute_nodes.values())
+    shown, evidence = precision_evidence(model)  # the one rule (karst_deploy.graph_precision)
     provenance = read_provenance(model)
     declared = (provenance or {}).get("precision")
     if declared is not None:
@@ -74,10 +75,10 @@ def summarize_onnx(path: str | os.PathLike[str]) -> OnnxSummary:
             raise InputError(
                 f"'{path}': its provenance precision '{declared}' is not one of {PRECISIONS}."
             )
-        if compute_nodes and declared != graph_precision:
+        if declared != shown:
             raise InputError(
                 f"'{path}': its provenance says precision '{declared}' but the graph is "
-                f"{graph_precision} ({_evidence(graph_precision)}), so the record does not "
+                f"{shown} ({evidence}), so the record does not "
                 "describe this graph (edited after export?). Re-export it with karst-deploy."
             )
     return OnnxSummary(
@@ -87,7 +88,7 @@ def summarize_onnx(path: str | os.PathLike[str]) -> OnnxSummary:
         input_dtype=dtype,
         input_chw=chw,
         fixed_batch=fixed_batch,
-        precision=declared or graph_precision,
+        precision=shown,
         precision_source="provenance" if declared else "graph",
         compute_nodes=compute_nodes,
         provenance=provenance,
@@ -145,19 +146,3 @@ def _compute_node_precisions(model: onnx.ModelProto) -> dict[str, str]:
         else:
             result[trt_node_name(node)] = "fp32"
     return result
-
-
-def _overall(precisions: Any) -> str:
-    found = set(precisions)
-    for precision in ("int8", "fp16"):
-        if precision in found:
-            return precision
-    return "fp32"
-
-
-def _evidence(precision: str) -> str:
-    return {
-        "int8": "DequantizeLinear feeds its MatMul/Gemm/Conv nodes",
-        "fp16": "fp16 tensors feed its MatMul/Gemm/Conv nodes",
-        "fp32": "no Q/DQ nodes and no fp16 tensors feed its MatMul/Gemm/Conv nodes",
-    }[precision]

@@ -18,11 +18,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import sha256_file
+from karst_deploy.graph_precision import precision_evidence
 from karst_deploy.models import BackboneSpec
 from karst_deploy.provenance import read_provenance
 
@@ -82,6 +84,25 @@ def require_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
     return record
 
 
+def check_precision_label(
+    record: dict[str, Any], model: onnx.ModelProto, onnx_path: str | os.PathLike[str]
+) -> str:
+    """The precision `model`'s graph shows; refuse a provenance label that says otherwise.
+
+    The label is a claim anyone can edit (relabelling an fp32 file "int8" would loosen the
+    parity gates); the graph is what runs (`karst_deploy.graph_precision`).
+    """
+    shown, evidence = precision_evidence(model)
+    label = record.get("precision")
+    if label is not None and label != shown:
+        raise InputError(
+            f"'{onnx_path}': its provenance says precision {label!r} but the graph is {shown} "
+            f"({evidence}); the record does not describe this graph (edited after export?). "
+            "Export or convert it again with karst-deploy."
+        )
+    return shown
+
+
 def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
     """The PyTorch network an ONNX file was exported from, with fresh random weights.
 
@@ -134,7 +155,12 @@ def check_source(
         expected_backbone = backbone or record.get("backbone")
     else:
         adapter = AdapterFile(adapter_dir)
-        expected_backbone = backbone or adapter.backbone.name
+        if backbone is not None and backbone != adapter.backbone.name:
+            raise InputError(
+                f"--backbone is '{backbone}' but the adapter '{adapter_dir}' was trained on "
+                f"'{adapter.backbone.name}'."
+            )
+        expected_backbone = adapter.backbone.name
     if record.get("backbone") != expected_backbone:
         raise InputError(
             f"'{onnx_path}' was exported from backbone {record.get('backbone')!r}, not "

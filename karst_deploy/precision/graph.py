@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.graph_precision import graph_precision, precision_evidence
 from karst_deploy.provenance import read_provenance
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -33,14 +34,8 @@ def describe_precision(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[
     initializer_types = Counter(
         TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer
     )
-    if ops["QuantizeLinear"] or ops["DequantizeLinear"]:
-        precision = "int8"
-    elif initializer_types["FLOAT16"]:
-        precision = "fp16"
-    else:
-        precision = "fp32"
     return {
-        "precision": precision,
+        "precision": graph_precision(model),
         "quantize_linear": ops["QuantizeLinear"],
         "dequantize_linear": ops["DequantizeLinear"],
         "cast": ops["Cast"],
@@ -49,11 +44,17 @@ def describe_precision(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[
 
 
 def require_precision(path: str | os.PathLike[str], expected: str) -> None:
-    """Refuse an ONNX file whose precision (provenance, else the graph) is not `expected`."""
-    record = read_provenance(path) or {}
-    actual = record.get("precision") or describe_precision(path)["precision"]
+    """Refuse an ONNX file whose graph is not `expected` precision, or whose label disagrees."""
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    actual, evidence = precision_evidence(model)
+    label = (read_provenance(model) or {}).get("precision")
+    if label is not None and label != actual:
+        raise InputError(
+            f"'{path}': its provenance says precision {label!r} but the graph is {actual} "
+            f"({evidence}); the record does not describe this graph."
+        )
     if actual != expected:
-        raise InputError(f"'{path}' is an {actual} model, not {expected}.")
+        raise InputError(f"'{path}' is an {actual} model, not {expected} ({evidence}).")
 
 
 def qdq_violations(model: onnx.ModelProto) -> list[str]:

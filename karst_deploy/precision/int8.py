@@ -79,7 +79,6 @@ def quantize_int8(
     _check_calibration_shape(fp32.img_size, calibration)
 
     import onnxruntime
-    from onnxruntime.quantization import quant_pre_process
 
     key = cache_key(
         model_sha256=fp32.sha256,
@@ -94,19 +93,7 @@ def quantize_int8(
     with temporary_directory(out) as tmp, _tempfile_dir(tmp):
         prepared = tmp / "prepared.onnx"
         quantized = tmp / "int8.onnx"
-        with _quiet():
-            try:
-                # ORT's symbolic shape inference cannot read Constant nodes holding
-                # value_ints (torch's dynamo exporter writes them); ONNX's own shape
-                # inference, which still runs, types every tensor of a ViT.
-                quant_pre_process(
-                    os.fspath(fp32.path), os.fspath(prepared), skip_symbolic_shape=True
-                )
-            except Exception as exc:  # shape inference/optimisation failures of ORT
-                raise KarstDeployError(
-                    f"ONNX Runtime could not prepare '{fp32.path}' for quantization "
-                    f"(quant_pre_process): {exc}"
-                ) from None
+        prepare_for_quantization(fp32.path, prepared)
         nodes = _nodes_to_quantize(onnx.load(os.fspath(prepared)), attention_matmuls)
         reader = _BatchReader(fp32.input_name, calibration.images, on_batch)
         try:
@@ -160,6 +147,26 @@ def quantize_int8(
         graph_details=scheme,
         calibration=calibration_record,
     )
+
+
+def prepare_for_quantization(source: Path, prepared: Path) -> None:
+    """ORT's ``quant_pre_process`` (shape inference, basic optimisation) of `source`.
+
+    Also how verify-parity's white-box stage rebuilds the graph an int8 file was made from.
+    """
+    from onnxruntime.quantization import quant_pre_process
+
+    with _quiet():
+        try:
+            # ORT's symbolic shape inference cannot read Constant nodes holding value_ints
+            # (torch's dynamo exporter writes them); ONNX's own shape inference, which
+            # still runs, types every tensor of a ViT.
+            quant_pre_process(os.fspath(source), os.fspath(prepared), skip_symbolic_shape=True)
+        except Exception as exc:  # shape inference/optimisation failures of ORT
+            raise KarstDeployError(
+                f"ONNX Runtime could not prepare '{source}' for quantization "
+                f"(quant_pre_process): {exc}"
+            ) from None
 
 
 _PROVENANCE_KEYS = ("method", "samples", "data_sha256", "source")
