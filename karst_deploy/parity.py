@@ -354,6 +354,7 @@ def verify_parity(
     *,
     backbone: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
     data: str | None = None,
     split: str | None = None,
     samples: int = 64,
@@ -372,8 +373,9 @@ def verify_parity(
     evenly spaced over the split (an accuracy gate needs many: one image of 64 is 1.6 points).
 
     Refuses (InputError) an ONNX file whose provenance names another backbone, adapter or
-    checkpoint. `atol_scale` replaces the table's value for every precision. With `engine`,
-    a TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
+    checkpoint. `pretrained` lets timm download the weights the adapter says it was trained
+    on. `atol_scale` replaces the table's value for every precision. With `engine`, a
+    TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
     """
     from karst_deploy.adapters import load_adapted_model, merge
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
@@ -394,7 +396,7 @@ def verify_parity(
 
         engine_precision = engine_source_precision(engine, onnx) or record.get("precision", "fp32")
         extra_stages = [Stage("tensorrt", TensorRTRunner(engine), engine_precision), *extra_stages]
-    unmerged = load_adapted_model(adapter, checkpoint)
+    unmerged = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
     spec = backbone_spec(unmerged)
     stages = [
         Stage("torch-unmerged", TorchRunner(unmerged, threads=threads)),

@@ -67,6 +67,9 @@ PLACEMENT_FORMAT = "karst-deploy.placement"
 PLACEMENT_VERSION = 1
 DECISIONS = ("structured", "sparse", "frozen")
 STRUCTURED_CONFIGS: dict[str, type[AdapterConfig]] = {"karst": KarstConfig, "lora": LoraConfig}
+MAX_PLACEMENT_BYTES = 64 * 2**20  # a ViT-g placement with per-matrix scores is under 1 MB
+MAX_SIGMA = 1e6
+MAX_BUDGET = 2**31  # trainable entries: no backbone karst-deploy builds has more parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +160,20 @@ class Placement:
         _expect(
             document, "structured", lambda v: v in STRUCTURED_CONFIGS, "'karst' or 'lora'", source
         )
-        _expect(document, "sigma", _positive_number, "a positive number", source)
-        _expect(document, "budget", _positive_int, "a positive integer", source)
+        _expect(
+            document,
+            "sigma",
+            lambda v: _positive_number(v) and v <= MAX_SIGMA,
+            f"a number in (0, {MAX_SIGMA:g}]",
+            source,
+        )
+        _expect(
+            document,
+            "budget",
+            lambda v: _positive_int(v) and v <= MAX_BUDGET,
+            f"an integer in [1, {MAX_BUDGET}]",
+            source,
+        )
         for key in ("score_threshold", "top_up_threshold"):
             _expect(document, key, _non_negative_number, "a number >= 0", source)
         _expect(document, "scores", lambda v: isinstance(v, dict), "an object", source)
@@ -270,11 +285,9 @@ def read_placement(path: str | Path) -> Placement:
             f"'{path}' does not exist; an SPT adapter directory holds its allocation in "
             f"{PLACEMENT_FILE} next to adapter_config.json."
         )
-    try:
-        document = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFileError(f"{path} is not valid JSON: {exc}.") from None
-    return Placement.from_document(document, str(path))
+    from karst_deploy.adapters.storage import read_json
+
+    return Placement.from_document(read_json(path, MAX_PLACEMENT_BYTES), str(path))
 
 
 def index_problem(indices: torch.Tensor, size: int) -> str | None:
@@ -386,7 +399,10 @@ class SptConfig(AdapterConfig):
                 f"{source}: unknown key 'structured.{unknown[0]}' for {structured['method']}; "
                 f"expected {sorted(known)}."
             )
-        structured_config = config_type.from_hparams(hparams, f"{source} ('structured')")
+        structured_config = config_type.from_hparams(
+            {**hparams, "targets": list(DEFAULT_TARGETS)},  # the placement says where, not these
+            f"{source} ('structured')",
+        )
         if data.get("placement") != PLACEMENT_FILE:
             raise AdapterFileError(
                 f"{source}: key 'placement' is {data.get('placement')!r}; expected "

@@ -92,6 +92,7 @@ def export_onnx(
     backbone: str | None = None,
     adapter: str | os.PathLike[str] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
     unmerged: bool = False,
     num_classes: int | None = None,
     img_size: int | None = None,
@@ -104,7 +105,8 @@ def export_onnx(
 
     With `adapter`, the backbone is the one its adapter_config.json names (`backbone`, if
     given, must agree); without, it is built from `backbone`, `num_classes`, `img_size` and
-    `model_kwargs`. `batch=None` exports a dynamic batch axis named ``batch``.
+    `model_kwargs`. `batch=None` exports a dynamic batch axis named ``batch``. `pretrained`
+    (the user's --pretrained) lets timm download its pretrained weights for the backbone.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
     from karst_deploy.models import create_model
@@ -128,7 +130,7 @@ def export_onnx(
                 f"{clash[0]} applies only with --no-adapter; with --adapter the backbone is "
                 f"built exactly as '{file.config_path}' records it."
             )
-        model = load_adapted_model(adapter, checkpoint)
+        model = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
     else:
         if unmerged:
             raise InputError(
@@ -136,8 +138,21 @@ def export_onnx(
             )
         if backbone is None:
             raise InputError("--backbone NAME is required with --no-adapter.")
+        kwargs = dict(model_kwargs or {})
+        if "img_size" in kwargs:  # --model-kwargs may carry it, as for train and sensitivity
+            if img_size is not None and img_size != kwargs["img_size"]:
+                raise InputError(
+                    f"--img-size {img_size} contradicts --model-kwargs img_size "
+                    f"{kwargs['img_size']}."
+                )
+            img_size = kwargs.pop("img_size")
         model = create_model(
-            backbone, num_classes, img_size, checkpoint=checkpoint, **(model_kwargs or {})
+            backbone,
+            num_classes,
+            img_size,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            **kwargs,
         )
     return export_model(
         model,
