@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -69,9 +68,9 @@ def _number_in(low: float, high: float, *, low_open: bool = False) -> tuple[Call
     def ok(value: Any) -> bool:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return False
-        return (
-            math.isfinite(value) and (low < value if low_open else low <= value) and value <= high
-        )
+        # Comparisons only: NaN fails them, and ints too long for a float (10**400) pass
+        # through them without the OverflowError math.isfinite would raise.
+        return (low < value if low_open else low <= value) and value <= high
 
     return ok, f"a number in {'(' if low_open else '['}{low}, {high}]"
 
@@ -226,6 +225,8 @@ def create_model(
     """
     import timm
 
+    if not isinstance(pretrained, bool):
+        raise InputError(f"pretrained must be True or False, not {_short(repr(pretrained))}.")
     kwargs = _checked_arguments(name, num_classes, img_size, timm_kwargs)
     skeleton(name, num_classes, img_size, **timm_kwargs)  # sizes and shapes before memory
     try:

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import sys
 import typing
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -63,16 +64,17 @@ class AdapterConfig:
         }
 
     @classmethod
-    def from_hparams(cls, data: dict[str, Any], source: str) -> AdapterConfig:
+    def from_hparams(cls, data: dict[str, Any], source: str, prefix: str = "") -> AdapterConfig:
         """Build from adapter_config.json values, naming the first bad key on failure.
 
         A file states every hyper-parameter it was trained with (except `optional` ones):
-        a missing one is refused rather than silently taking today's default.
+        a missing one is refused rather than silently taking today's default. `prefix` is
+        where the values sit in the file (e.g. ``structured.``), for the messages.
         """
         for field in dataclasses.fields(cls):
             if field.name not in data and field.name not in cls.optional:
-                raise AdapterFileError(f"{source}: required key '{field.name}' is missing.")
-        values = _validate_fields(cls, data, source)
+                raise AdapterFileError(f"{source}: required key '{prefix}{field.name}' is missing.")
+        values = _validate_fields(cls, data, source, prefix)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
@@ -84,7 +86,9 @@ INT_BOUNDS = {"rank": (1, 4096), "kernels": (1, 256), "factor": (1, 4096)}
 FLOAT_BOUNDS = {"alpha": (0.0, 65536.0), "scale": (0.0, 65536.0)}  # (low, high]: never 0
 
 
-def _validate_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+def _validate_fields(
+    cls: type, data: dict[str, Any], source: str, prefix: str = ""
+) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
@@ -104,7 +108,9 @@ def _validate_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, 
             ok = (
                 isinstance(value, (int, float))
                 and not isinstance(value, bool)
-                and math.isfinite(value)
+                # Comparisons, not math.isfinite: they hold for NaN and for ints too long
+                # for a float (10**400), which float() and isfinite() cannot take.
+                and -sys.float_info.max <= value <= sys.float_info.max
                 and (field.name not in FLOAT_BOUNDS or low < value <= high)
             )
             want = (
@@ -131,7 +137,9 @@ def _validate_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, 
             )
         if not ok:
             shown = repr(value) if len(repr(value)) <= 120 else f"{repr(value)[:119]}…"
-            raise AdapterFileError(f"{source}: key '{field.name}' is {shown}; expected {want}.")
+            raise AdapterFileError(
+                f"{source}: key '{prefix}{field.name}' is {shown}; expected {want}."
+            )
         values[field.name] = float(value) if expected is float else value
     return values
 

@@ -158,7 +158,11 @@ class Placement:
             document, "version", lambda v: v == PLACEMENT_VERSION, str(PLACEMENT_VERSION), source
         )
         _expect(
-            document, "structured", lambda v: v in STRUCTURED_CONFIGS, "'karst' or 'lora'", source
+            document,
+            "structured",
+            lambda v: isinstance(v, str) and v in STRUCTURED_CONFIGS,
+            "'karst' or 'lora'",
+            source,
         )
         _expect(
             document,
@@ -385,10 +389,11 @@ class SptConfig(AdapterConfig):
     def from_hparams(cls, data: dict[str, Any], source: str) -> SptConfig:
         """Build from adapter_config.json (`source`); placement.json is read next to it."""
         structured = data.get("structured")
-        if not isinstance(structured, dict) or structured.get("method") not in STRUCTURED_CONFIGS:
+        method = structured.get("method") if isinstance(structured, dict) else None
+        if not isinstance(method, str) or method not in STRUCTURED_CONFIGS:
             raise AdapterFileError(
                 f"{source}: key 'structured' must be an object whose 'method' is 'karst' or "
-                f"'lora', got {structured!r}."
+                f"'lora', got {repr(structured)[:120]}."
             )
         config_type = STRUCTURED_CONFIGS[structured["method"]]
         hparams = {k: v for k, v in structured.items() if k != "method"}
@@ -401,7 +406,8 @@ class SptConfig(AdapterConfig):
             )
         structured_config = config_type.from_hparams(
             {**hparams, "targets": list(DEFAULT_TARGETS)},  # the placement says where, not these
-            f"{source} ('structured')",
+            source,
+            "structured.",
         )
         if data.get("placement") != PLACEMENT_FILE:
             raise AdapterFileError(
@@ -426,19 +432,21 @@ class Spt(AdapterMethod):
         return tuple(m.name for m in config.placement.matrices if m.decision != "frozen")
 
     def validate(self, config: SptConfig, targets: dict[str, nn.Linear]) -> None:
-        for matrix in config.placement.matrices:
+        for index, matrix in enumerate(config.placement.matrices):
             if matrix.decision == "frozen":
                 continue
             linear = targets.get(matrix.name)
             if linear is None:
                 raise AdapterFileError(
-                    f"The SPT placement names layer '{matrix.name}', which this model does not "
-                    "have; the placement was made for another backbone."
+                    f"The SPT placement ({PLACEMENT_FILE}, key 'matrices[{index}].name') names "
+                    f"layer '{matrix.name[:200]}', which this model does not have; the "
+                    "placement was made for another backbone."
                 )
             if tuple(linear.weight.shape) != matrix.shape:
                 raise AdapterFileError(
-                    f"The SPT placement gives '{matrix.name}' the shape {matrix.shape}, but the "
-                    f"model's weight is {tuple(linear.weight.shape)}."
+                    f"The SPT placement ({PLACEMENT_FILE}, key 'matrices[{index}].shape') gives "
+                    f"'{matrix.name}' the shape {matrix.shape}, but the model's weight is "
+                    f"{tuple(linear.weight.shape)}."
                 )
         unplanned = sorted(set(targets) - set(self.module_targets(config)))
         if unplanned:

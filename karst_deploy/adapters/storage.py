@@ -167,7 +167,10 @@ class AdapterFile:
                 f"{self.config_path}: key 'method' is {_shown(document.get('method'))}; "
                 "expected a method name."
             )
-        method_for(document["method"])  # raises for an unknown method
+        try:
+            method_for(document["method"])
+        except AdapterFileError as exc:
+            raise AdapterFileError(f"{self.config_path}: key 'method': {exc}") from None
         if "backbone" not in document:
             raise AdapterFileError(f"{self.config_path}: required key 'backbone' is missing.")
         return document
@@ -226,6 +229,13 @@ def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
         raise AdapterFileError(
             f"{source}: key 'backbone.checkpoint_sha256' is {_shown(sha)}; expected null or 64 "
             "hex digits."
+        )
+    import timm
+
+    if not timm.is_model(value["name"]):
+        raise AdapterFileError(
+            f"{source}: key 'backbone.name' is {_shown(value['name'])}, which is not a timm "
+            "model name (hub and local-directory prefixes are not accepted)."
         )
     pretrained = value.get("pretrained", False)
     if not isinstance(pretrained, bool):
@@ -287,14 +297,15 @@ def check_backbone(expected: BackboneSpec, actual: BackboneSpec, source: Path) -
         )
 
 
-def check_pretrained(file: AdapterFile, pretrained: bool) -> BackboneSpec:
+def check_pretrained(file: AdapterFile, pretrained: bool, checkpoint: bool) -> BackboneSpec:
     """The file's backbone to build, downloading timm's weights only if the user said so.
 
     ``backbone.pretrained: true`` in a file is a statement, never a permission: the
-    download happens only with `pretrained` (the --pretrained flag) given by the user.
+    download happens only with `pretrained` (the --pretrained flag) given by the user, or
+    the weights come from the user's `checkpoint` file.
     """
     spec = file.backbone
-    if spec.pretrained and not pretrained:
+    if spec.pretrained and not pretrained and not checkpoint:
         raise AdapterFileError(
             f"{file.config_path}: key 'backbone.pretrained' is true: the adapter was trained on "
             f"timm's pretrained weights of '{spec.name}'. karst-deploy downloads nothing an "
@@ -359,9 +370,9 @@ def _validated_config(
             expected = AdapterPlan(model, config, meta=True).state_dict()
         else:
             expected = adapter_state_dict(model)
-    except AdapterFileError:
-        raise
     except InputError as exc:  # a method's own check of the config against the layers
+        if str(file.directory) in str(exc):
+            raise
         raise AdapterFileError(f"{file.config_path}: {exc}") from None
     named = dict(model.named_parameters())
     expected_extra = set(classifier_parameter_names(model))
@@ -412,12 +423,16 @@ def load_adapted_model(
     download the pretrained weights a file says it was trained on; a file alone never can.
     """
     file = AdapterFile(directory)
-    spec = check_pretrained(file, pretrained)
+    spec = check_pretrained(file, pretrained, checkpoint is not None)
     tensors = file.read_tensors()
     try:
         skeleton = spec.skeleton()
     except InputError as exc:
-        raise AdapterFileError(f"{file.config_path}: key 'backbone': {exc}") from None
+        raise AdapterFileError(
+            f"{file.config_path}: keys 'backbone.name', 'backbone.num_classes', "
+            f"'backbone.img_size' and 'backbone.model_kwargs' describe no network karst-deploy "
+            f"builds: {exc}"
+        ) from None
     _validated_config(file, skeleton, tensors)
     del skeleton
     return _install(spec.build(checkpoint), file, tensors)
