@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -155,7 +155,11 @@ class Placement:
             raise AdapterFileError(f"{source} must hold a JSON object.")
         _expect(document, "format", lambda v: v == PLACEMENT_FORMAT, repr(PLACEMENT_FORMAT), source)
         _expect(
-            document, "version", lambda v: v == PLACEMENT_VERSION, str(PLACEMENT_VERSION), source
+            document,
+            "version",
+            lambda v: v == PLACEMENT_VERSION and not isinstance(v, bool),
+            str(PLACEMENT_VERSION),
+            source,
         )
         _expect(
             document,
@@ -188,9 +192,12 @@ class Placement:
             for i, entry in enumerate(document["matrices"])
         )
         names = [m.name for m in matrices]
-        duplicate = next((n for n in names if names.count(n) > 1), None)
+        duplicate = next((i for i, n in enumerate(names) if n in names[:i]), None)
         if duplicate is not None:
-            raise AdapterFileError(f"{source}: matrix '{duplicate}' appears more than once.")
+            raise AdapterFileError(
+                f"{source}: key 'matrices[{duplicate}].name': matrix '{names[duplicate][:200]}' "
+                "appears more than once."
+            )
         if all(m.decision == "frozen" for m in matrices):
             raise AdapterFileError(
                 f"{source}: key 'matrices' has no structured or sparse matrix; an SPT adapter "
@@ -224,7 +231,12 @@ def _non_negative_int(value: Any) -> bool:
 
 
 def _non_negative_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    # float_info.max, not math.inf: an int too long for a float (10**400) must fail here.
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= sys.float_info.max
+    )
 
 
 def _positive_number(value: Any) -> bool:
@@ -273,10 +285,10 @@ def _parse_matrix(entry: Any, where: str, source: str) -> MatrixPlacement:
     }[matrix.decision]
     if not consistent:
         raise AdapterFileError(
-            f"{source}: matrix '{matrix.name}' ({where}) is {matrix.decision} with selected "
-            f"{matrix.selected} and parameters {matrix.parameters}; a sparse matrix spends "
-            f"exactly its 1..{size} selected entries, a structured one selects at least one, a "
-            "frozen one neither."
+            f"{source}: key '{where}': matrix '{matrix.name[:200]}' is {matrix.decision} with "
+            f"selected {matrix.selected} and parameters {matrix.parameters}; a sparse matrix "
+            f"spends exactly its 1..{size} selected entries, a structured one selects at least "
+            "one, a frozen one neither."
         )
     return matrix
 

@@ -503,7 +503,7 @@ def corruptions() -> list[Corruption]:
                         method,
                         PLACEMENT,
                         _set(PLACEMENT, (key,), value),
-                        must_refuse=key not in ("scores",),
+                        must_refuse=False,  # thresholds, sigma, scores: many values are valid
                     )
                 )
         for key, value in {"budget": 10**400, "sigma": 1e300, "totals": {"parameters": 1}}.items():
@@ -524,7 +524,8 @@ def corruptions() -> list[Corruption]:
                             method,
                             PLACEMENT,
                             _placement_matrix(index, field, value),
-                            must_refuse=label not in DECISIONS,  # may be the decision it had
+                            # a decision or name may be the one the entry had
+                            must_refuse=label not in (*DECISIONS, "string"),
                         )
                     )
         for kind in (
