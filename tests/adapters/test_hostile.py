@@ -868,23 +868,27 @@ def test_pretrained_needs_the_users_flag(tmp_path):
 
 def test_provenance_model_kwargs_pass_the_allow_list(tmp_path):
     import onnx
+    from onnx import TensorProto, helper
 
-    from karst_deploy.export import export_onnx
     from karst_deploy.export.record import architecture_from_onnx
-    from karst_deploy.provenance import read_provenance, write_provenance
+    from karst_deploy.provenance import write_provenance
 
-    onnx_path = tmp_path / "base.onnx"
-    export_onnx(
-        onnx_path,
-        backbone=CASE.name,
-        img_size=32,
-        num_classes=3,
-        model_kwargs={"patch_size": 8, "depth": 1},
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    record = read_provenance(onnx_path)
-    record["model_kwargs"]["checkpoint_path"] = "/tmp/evil.pth"
-    onnx.save(write_provenance(onnx.load(onnx_path), record), onnx_path)
+    record = {
+        "backbone": CASE.name,
+        "num_classes": 3,
+        "img_size": 32,
+        "model_kwargs": {"patch_size": 8, "depth": 1, "checkpoint_path": "/tmp/evil.pth"},
+        "kind": "base",
+    }
+    onnx_path = tmp_path / "base.onnx"
+    onnx.save(write_provenance(helper.make_model(graph), record), onnx_path)
     with pytest.raises(
-        kd.errors.InputError, match=r"provenance: key 'model_kwargs\.checkpoint_path'"
+        kd.errors.InputError, match=r"provenance: key 'model_kwargs\.checkpoint_path' is refused"
     ):
         architecture_from_onnx(onnx_path)
