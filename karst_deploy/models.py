@@ -50,7 +50,7 @@ def _ints_in(low: int, high: int, length: tuple[int, int]) -> tuple[Callable[[An
 
     def ok(value: Any) -> bool:
         return (
-            isinstance(value, list)
+            isinstance(value, (list, tuple))  # JSON gives lists; Python callers may use tuples
             and length[0] <= len(value) <= length[1]
             and all(ok_int(v) for v in value)
         )
