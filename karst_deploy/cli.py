@@ -54,6 +54,17 @@ def command(name: str | None = None) -> Callable[[F], F]:
     return decorate
 
 
+#: The only way timm's pretrained weights are downloaded for an adapter: the user asks.
+Pretrained = Annotated[
+    bool,
+    typer.Option(
+        "--pretrained",
+        help="Let timm download the pretrained backbone weights an adapter was trained on "
+        "(an adapter file alone never triggers a download).",
+    ),
+]
+
+
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
@@ -118,6 +129,7 @@ def merge_command(
     model_kwargs: str | None = typer.Option(
         None, "--model-kwargs", help="PEFT adapter only: extra timm arguments as JSON."
     ),
+    pretrained: Pretrained = False,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -131,6 +143,7 @@ def merge_command(
             out,
             backbone=backbone,
             checkpoint=checkpoint,
+            pretrained=pretrained,
             img_size=img_size,
             model_kwargs=_parse_model_kwargs(model_kwargs),
             force=force,
@@ -144,7 +157,12 @@ def merge_command(
         )
     else:
         result = write_merged_checkpoint(
-            adapter, out, checkpoint=checkpoint, backbone=backbone, force=force
+            adapter,
+            out,
+            checkpoint=checkpoint,
+            backbone=backbone,
+            pretrained=pretrained,
+            force=force,
         )
     if as_json:
         print_json(result)
@@ -298,11 +316,13 @@ def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too long or too deep
         raise InputError(f"--model-kwargs must be a JSON object: {exc}.") from None
     if not isinstance(value, dict):
         raise InputError("--model-kwargs must be a JSON object such as '{\"depth\": 6}'.")
-    return value
+    from karst_deploy.models import check_model_kwargs
+
+    return check_model_kwargs(value, "--model-kwargs", "", allow_img_size=True)
 
 
 @command("export")
@@ -318,6 +338,7 @@ def export_command(
         False, "--no-adapter", help="Export the plain backbone (the latency baseline)."
     ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    pretrained: Pretrained = False,
     unmerged: bool = typer.Option(
         False, "--unmerged", help="Keep the adapter arithmetic in the graph (no merge)."
     ),
@@ -361,6 +382,7 @@ def export_command(
         backbone=backbone,
         adapter=adapter,
         checkpoint=checkpoint,
+        pretrained=pretrained,
         unmerged=unmerged,
         num_classes=num_classes,
         img_size=img_size,
@@ -405,6 +427,7 @@ def verify_parity_command(
     onnx: Path = typer.Option(..., "--onnx", help="ONNX file to verify."),
     backbone: str | None = typer.Option(None, "--backbone", help="timm name; checked."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    pretrained: Pretrained = False,
     data: str | None = typer.Option(
         None, "--data", help="Labelled images too: digits, digits:A-B, an image folder or VTAB dir."
     ),
@@ -445,6 +468,7 @@ def verify_parity_command(
         adapter,
         backbone=backbone,
         checkpoint=checkpoint,
+        pretrained=pretrained,
         data=data,
         split=split,
         samples=samples,

@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,135 @@ SPEC_ATTRIBUTE = "karst_deploy_backbone"
 #: this torch seed, so a random-init backbone is the same network in every command
 #: (export, verify-parity, bench) instead of a fresh draw each time.
 INIT_SEED = 0
+
+#: Bounds on what a backbone description may ask for. The largest input of timm's ViT/Swin
+#: pretrained configs is 1024 px (SAM); the largest timm ViT has about 1.8 billion
+#: parameters (vit_gigantic). A description beyond these is refused before anything is built.
+MAX_NAME_LENGTH = 200
+MAX_IMG_SIZE = 1024
+MAX_NUM_CLASSES = 1_000_000
+MAX_PARAMETERS = 2**31
+
+
+def _int_in(low: int, high: int) -> tuple[Callable[[Any], bool], str]:
+    def ok(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    return ok, f"an integer in [{low}, {high}]"
+
+
+def _ints_in(low: int, high: int, length: tuple[int, int]) -> tuple[Callable[[Any], bool], str]:
+    ok_int, _ = _int_in(low, high)
+
+    def ok(value: Any) -> bool:
+        return (
+            isinstance(value, (list, tuple))  # JSON gives lists; Python callers may use tuples
+            and length[0] <= len(value) <= length[1]
+            and all(ok_int(v) for v in value)
+        )
+
+    return ok, f"a list of {length[0]} to {length[1]} integers in [{low}, {high}]"
+
+
+def _int_or_ints(low: int, high: int, length: tuple[int, int]) -> tuple[Callable[[Any], bool], str]:
+    one, one_text = _int_in(low, high)
+    many, many_text = _ints_in(low, high, length)
+    return (lambda v: one(v) or many(v)), f"{one_text} or {many_text}"
+
+
+def _number_in(low: float, high: float, *, low_open: bool = False) -> tuple[Callable, str]:
+    def ok(value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        # Comparisons only: NaN fails them, and ints too long for a float (10**400) pass
+        # through them without the OverflowError math.isfinite would raise.
+        return (low < value if low_open else low <= value) and value <= high
+
+    return ok, f"a number in {'(' if low_open else '['}{low}, {high}]"
+
+
+def _boolean() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _optional(check: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    ok, text = check
+    return (lambda v: v is None or ok(v)), f"null or {text}"
+
+
+def _choice(*values: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v in values), f"one of {list(values)}"
+
+
+#: The timm arguments a backbone description (adapter file, ONNX provenance, --model-kwargs)
+#: may set: the shape of a ViT/DeiT (VisionTransformer) or Swin (SwinTransformer) and its
+#: dropout rates, as JSON scalars or short lists of integers. Everything else — paths
+#: (checkpoint_path, cache_dir), pretrained configs and overlays, layer classes, devices —
+#: is refused, so no file decides what timm loads or from where.
+MODEL_KWARGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "patch_size": _int_in(1, MAX_IMG_SIZE),
+    "embed_dim": _int_in(1, 8192),
+    "depth": _int_in(1, 64),
+    "depths": _ints_in(1, 64, (1, 8)),
+    "num_heads": _int_or_ints(1, 256, (1, 8)),
+    "head_dim": _optional(_int_in(1, 1024)),
+    "window_size": _int_or_ints(1, MAX_IMG_SIZE, (2, 2)),
+    "mlp_ratio": _number_in(0.0, 16.0, low_open=True),
+    "qkv_bias": _boolean(),
+    "qk_norm": _boolean(),
+    "class_token": _boolean(),
+    "no_embed_class": _boolean(),
+    "reg_tokens": _int_in(0, 64),
+    "pre_norm": _boolean(),
+    "fc_norm": _optional(_boolean()),
+    "init_values": _optional(_number_in(0.0, 1.0, low_open=True)),
+    "global_pool": _choice("", "token", "avg", "max", "avgmax", "map"),
+    "drop_rate": _number_in(0.0, 0.99),
+    "proj_drop_rate": _number_in(0.0, 0.99),
+    "attn_drop_rate": _number_in(0.0, 0.99),
+    "drop_path_rate": _number_in(0.0, 0.99),
+}
+#: Backbone fields with their own argument (and flag): never accepted among the kwargs.
+OWN_ARGUMENTS = {"num_classes": "--num-classes", "img_size": "--img-size"}
+
+
+def check_model_kwargs(
+    kwargs: Any, source: str, key: str = "model_kwargs", *, allow_img_size: bool = False
+) -> dict[str, Any]:
+    """`kwargs` if every entry is an allowed architecture argument in range; else InputError.
+
+    `source` (a file, or a flag such as ``--model-kwargs``) and `key` (where the object sits
+    in it) name the offending entry in the message. `allow_img_size` admits ``img_size``
+    (callers that pop it into its own argument, e.g. training's --model-kwargs).
+    """
+    if not isinstance(kwargs, dict):
+        raise InputError(f"{source}: key '{key}' must be a JSON object of timm arguments.")
+    allowed = {**MODEL_KWARGS}
+    if allow_img_size:
+        allowed["img_size"] = _int_in(1, MAX_IMG_SIZE)
+    for name, value in kwargs.items():
+        where = f"{key}.{name}" if key else str(name)
+        if name not in allowed:
+            if name in OWN_ARGUMENTS:
+                raise InputError(
+                    f"{source}: key '{_short(where)}' is refused: {name} is its own field "
+                    f"({OWN_ARGUMENTS[name]} on the command line), not a model keyword."
+                )
+            raise InputError(
+                f"{source}: key '{_short(where)}' is refused: karst-deploy passes to timm only "
+                f"the architecture arguments {sorted(allowed)}. Paths, downloads and "
+                "pretrained configs never come from a file or keyword; pass backbone weights "
+                "with --checkpoint FILE (or timm's own with --pretrained)."
+            )
+        ok, want = allowed[name]
+        if not ok(value):
+            raise InputError(f"{source}: key '{where}' is {_short(repr(value))}; expected {want}.")
+    return dict(kwargs)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """`text` cut to `limit` characters, so a hostile value cannot flood the message."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 @dataclass
@@ -48,7 +178,11 @@ class BackboneSpec:
         return data
 
     def build(self, checkpoint: str | os.PathLike[str] | None = None) -> nn.Module:
-        """Create the backbone this spec describes (loading `checkpoint` if given)."""
+        """Create the backbone this spec describes (loading `checkpoint` if given).
+
+        ``pretrained`` downloads timm's weights; a spec read from a file carries it only when
+        the user allowed it (`karst_deploy.adapters.load_adapted_model`'s ``pretrained``).
+        """
         return create_model(
             self.name,
             num_classes=self.num_classes,
@@ -57,6 +191,10 @@ class BackboneSpec:
             pretrained=self.pretrained,
             **self.model_kwargs,
         )
+
+    def skeleton(self) -> nn.Module:
+        """This backbone on the meta device: every shape, no memory, no weights (`skeleton`)."""
+        return skeleton(self.name, self.num_classes, self.img_size, **self.model_kwargs)
 
 
 def _json_safe(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
@@ -87,18 +225,10 @@ def create_model(
     """
     import timm
 
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise InputError(
-            f"Unknown backbone '{name}': timm has no model of that name.{hint} "
-            "See `timm.list_models('vit_*')` for ViT backbones."
-        )
-    kwargs = dict(timm_kwargs)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if img_size is not None:
-        kwargs["img_size"] = img_size
+    if not isinstance(pretrained, bool):
+        raise InputError(f"pretrained must be True or False, not {_short(repr(pretrained))}.")
+    kwargs = _checked_arguments(name, num_classes, img_size, timm_kwargs)
+    skeleton(name, num_classes, img_size, **timm_kwargs)  # sizes and shapes before memory
     try:
         with torch.random.fork_rng(devices=[]):  # leaves the caller's random state alone
             torch.manual_seed(INIT_SEED)
@@ -124,6 +254,85 @@ def create_model(
     )
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model.eval()
+
+
+def _checked_arguments(
+    name: Any, num_classes: Any, img_size: Any, timm_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The arguments for timm, after refusing an unknown name or any out-of-range value."""
+    import timm
+
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise InputError(
+            f"Backbone name {_short(repr(name))} is not a timm model name (a string of at most "
+            f"{MAX_NAME_LENGTH} characters)."
+        )
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise InputError(
+            f"Unknown backbone '{name}': timm has no model of that name.{hint} "
+            "See `timm.list_models('vit_*')` for ViT backbones."
+        )
+    check_model_kwargs(timm_kwargs, "create_model()", "model_kwargs")
+    kwargs = dict(timm_kwargs)
+    for key, value, high in (
+        ("num_classes", num_classes, MAX_NUM_CLASSES),
+        ("img_size", img_size, MAX_IMG_SIZE),
+    ):
+        if value is None:
+            continue
+        low = 0 if key == "num_classes" else 1
+        if not _int_in(low, high)[0](value):
+            raise InputError(
+                f"Backbone '{name}': {key} is {_short(repr(value))}; expected an integer in "
+                f"[{low}, {high}] ({OWN_ARGUMENTS[key]})."
+            )
+        kwargs[key] = value
+    return kwargs
+
+
+def skeleton(
+    name: str, num_classes: int | None = None, img_size: int | None = None, **timm_kwargs: Any
+) -> nn.Module:
+    """The backbone built on the meta device and run once on a meta input: shapes only.
+
+    Costs no memory and no arithmetic, so hostile sizes are refused here — more than
+    `MAX_PARAMETERS` parameters, or an input the network cannot take (an image smaller than
+    a patch, a Swin window that does not tile it) — before the real model is built. Callers
+    derive expected tensor shapes from it without allocating them.
+    """
+    import timm
+
+    kwargs = _checked_arguments(name, num_classes, img_size, timm_kwargs)
+    described = f"'{name}' with {kwargs}"
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, exportable=True, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as exc:
+        raise InputError(f"timm could not build {described}: {exc}") from None
+    parameters = sum(p.numel() for p in model.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise InputError(
+            f"Backbone {described} would have {parameters:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} karst-deploy builds; check depth, embed_dim and num_classes."
+        )
+    size = _image_size(model, getattr(model, "pretrained_cfg", {}) or {})
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = max(patch) if isinstance(patch, (tuple, list)) else patch
+    if isinstance(patch, int) and size < patch:
+        raise InputError(
+            f"Backbone {described}: img_size {size} is smaller than its patch ({patch}); an "
+            "image must hold at least one patch."
+        )
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(1, 3, size, size, device="meta"))
+    except NotImplementedError:
+        pass  # an operator without a meta kernel says nothing about the arguments
+    except (TypeError, ValueError, AssertionError, RuntimeError, IndexError) as exc:
+        raise InputError(f"Backbone {described} cannot take a {size}×{size} image: {exc}") from None
+    return model
 
 
 def _image_size(model: nn.Module, cfg: dict[str, Any]) -> int:

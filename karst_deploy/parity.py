@@ -385,6 +385,7 @@ def verify_parity(
     *,
     backbone: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
     data: str | None = None,
     split: str | None = None,
     samples: int = 64,
@@ -410,7 +411,8 @@ def verify_parity(
     Refuses (InputError) an ONNX file whose provenance names another backbone, adapter or
     checkpoint, or a precision its graph does not show (the tolerance follows the graph),
     a `backbone` other than the adapter's, and `data` whose classes do not fit the model's
-    head. `atol_scale` replaces the table's value for every precision. With `engine`, a
+    head. `pretrained` lets timm download the weights the adapter says it was trained on.
+    `atol_scale` replaces the table's value for every precision. With `engine`, a
     TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
     """
     import onnx as onnx_lib
@@ -463,11 +465,13 @@ def verify_parity(
     notes: list[str] = []
     first: list[Stage] = []
     if is_peft_directory(adapter):  # PEFT's own forward first, when PEFT is installed
-        unmerged, reference, notes = peft_parity_models(adapter, record, checkpoint)
+        unmerged, reference, notes = peft_parity_models(
+            adapter, record, checkpoint, pretrained=pretrained
+        )
         if reference is not None:
             first = [Stage("peft", TorchRunner(reference, threads=threads))]
     else:
-        unmerged = load_adapted_model(adapter, checkpoint)
+        unmerged = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
     merged = merge(unmerged)
     spec = backbone_spec(unmerged)
     stages = [

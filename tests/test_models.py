@@ -152,3 +152,23 @@ def test_shape_mismatch_names_the_key(tmp_path):
 def test_unknown_backbone_suggests_names():
     with pytest.raises(InputError, match="vit_tiny_patch16_224"):
         kd.create_model("vit_tiny_patch16_22")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"checkpoint_path": "/tmp/w.pth"}, r"'model_kwargs\.checkpoint_path' is refused"),
+        ({"pretrained_cfg_overlay": {"file": "/tmp/w.pth"}}, r"pretrained_cfg_overlay' is refused"),
+        ({"cache_dir": "/tmp"}, r"'model_kwargs\.cache_dir' is refused"),
+        ({"norm_layer": "torch.nn.Identity"}, r"'model_kwargs\.norm_layer' is refused"),
+        ({"depth": 100_000}, r"'model_kwargs\.depth' is 100000; expected an integer in \[1, 64\]"),
+        ({"mlp_ratio": float("nan")}, r"'model_kwargs\.mlp_ratio' is nan"),
+        ({"qkv_bias": "yes"}, r"'model_kwargs\.qkv_bias' is 'yes'; expected true or false"),
+        ({"depth": 64, "embed_dim": 8192, "num_heads": 64}, r"parameters, more than"),
+        ({"patch_size": 64}, r"img_size 32 is smaller than its patch \(64\)"),
+    ],
+)
+def test_timm_arguments_are_allow_listed_and_sizes_refused_before_building(extra, message):
+    arguments = {**TINY, **extra}  # shape-only: a meta skeleton refuses before any memory
+    with pytest.raises(InputError, match=message):
+        kd.create_model("vit_tiny_patch16_224", num_classes=10, **arguments)

@@ -10,9 +10,11 @@ backbone with different numbers in it: same modules, same state-dict keys and sh
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
+import sys
 import typing
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -46,6 +48,9 @@ class AdapterConfig:
 
     method: ClassVar[str] = ""
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Fields an adapter_config.json may omit (taking the default): only keys added after
+    #: files without them were written. Every other field must be stated by the file.
+    optional: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         # Validate in the constructor too, so a bad Python call fails as clearly as a bad file.
@@ -59,13 +64,31 @@ class AdapterConfig:
         }
 
     @classmethod
-    def from_hparams(cls, data: dict[str, Any], source: str) -> AdapterConfig:
-        """Build from adapter_config.json values, naming the first bad key on failure."""
-        values = _validate_fields(cls, data, source)
+    def from_hparams(cls, data: dict[str, Any], source: str, prefix: str = "") -> AdapterConfig:
+        """Build from adapter_config.json values, naming the first bad key on failure.
+
+        A file states every hyper-parameter it was trained with (except `optional` ones):
+        a missing one is refused rather than silently taking today's default. `prefix` is
+        where the values sit in the file (e.g. ``structured.``), for the messages.
+        """
+        for field in dataclasses.fields(cls):
+            if field.name not in data and field.name not in cls.optional:
+                raise AdapterFileError(f"{source}: required key '{prefix}{field.name}' is missing.")
+        values = _validate_fields(cls, data, source, prefix)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def _validate_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+#: Ranges of hyper-parameters by field name, whichever method has them. They bound the
+#: work a config can ask for before any tensor is compared (kernels are initialised one by
+#: one) and refuse values that silently disable an adapter (a zero scale). Generous: the
+#: papers use rank 8, 8 KARST kernels, 32 KAdaptation kernels, factor 8.
+INT_BOUNDS = {"rank": (1, 4096), "kernels": (1, 256), "factor": (1, 4096)}
+FLOAT_BOUNDS = {"alpha": (0.0, 65536.0), "scale": (0.0, 65536.0)}  # (low, high]: never 0
+
+
+def _validate_fields(
+    cls: type, data: dict[str, Any], source: str, prefix: str = ""
+) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
@@ -77,15 +100,22 @@ def _validate_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, 
         value = data[field.name]
         expected = hints[field.name]
         if expected is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-            want = "a positive integer"
+            low, high = INT_BOUNDS.get(field.name, (1, 2**31))
+            ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+            want = f"an integer in [{low}, {high}]"
         elif expected is float:
+            low, high = FLOAT_BOUNDS.get(field.name, (-math.inf, math.inf))
             ok = (
                 isinstance(value, (int, float))
                 and not isinstance(value, bool)
-                and math.isfinite(value)
+                # Comparisons, not math.isfinite: they hold for NaN and for ints too long
+                # for a float (10**400), which float() and isfinite() cannot take.
+                and -sys.float_info.max <= value <= sys.float_info.max
+                and (field.name not in FLOAT_BOUNDS or low < value <= high)
             )
-            want = "a finite number"
+            want = (
+                f"a number in ({low}, {high}]" if field.name in FLOAT_BOUNDS else "a finite number"
+            )
         elif expected is str:
             allowed = cls.choices.get(field.name)
             ok = isinstance(value, str) and (allowed is None or value in allowed)
@@ -106,7 +136,10 @@ def _validate_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, 
                 else "a non-empty list of distinct module names such as ['qkv', 'proj']"
             )
         if not ok:
-            raise AdapterFileError(f"{source}: key '{field.name}' is {value!r}; expected {want}.")
+            shown = repr(value) if len(repr(value)) <= 120 else f"{repr(value)[:119]}…"
+            raise AdapterFileError(
+                f"{source}: key '{prefix}{field.name}' is {shown}; expected {want}."
+            )
         values[field.name] = float(value) if expected is float else value
     return values
 
@@ -257,7 +290,12 @@ def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
 class AdapterPlan:
     """Adapters built for a model but not yet installed in it (so validation can fail cleanly)."""
 
-    def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
+    def __init__(self, model: nn.Module, config: AdapterConfig, *, meta: bool = False) -> None:
+        """`meta` builds the adapters on the meta device: their shapes, without memory.
+
+        That is how a loader derives every tensor shape a config implies (on a real model
+        or a `karst_deploy.models.skeleton`) and compares it with a file's before building.
+        """
         if adapter_config(model) is not None:
             raise InputError(
                 "This model already carries adapters; merge it (karst_deploy.merge) or start "
@@ -269,16 +307,19 @@ class AdapterPlan:
         # A method with no target layers (the linear probe) trains only the classifier head.
         targets = resolve_targets(model, names) if names else {}
         method.validate(config, targets)
-        self.shared = method.shared_module(config, targets)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            self.shared = method.shared_module(config, targets)
+            self.layers = {
+                path: method.layer_adapter(path, linear, config, self.shared)
+                for path, linear in targets.items()
+            }
+        if meta:
+            return
         if self.shared is not None:
             first = next(iter(targets.values())).weight
             self.shared.to(device=first.device, dtype=first.dtype)
-        self.layers = {
-            path: method.layer_adapter(path, linear, config, self.shared).to(
-                device=linear.weight.device, dtype=linear.weight.dtype
-            )
-            for path, linear in targets.items()
-        }
+        for path, layer in self.layers.items():
+            layer.to(device=targets[path].weight.device, dtype=targets[path].weight.dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Keys and tensors exactly as `adapter_state_dict` will report them once installed."""

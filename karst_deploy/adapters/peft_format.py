@@ -774,20 +774,30 @@ def build_backbone(
     img_size: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     num_classes: int | None = None,
+    pretrained: bool = False,
 ) -> nn.Module:
     """The timm backbone for a PEFT directory (PEFT records none for timm models).
 
     The classifier size comes from the head stored in the directory (``modules_to_save``)
     unless `num_classes` is given; a directory without a head keeps timm's (or the
-    checkpoint's) classifier.
+    checkpoint's) classifier. `pretrained` (the user's --pretrained) lets timm download
+    its weights.
     """
     from karst_deploy.models import create_model
 
     kwargs = dict(model_kwargs or {})
-    model = create_model(backbone, num_classes, img_size, checkpoint=checkpoint, **kwargs)
+    if "img_size" in kwargs:  # --model-kwargs may carry it: one value, not two arguments
+        given = kwargs.pop("img_size")
+        if img_size is not None and given != img_size:
+            raise InputError(
+                f"img_size is {img_size} but model_kwargs.img_size is {given!r}; give one."
+            )
+        img_size = given
+    options = {"checkpoint": checkpoint, "pretrained": pretrained, **kwargs}
+    model = create_model(backbone, num_classes, img_size, **options)
     stored = PeftDirectory(directory).head_classes(model)
     if num_classes is None and stored is not None and stored != model.num_classes:
-        model = create_model(backbone, stored, img_size, checkpoint=checkpoint, **kwargs)
+        model = create_model(backbone, stored, img_size, **options)
     return model
 
 
@@ -799,6 +809,7 @@ def load_peft_model(
     img_size: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     num_classes: int | None = None,
+    pretrained: bool = False,
 ) -> nn.Module:
     """Build the backbone and load the PEFT directory onto it (our unmerged reading)."""
     if backbone is None:
@@ -813,6 +824,7 @@ def load_peft_model(
         img_size=img_size,
         model_kwargs=model_kwargs,
         num_classes=num_classes,
+        pretrained=pretrained,
     )
     return load_peft_adapters(model, directory)
 
@@ -854,6 +866,7 @@ def write_merged_peft_checkpoint(
     checkpoint: str | os.PathLike[str] | None = None,
     img_size: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    pretrained: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
     """`karst-deploy merge` for a PEFT directory: the folded backbone as a timm checkpoint."""
@@ -865,7 +878,12 @@ def write_merged_peft_checkpoint(
 
     refuse_existing(Path(out), force)
     model = load_peft_model(
-        directory, backbone, checkpoint=checkpoint, img_size=img_size, model_kwargs=model_kwargs
+        directory,
+        backbone,
+        checkpoint=checkpoint,
+        img_size=img_size,
+        model_kwargs=model_kwargs,
+        pretrained=pretrained,
     )
     spec = backbone_spec(model)
     state = {k: v.detach().contiguous() for k, v in merge(model).state_dict().items()}
@@ -890,10 +908,12 @@ def peft_parity_models(
     directory: str | os.PathLike[str],
     record: dict[str, Any],
     checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
 ) -> tuple[nn.Module, nn.Module | None, list[str]]:
     """Our reading of a PEFT directory and PEFT's own model (None without peft), with notes.
 
-    Both sit on the backbone the ONNX provenance `record` describes (PEFT records none).
+    Both sit on the backbone the ONNX provenance `record` describes (PEFT records none); the
+    provenance's own `pretrained` is never honoured, only the user's `pretrained`.
     """
     from karst_deploy.models import BackboneSpec
 
@@ -901,7 +921,7 @@ def peft_parity_models(
         name=record["backbone"],
         num_classes=record["num_classes"],
         img_size=record["img_size"],
-        pretrained=bool(record.get("pretrained", False)),
+        pretrained=pretrained,
         model_kwargs=record.get("model_kwargs") or {},
     )
     ours = load_peft_adapters(spec.build(checkpoint), directory)

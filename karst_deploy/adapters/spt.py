@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -67,6 +67,9 @@ PLACEMENT_FORMAT = "karst-deploy.placement"
 PLACEMENT_VERSION = 1
 DECISIONS = ("structured", "sparse", "frozen")
 STRUCTURED_CONFIGS: dict[str, type[AdapterConfig]] = {"karst": KarstConfig, "lora": LoraConfig}
+MAX_PLACEMENT_BYTES = 64 * 2**20  # a ViT-g placement with per-matrix scores is under 1 MB
+MAX_SIGMA = 1e6
+MAX_BUDGET = 2**31  # trainable entries: no backbone karst-deploy builds has more parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,13 +155,33 @@ class Placement:
             raise AdapterFileError(f"{source} must hold a JSON object.")
         _expect(document, "format", lambda v: v == PLACEMENT_FORMAT, repr(PLACEMENT_FORMAT), source)
         _expect(
-            document, "version", lambda v: v == PLACEMENT_VERSION, str(PLACEMENT_VERSION), source
+            document,
+            "version",
+            lambda v: v == PLACEMENT_VERSION and not isinstance(v, bool),
+            str(PLACEMENT_VERSION),
+            source,
         )
         _expect(
-            document, "structured", lambda v: v in STRUCTURED_CONFIGS, "'karst' or 'lora'", source
+            document,
+            "structured",
+            lambda v: isinstance(v, str) and v in STRUCTURED_CONFIGS,
+            "'karst' or 'lora'",
+            source,
         )
-        _expect(document, "sigma", _positive_number, "a positive number", source)
-        _expect(document, "budget", _positive_int, "a positive integer", source)
+        _expect(
+            document,
+            "sigma",
+            lambda v: _positive_number(v) and v <= MAX_SIGMA,
+            f"a number in (0, {MAX_SIGMA:g}]",
+            source,
+        )
+        _expect(
+            document,
+            "budget",
+            lambda v: _positive_int(v) and v <= MAX_BUDGET,
+            f"an integer in [1, {MAX_BUDGET}]",
+            source,
+        )
         for key in ("score_threshold", "top_up_threshold"):
             _expect(document, key, _non_negative_number, "a number >= 0", source)
         _expect(document, "scores", lambda v: isinstance(v, dict), "an object", source)
@@ -169,9 +192,12 @@ class Placement:
             for i, entry in enumerate(document["matrices"])
         )
         names = [m.name for m in matrices]
-        duplicate = next((n for n in names if names.count(n) > 1), None)
+        duplicate = next((i for i, n in enumerate(names) if n in names[:i]), None)
         if duplicate is not None:
-            raise AdapterFileError(f"{source}: matrix '{duplicate}' appears more than once.")
+            raise AdapterFileError(
+                f"{source}: key 'matrices[{duplicate}].name': matrix '{names[duplicate][:200]}' "
+                "appears more than once."
+            )
         if all(m.decision == "frozen" for m in matrices):
             raise AdapterFileError(
                 f"{source}: key 'matrices' has no structured or sparse matrix; an SPT adapter "
@@ -205,7 +231,12 @@ def _non_negative_int(value: Any) -> bool:
 
 
 def _non_negative_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    # float_info.max, not math.inf: an int too long for a float (10**400) must fail here.
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= sys.float_info.max
+    )
 
 
 def _positive_number(value: Any) -> bool:
@@ -254,10 +285,10 @@ def _parse_matrix(entry: Any, where: str, source: str) -> MatrixPlacement:
     }[matrix.decision]
     if not consistent:
         raise AdapterFileError(
-            f"{source}: matrix '{matrix.name}' ({where}) is {matrix.decision} with selected "
-            f"{matrix.selected} and parameters {matrix.parameters}; a sparse matrix spends "
-            f"exactly its 1..{size} selected entries, a structured one selects at least one, a "
-            "frozen one neither."
+            f"{source}: key '{where}': matrix '{matrix.name[:200]}' is {matrix.decision} with "
+            f"selected {matrix.selected} and parameters {matrix.parameters}; a sparse matrix "
+            f"spends exactly its 1..{size} selected entries, a structured one selects at least "
+            "one, a frozen one neither."
         )
     return matrix
 
@@ -270,11 +301,9 @@ def read_placement(path: str | Path) -> Placement:
             f"'{path}' does not exist; an SPT adapter directory holds its allocation in "
             f"{PLACEMENT_FILE} next to adapter_config.json."
         )
-    try:
-        document = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFileError(f"{path} is not valid JSON: {exc}.") from None
-    return Placement.from_document(document, str(path))
+    from karst_deploy.adapters.storage import read_json
+
+    return Placement.from_document(read_json(path, MAX_PLACEMENT_BYTES), str(path))
 
 
 def index_problem(indices: torch.Tensor, size: int) -> str | None:
@@ -372,10 +401,11 @@ class SptConfig(AdapterConfig):
     def from_hparams(cls, data: dict[str, Any], source: str) -> SptConfig:
         """Build from adapter_config.json (`source`); placement.json is read next to it."""
         structured = data.get("structured")
-        if not isinstance(structured, dict) or structured.get("method") not in STRUCTURED_CONFIGS:
+        method = structured.get("method") if isinstance(structured, dict) else None
+        if not isinstance(method, str) or method not in STRUCTURED_CONFIGS:
             raise AdapterFileError(
                 f"{source}: key 'structured' must be an object whose 'method' is 'karst' or "
-                f"'lora', got {structured!r}."
+                f"'lora', got {repr(structured)[:120]}."
             )
         config_type = STRUCTURED_CONFIGS[structured["method"]]
         hparams = {k: v for k, v in structured.items() if k != "method"}
@@ -386,7 +416,11 @@ class SptConfig(AdapterConfig):
                 f"{source}: unknown key 'structured.{unknown[0]}' for {structured['method']}; "
                 f"expected {sorted(known)}."
             )
-        structured_config = config_type.from_hparams(hparams, f"{source} ('structured')")
+        structured_config = config_type.from_hparams(
+            {**hparams, "targets": list(DEFAULT_TARGETS)},  # the placement says where, not these
+            source,
+            "structured.",
+        )
         if data.get("placement") != PLACEMENT_FILE:
             raise AdapterFileError(
                 f"{source}: key 'placement' is {data.get('placement')!r}; expected "
@@ -410,19 +444,21 @@ class Spt(AdapterMethod):
         return tuple(m.name for m in config.placement.matrices if m.decision != "frozen")
 
     def validate(self, config: SptConfig, targets: dict[str, nn.Linear]) -> None:
-        for matrix in config.placement.matrices:
+        for index, matrix in enumerate(config.placement.matrices):
             if matrix.decision == "frozen":
                 continue
             linear = targets.get(matrix.name)
             if linear is None:
                 raise AdapterFileError(
-                    f"The SPT placement names layer '{matrix.name}', which this model does not "
-                    "have; the placement was made for another backbone."
+                    f"The SPT placement ({PLACEMENT_FILE}, key 'matrices[{index}].name') names "
+                    f"layer '{matrix.name[:200]}', which this model does not have; the "
+                    "placement was made for another backbone."
                 )
             if tuple(linear.weight.shape) != matrix.shape:
                 raise AdapterFileError(
-                    f"The SPT placement gives '{matrix.name}' the shape {matrix.shape}, but the "
-                    f"model's weight is {tuple(linear.weight.shape)}."
+                    f"The SPT placement ({PLACEMENT_FILE}, key 'matrices[{index}].shape') gives "
+                    f"'{matrix.name}' the shape {matrix.shape}, but the model's weight is "
+                    f"{tuple(linear.weight.shape)}."
                 )
         unplanned = sorted(set(targets) - set(self.module_targets(config)))
         if unplanned:

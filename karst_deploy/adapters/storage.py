@@ -9,6 +9,7 @@ Loading validates everything before touching the model and names the first offen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,9 +26,17 @@ from karst_deploy.adapters.base import (
     adapter_state_dict,
     method_for,
 )
-from karst_deploy.errors import AdapterFileError
+from karst_deploy.errors import AdapterFileError, InputError
 from karst_deploy.files import atomic_directory, sha256_file
-from karst_deploy.models import BackboneSpec, backbone_spec, classifier_parameter_names
+from karst_deploy.models import (
+    MAX_IMG_SIZE,
+    MAX_NAME_LENGTH,
+    MAX_NUM_CLASSES,
+    BackboneSpec,
+    backbone_spec,
+    check_model_kwargs,
+    classifier_parameter_names,
+)
 
 FORMAT = "karst-deploy.adapter"
 VERSION = 1
@@ -42,6 +51,31 @@ BACKBONE_KEYS = (
     "pretrained",
     "model_kwargs",
 )
+MAX_CONFIG_BYTES = 2**20  # a config is a few hundred bytes; this bounds what a hostile one costs
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    """repr(`value`) cut to `limit` characters, so a hostile value cannot flood a message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def read_json(path: Path, max_bytes: int) -> Any:
+    """The JSON document in `path`, refusing non-regular, oversized, undecodable or deep files."""
+    if not path.is_file():
+        raise AdapterFileError(f"'{path}' does not exist or is not a regular file.")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise AdapterFileError(
+            f"{path} is {size:,} bytes; a karst-deploy adapter file is at most {max_bytes:,}."
+        )
+    try:
+        with path.open("rb") as handle:
+            return json.loads(handle.read(max_bytes + 1).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an int too long
+        raise AdapterFileError(f"{path} is not valid JSON: {_shown(str(exc), 200)}.") from None
+    except RecursionError:
+        raise AdapterFileError(f"{path} is not valid JSON: it is nested too deeply.") from None
 
 
 def save_adapters(
@@ -96,7 +130,12 @@ class AdapterFile:
         document = self._read_document()
         self.method: str = document["method"]
         self.backbone = _parse_backbone(document["backbone"], self.config_path)
-        self.trainable_extra = _parse_extra(document.get("trainable_extra", []), self.config_path)
+        if "trainable_extra" not in document:
+            raise AdapterFileError(
+                f"{self.config_path}: required key 'trainable_extra' is missing (the whole "
+                "parameters stored besides the adapter, [] for none)."
+            )
+        self.trainable_extra = _parse_extra(document["trainable_extra"], self.config_path)
         method = method_for(self.method)
         hparams = {k: v for k, v in document.items() if k not in HEADER_KEYS}
         known = {f.name for f in method.config_type.__dataclass_fields__.values()}
@@ -109,26 +148,29 @@ class AdapterFile:
         self.config: AdapterConfig = method.config_type.from_hparams(hparams, str(self.config_path))
 
     def _read_document(self) -> dict[str, Any]:
-        try:
-            document = json.loads(self.config_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AdapterFileError(f"{self.config_path} is not valid JSON: {exc}.") from None
+        document = read_json(self.config_path, MAX_CONFIG_BYTES)
         if not isinstance(document, dict):
             raise AdapterFileError(f"{self.config_path} must hold a JSON object.")
         if document.get("format") != FORMAT:
             raise AdapterFileError(
-                f"{self.config_path}: key 'format' is {document.get('format')!r}; expected "
-                f"'{FORMAT}'."
+                f"{self.config_path}: key 'format' is {_shown(document.get('format'))}; "
+                f"expected '{FORMAT}'."
             )
         version = document.get("version")
         if version != VERSION or isinstance(version, bool):
             raise AdapterFileError(
-                f"{self.config_path}: key 'version' is {version!r}; this karst-deploy reads "
-                f"version {VERSION}. Upgrade karst-deploy to read newer adapters."
+                f"{self.config_path}: key 'version' is {_shown(version)}; this karst-deploy "
+                f"reads version {VERSION}. Upgrade karst-deploy to read newer adapters."
             )
-        if not isinstance(document.get("method"), str):
-            raise AdapterFileError(f"{self.config_path}: key 'method' must be a string.")
-        method_for(document["method"])  # raises for an unknown method
+        if not isinstance(document.get("method"), str) or len(document["method"]) > 100:
+            raise AdapterFileError(
+                f"{self.config_path}: key 'method' is {_shown(document.get('method'))}; "
+                "expected a method name."
+            )
+        try:
+            method_for(document["method"])
+        except AdapterFileError as exc:
+            raise AdapterFileError(f"{self.config_path}: key 'method': {exc}") from None
         if "backbone" not in document:
             raise AdapterFileError(f"{self.config_path}: required key 'backbone' is missing.")
         return document
@@ -157,14 +199,17 @@ def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
     if unknown:
         raise AdapterFileError(f"{source}: unknown key 'backbone.{unknown[0]}'.")
     checks = {
-        "name": (lambda v: isinstance(v, str) and bool(v), "a timm model name"),
+        "name": (
+            lambda v: isinstance(v, str) and 0 < len(v) <= MAX_NAME_LENGTH,
+            "a timm model name",
+        ),
         "num_classes": (
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-            "a non-negative integer",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_NUM_CLASSES,
+            f"an integer in [0, {MAX_NUM_CLASSES}]",
         ),
         "img_size": (
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-            "a positive integer",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMG_SIZE,
+            f"an integer in [1, {MAX_IMG_SIZE}]",
         ),
     }
     for key, (ok, want) in checks.items():
@@ -172,20 +217,35 @@ def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
             raise AdapterFileError(f"{source}: required key 'backbone.{key}' is missing.")
         if not ok(value[key]):
             raise AdapterFileError(
-                f"{source}: key 'backbone.{key}' is {value[key]!r}; expected {want}."
+                f"{source}: key 'backbone.{key}' is {_shown(value[key])}; expected {want}."
             )
-    sha = value.get("checkpoint_sha256")
+    if "checkpoint_sha256" not in value:
+        raise AdapterFileError(
+            f"{source}: required key 'backbone.checkpoint_sha256' is missing (null when the "
+            "backbone was not loaded from a checkpoint)."
+        )
+    sha = value["checkpoint_sha256"]
     if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
         raise AdapterFileError(
-            f"{source}: key 'backbone.checkpoint_sha256' is {sha!r}; expected null or 64 hex "
-            "digits."
+            f"{source}: key 'backbone.checkpoint_sha256' is {_shown(sha)}; expected null or 64 "
+            "hex digits."
+        )
+    import timm
+
+    if not timm.is_model(value["name"]):
+        raise AdapterFileError(
+            f"{source}: key 'backbone.name' is {_shown(value['name'])}, which is not a timm "
+            "model name (hub and local-directory prefixes are not accepted)."
         )
     pretrained = value.get("pretrained", False)
     if not isinstance(pretrained, bool):
         raise AdapterFileError(f"{source}: key 'backbone.pretrained' must be true or false.")
-    kwargs = value.get("model_kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise AdapterFileError(f"{source}: key 'backbone.model_kwargs' must be an object.")
+    try:
+        kwargs = check_model_kwargs(
+            value.get("model_kwargs", {}), str(source), "backbone.model_kwargs"
+        )
+    except InputError as exc:
+        raise AdapterFileError(str(exc)) from None
     return BackboneSpec(
         name=value["name"],
         num_classes=value["num_classes"],
@@ -224,11 +284,46 @@ def check_backbone(expected: BackboneSpec, actual: BackboneSpec, source: Path) -
             f"{source} was trained on a checkpoint with sha256 {expected.checkpoint_sha256[:12]}…, "
             f"but the model was loaded from one with sha256 {actual.checkpoint_sha256[:12]}…."
         )
+    if expected.pretrained and not actual.pretrained and not actual.checkpoint_sha256:
+        raise AdapterFileError(
+            f"{source}: key 'backbone.pretrained' is true (the adapter was trained on timm's "
+            f"pretrained weights of {expected.name}) but the model has random weights; pass "
+            "--pretrained to let timm download them, or --checkpoint FILE holding them."
+        )
+    if actual.pretrained and not expected.pretrained:
+        raise AdapterFileError(
+            f"{source}: key 'backbone.pretrained' is false (the adapter was not trained on "
+            "timm's pretrained weights) but the model carries them; drop --pretrained."
+        )
+
+
+def check_pretrained(file: AdapterFile, pretrained: bool, checkpoint: bool) -> BackboneSpec:
+    """The file's backbone to build, downloading timm's weights only if the user said so.
+
+    ``backbone.pretrained: true`` in a file is a statement, never a permission: the
+    download happens only with `pretrained` (the --pretrained flag) given by the user, or
+    the weights come from the user's `checkpoint` file.
+    """
+    spec = file.backbone
+    if spec.pretrained and not pretrained and not checkpoint:
+        raise AdapterFileError(
+            f"{file.config_path}: key 'backbone.pretrained' is true: the adapter was trained on "
+            f"timm's pretrained weights of '{spec.name}'. karst-deploy downloads nothing an "
+            "adapter file asks for; pass --pretrained to let timm fetch those weights from its "
+            "own registry (or --checkpoint FILE holding them)."
+        )
+    if pretrained and not spec.pretrained:
+        raise AdapterFileError(
+            f"{file.config_path}: key 'backbone.pretrained' is false: the adapter was not "
+            "trained on timm's pretrained weights; drop --pretrained."
+        )
+    return dataclasses.replace(spec, pretrained=pretrained)
 
 
 def _check_tensors(
     tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path
 ) -> None:
+    """Keys, dtypes, shapes and finiteness of `tensors` against `expected` (meta is fine)."""
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise AdapterFileError(f"{source}: key '{missing[0]}' is missing.")
@@ -254,47 +349,93 @@ def _check_tensors(
             raise AdapterFileError(f"{source}: key '{key}' holds NaN or infinite values.")
 
 
-@torch.no_grad()
-def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
-    """Load an adapter directory into `model` (a plain backbone, or one with the same adapters).
+def _validated_config(
+    file: AdapterFile, model: nn.Module, tensors: dict[str, torch.Tensor]
+) -> AdapterConfig:
+    """The file's config bound to its tensors, after checking every tensor against `model`.
 
-    Everything is validated before the model is touched, so a refused file leaves it as it was.
+    `model` may be a `karst_deploy.models.skeleton`: the adapters are planned on the meta
+    device, so the shapes the config implies are compared with the file's before anything
+    of that size exists (a rank of a million costs nothing until then).
     """
-    file = AdapterFile(directory)
-    check_backbone(file.backbone, backbone_spec(model), file.config_path)
     existing = adapter_config(model)
     if existing is not None and existing != file.config:
         raise AdapterFileError(
             f"{file.config_path} describes {file.config}, but the model already carries "
             f"{existing}; load into a fresh backbone instead."
         )
-    tensors = file.read_tensors()
-    config = method_for(file.method).bind_tensors(file.config, tensors, str(file.weights_path))
-    plan = None if existing is not None else AdapterPlan(model, config)
-    adapter_tensors = plan.state_dict() if plan else adapter_state_dict(model)
+    try:
+        config = method_for(file.method).bind_tensors(file.config, tensors, str(file.weights_path))
+        if existing is None:
+            expected = AdapterPlan(model, config, meta=True).state_dict()
+        else:
+            expected = adapter_state_dict(model)
+    except InputError as exc:  # a method's own check of the config against the layers
+        if str(file.directory) in str(exc):
+            raise
+        raise AdapterFileError(f"{file.config_path}: {exc}") from None
     named = dict(model.named_parameters())
     expected_extra = set(classifier_parameter_names(model))
     for name in file.trainable_extra:
         if name not in named or name not in expected_extra:
             raise AdapterFileError(
-                f"{file.config_path}: 'trainable_extra' names '{name}', which is not a "
+                f"{file.config_path}: 'trainable_extra' names {_shown(name)}, which is not a "
                 f"classifier parameter of {file.backbone.name} (expected {sorted(expected_extra)})."
             )
-    expected = dict(adapter_tensors)
     expected.update({name: named[name] for name in file.trainable_extra})
     _check_tensors(tensors, expected, file.weights_path)
-    for key, target in expected.items():
+    return config
+
+
+@torch.no_grad()
+def _install(model: nn.Module, file: AdapterFile, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    check_backbone(file.backbone, backbone_spec(model), file.config_path)
+    config = _validated_config(file, model, tensors)
+    existing = adapter_config(model) is not None
+    plan = None if existing else AdapterPlan(model, config)
+    targets = dict(adapter_state_dict(model) if existing else plan.state_dict())
+    named = dict(model.named_parameters())
+    targets.update({name: named[name] for name in file.trainable_extra})
+    for key, target in targets.items():
         target.copy_(tensors[key])
     return plan.install(model) if plan else model
 
 
-def load_adapted_model(
-    directory: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None
-) -> nn.Module:
-    """Build the backbone an adapter directory names (from `checkpoint` if given) and load it."""
+def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Load an adapter directory into `model` (a plain backbone, or one with the same adapters).
+
+    Everything is validated before the model is touched, so a refused file leaves it as it was.
+    """
     file = AdapterFile(directory)
-    model = file.backbone.build(checkpoint)
-    return load_adapters(model, directory)
+    return _install(model, file, file.read_tensors())
+
+
+def load_adapted_model(
+    directory: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    pretrained: bool = False,
+) -> nn.Module:
+    """Build the backbone an adapter directory names (from `checkpoint` if given) and load it.
+
+    The file is checked in full against the backbone's skeleton (shapes only) before the
+    backbone is built. `pretrained` is the user's permission (--pretrained) for timm to
+    download the pretrained weights a file says it was trained on; a file alone never can.
+    """
+    file = AdapterFile(directory)
+    spec = check_pretrained(file, pretrained, checkpoint is not None)
+    tensors = file.read_tensors()
+    try:
+        skeleton = spec.skeleton()
+    except InputError as exc:
+        raise AdapterFileError(
+            f"{file.config_path}: keys 'backbone.name', 'backbone.num_classes', "
+            f"'backbone.img_size' and 'backbone.model_kwargs' describe no network karst-deploy "
+            f"builds: {exc}"
+        ) from None
+    _validated_config(file, skeleton, tensors)
+    del skeleton
+    return _install(spec.build(checkpoint), file, tensors)
 
 
 def write_merged_checkpoint(
@@ -303,6 +444,7 @@ def write_merged_checkpoint(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     backbone: str | None = None,
+    pretrained: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
     """Merge an adapter directory into its backbone and write the full state dict.
@@ -321,7 +463,7 @@ def write_merged_checkpoint(
             f"--backbone is '{backbone}' but {file.config_path} was trained on "
             f"'{file.backbone.name}'."
         )
-    merged = merge(load_adapted_model(adapter_dir, checkpoint))
+    merged = merge(load_adapted_model(adapter_dir, checkpoint, pretrained=pretrained))
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     with atomic_output(out, force=force) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": file.method})

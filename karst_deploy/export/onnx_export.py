@@ -102,6 +102,7 @@ def export_onnx(
     backbone: str | None = None,
     adapter: str | os.PathLike[str] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
     unmerged: bool = False,
     num_classes: int | None = None,
     img_size: int | None = None,
@@ -116,7 +117,8 @@ def export_onnx(
     given, must agree); without, it is built from `backbone`, `num_classes`, `img_size` and
     `model_kwargs`, and so is it for a Hugging Face PEFT `adapter` (which records none;
     `num_classes` then defaults to the head stored in it). `batch=None` exports a dynamic
-    batch axis named ``batch``.
+    batch axis named ``batch``. `pretrained` (the user's --pretrained) lets timm download
+    its pretrained weights for the backbone.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
     from karst_deploy.adapters.peft_format import is_peft_directory, load_peft_model
@@ -132,6 +134,7 @@ def export_onnx(
             img_size=img_size,
             model_kwargs=model_kwargs,
             num_classes=num_classes,
+            pretrained=pretrained,
         )
     elif adapter is not None:
         file = AdapterFile(adapter)
@@ -151,7 +154,7 @@ def export_onnx(
                 f"{clash[0]} applies only with --no-adapter; with --adapter the backbone is "
                 f"built exactly as '{file.config_path}' records it."
             )
-        model = load_adapted_model(adapter, checkpoint)
+        model = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
     else:
         if unmerged:
             raise InputError(
@@ -159,8 +162,21 @@ def export_onnx(
             )
         if backbone is None:
             raise InputError("--backbone NAME is required with --no-adapter.")
+        kwargs = dict(model_kwargs or {})
+        if "img_size" in kwargs:  # --model-kwargs may carry it, as for train and sensitivity
+            if img_size is not None and img_size != kwargs["img_size"]:
+                raise InputError(
+                    f"--img-size {img_size} contradicts --model-kwargs img_size "
+                    f"{kwargs['img_size']}."
+                )
+            img_size = kwargs.pop("img_size")
         model = create_model(
-            backbone, num_classes, img_size, checkpoint=checkpoint, **(model_kwargs or {})
+            backbone,
+            num_classes,
+            img_size,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            **kwargs,
         )
     return export_model(
         model,

@@ -25,7 +25,7 @@ from torch import nn
 from karst_deploy.errors import InputError
 from karst_deploy.files import sha256_file
 from karst_deploy.graph_precision import precision_evidence
-from karst_deploy.models import BackboneSpec
+from karst_deploy.models import BackboneSpec, check_model_kwargs
 from karst_deploy.provenance import read_provenance
 
 KINDS = ("merged", "unmerged", "base")
@@ -117,7 +117,10 @@ def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
         name=record["backbone"],
         num_classes=record["num_classes"],
         img_size=record["img_size"],
-        model_kwargs=record.get("model_kwargs") or {},
+        # Provenance is as hostile as any file: its timm arguments pass the same allow-list.
+        model_kwargs=check_model_kwargs(
+            record.get("model_kwargs") or {}, f"'{path}' provenance", "model_kwargs"
+        ),
     )
     model = spec.build()
     if record.get("kind") == "unmerged" and record.get("method") == "peft":
