@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from karst_deploy.errors import OutputExistsError
+from karst_deploy.errors import InputError, OutputExistsError, clip
 
 
 def refuse_existing(path: Path, force: bool) -> None:
@@ -36,6 +36,8 @@ def atomic_output(path: str | os.PathLike[str], *, force: bool = False) -> Itera
     On any exception the temporary file is removed and `path` is left as it was.
     """
     path = Path(path)
+    if path.is_dir():  # even with --force: a file never replaces a directory
+        raise InputError(f"Output '{clip(path)}' is a directory; give a file name to write.")
     refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
