@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from typer.exceptions import Abort, Exit, TyperException
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import Abort, Exit, TyperException
 
 from karst_deploy import __version__
 from karst_deploy.errors import (
@@ -514,9 +514,7 @@ def verify_parity_command(
     force: bool = typer.Option(False, "--force", help="Overwrite the --json file."),
 ):
     """Run the same inputs through unmerged, merged and ONNX Runtime; exit 1 if any check fails."""
-    check_flags(
-        samples=samples, images=images, seed=seed, batch_size=batch_size, threads=threads
-    )
+    check_flags(samples=samples, images=images, seed=seed, batch_size=batch_size, threads=threads)
     from karst_deploy.files import refuse_existing, write_json
     from karst_deploy.parity import verify_parity
     from karst_deploy.report import parity_table
