@@ -67,7 +67,7 @@ def summarize_onnx(path: str | os.PathLike[str]) -> OnnxSummary:
     name, dtype, chw, fixed_batch = _image_input(model, path)
     compute_nodes = _compute_node_precisions(model)
     graph_precision = _overall(compute_nodes.values())
-    provenance = read_provenance(model)
+    provenance = read_provenance(model, path)
     declared = (provenance or {}).get("precision")
     if declared is not None:
         if declared not in PRECISIONS:
