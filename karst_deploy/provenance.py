@@ -47,6 +47,7 @@ SCHEMA: dict[str, r.Checker] = {
     "quantization": r.obj,
     "fp16": r.obj,
 }
+#: Object-valued keys checked inside (their unknown keys are allowed).
 NESTED = {
     "calibration": {
         "method": r.name,

@@ -42,6 +42,17 @@ def sha256(value: Any) -> str | None:
     return None
 
 
+def pattern(regex: str, description: str) -> Checker:
+    compiled = re.compile(regex)
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str) or len(value) > 100 or not compiled.fullmatch(value):
+            return description
+        return None
+
+    return check
+
+
 def integer(low: int, high: int) -> Checker:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -135,11 +146,12 @@ def validate(
     *,
     required: tuple[str, ...] = (),
     nested: Mapping[str, Mapping[str, Checker]] | None = None,
+    open_keys: bool = False,
 ) -> dict[str, Any]:
     """Refuse `record` unless it is an object of `schema`'s keys, each fitting its checker.
 
     `where` names the record ("'m.onnx': provenance"); `nested` gives schemas of object-valued
-    keys, checked the same way (their unknown keys refused too).
+    keys, checked the same way but with unknown keys allowed (`open_keys`: also at this level).
     """
     if not isinstance(record, dict):
         raise InputError(f"{where} must be a JSON object, not a {type(record).__name__}.")
@@ -148,6 +160,8 @@ def validate(
         raise InputError(f"{where} lacks key '{missing[0]}' (required: {list(required)}).")
     for key, value in record.items():
         if key not in schema:
+            if open_keys:
+                continue
             raise InputError(
                 f"{where} has key '{clip(key, 80)}', which karst-deploy does not write (known: "
                 f"{sorted(schema)}); the record was edited or comes from another tool."
@@ -156,5 +170,5 @@ def validate(
         if expected is not None:
             raise InputError(f"{where} key '{key}': {clip(repr(value), 80)} is not {expected}.")
         if nested and key in nested and value is not None:
-            validate(value, nested[key], f"{where} key '{key}'")
+            validate(value, nested[key], f"{where} key '{key}'", open_keys=True)
     return record
