@@ -208,7 +208,7 @@ def test_forged_ranges_with_a_matching_digest_fail_the_int8_gate(
     _scaled_ranges(entry, 1000.0)
     cached.write_text(json.dumps(entry))
     cached.with_name(cached.name + ".sha256").write_text(sha256_file(cached))
-    with pytest.raises(VerificationError, match="int8 gate failed.*below the 97%"):
+    with pytest.raises(VerificationError, match=r"int8 gate failed.*below the 97%"):
         quantize_int8(digits_model.fp32_onnx, tmp_path / "b.onnx", calibration)
     assert not (tmp_path / "b.onnx").exists()
 
