@@ -35,6 +35,7 @@ from karst_deploy.errors import (
     KarstDeployError,
     check_range,
     clip,
+    clip_words,
     os_error,
 )
 
@@ -62,17 +63,19 @@ def debug_enabled() -> bool:
 
 def print_error(message: str) -> None:
     """One unwrapped paragraph on stderr."""
-    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    error_console.print(f"[bold red]error:[/] {escape(clip_words(message))}", highlight=False)
 
 
 def _where(error: BaseException) -> str:
-    """``file:line in function`` of the deepest karst-deploy frame (else the deepest frame)."""
+    """``file:line in function`` of the deepest frame, and of the deepest karst-deploy frame."""
     frames = traceback.extract_tb(error.__traceback__)
     if not frames:
         return "an unknown place"
     ours = [f for f in frames if f"{os.sep}karst_deploy{os.sep}" in f.filename]
-    frame = (ours or frames)[-1]
-    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}"
+    if ours and ours[-1] is not frames[-1]:
+        where += f" (called from {ours[-1].filename}:{ours[-1].lineno} in {ours[-1].name})"
+    return where
 
 
 def handle_error(error: Exception) -> int:
@@ -128,7 +131,7 @@ FLAG_RANGES: dict[str, tuple[float, float]] = {
     "--images": (1, 100_000),
     "--batch-size": (1, 4096),
     "--calib-samples": (1, 10_000),
-    "--rounds": (1, 100_000),
+    "--rounds": (2, 100_000),
     "--warmup": (0, 10_000),
     "--sessions": (1, 1000),
     "--workspace": (1, 1 << 20),

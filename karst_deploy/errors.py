@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 from typing import Any
 
 SUCCESS = 0
@@ -78,6 +79,18 @@ def clip(value: Any, limit: int = ECHO_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
+#: A run of non-space characters this long in a message is clipped by `clip_words`.
+WORD_LIMIT = 1000
+
+
+def clip_words(message: str) -> str:
+    """`message` with every run of more than `WORD_LIMIT` non-space characters clipped.
+
+    The CLI's last line of defence for messages that echo a user value without `clip`.
+    """
+    return re.sub(rf"\S{{{WORD_LIMIT + 1},}}", lambda m: clip(m.group()), message)
 
 
 class KarstDeployError(Exception):
