@@ -29,7 +29,7 @@ SCHEMA: dict[str, r.Checker] = {
     "num_classes": r.integer(1, 100_000),
     "mean": r.list_of(r.number(-1e3, 1e3), 3),
     "std": r.list_of(r.number(1e-6, 1e3), 3),
-    "model_kwargs": r.obj,
+    "model_kwargs": r.scalars,
     "pretrained": r.boolean,
     "method": r.optional(r.name),
     "adapter_config": r.optional(r.obj),

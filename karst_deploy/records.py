@@ -113,6 +113,18 @@ def obj(value: Any) -> str | None:
     return None
 
 
+def scalars(value: Any) -> str | None:
+    """An object of JSON scalars (what timm keyword arguments may be), no nesting."""
+    if obj(value) is not None or not all(
+        item is None
+        or isinstance(item, (bool, int, float))
+        or (isinstance(item, str) and len(item) <= 200)
+        for item in value.values()
+    ):
+        return "a JSON object of scalars (numbers, strings, true/false, null)"
+    return None
+
+
 def list_of(checker: Checker, length: int) -> Checker:
     def check(value: Any) -> str | None:
         if not isinstance(value, list) or len(value) != length:
