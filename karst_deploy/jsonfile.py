@@ -54,6 +54,16 @@ def _depth(value: Any) -> int:
 
 def parse_object(text: str | bytes, where: str) -> dict[str, Any]:
     """Parse `text` (from `where`, e.g. a file name and key) into a JSON object, or refuse it."""
+    value = parse_value(text, where)
+    if not isinstance(value, dict):
+        raise InputError(
+            f"{clip(where)} must be a JSON object ({{...}}), not a {type(value).__name__}."
+        )
+    return value
+
+
+def parse_value(text: str | bytes, where: str) -> Any:
+    """Parse `text` into any JSON value, with the bounds of `parse_object`."""
     where = clip(where)
     if len(text) > MAX_TEXT:
         raise InputError(f"{where} is {len(text)} characters long; at most {MAX_TEXT} are read.")
@@ -67,8 +77,6 @@ def parse_object(text: str | bytes, where: str) -> dict[str, Any]:
         raise InputError(f"{where} is nested too deeply to be a karst-deploy record.") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise InputError(f"{where} is not valid JSON: {clip(exc)}.") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{where} must be a JSON object ({{...}}), not a {type(value).__name__}.")
     if _depth(value) > MAX_DEPTH:
         raise InputError(
             f"{where} is nested {_depth(value)} levels deep; karst-deploy records nest at most "
