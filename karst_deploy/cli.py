@@ -389,17 +389,12 @@ def _parse_batches(text: str) -> list[int]:
 
 
 def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
-    from karst_deploy.errors import InputError
+
+    from karst_deploy.jsonfile import parse_object
 
     if text is None:
         return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--model-kwargs must be a JSON object: {exc}.") from None
-    if not isinstance(value, dict):
-        raise InputError("--model-kwargs must be a JSON object such as '{\"depth\": 6}'.")
-    return value
+    return parse_object(text, "--model-kwargs (a JSON object such as '{\"depth\": 6}')")
 
 
 @command("export")

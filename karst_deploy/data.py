@@ -307,7 +307,13 @@ def _vtab(root: Path, *, split: str, strict: bool, **common) -> LabelledImages:
         raise InputError(f"VTAB-1k directory '{root}' has no '{listing.name}' for split '{split}'.")
     items, missing = [], []
     inside = root.resolve()
-    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{listing} is not UTF-8 text ({exc.reason} at byte {exc.start})."
+        ) from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)

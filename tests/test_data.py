@@ -203,6 +203,7 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path):
         ("images/link.png 0", "leads outside the dataset directory"),
         ("images/0.png 300000000", "label 300000000 is too large"),
         ("images/0.png " + "9" * 400, "expected 'relative/path.jpg <integer label>'"),
+        ("images/\udcff.png 0", "not UTF-8 text"),
     ],
 )
 def test_vtab_entries_stay_inside_the_root_and_labels_are_bounded(tmp_path, entry, message):
@@ -212,7 +213,9 @@ def test_vtab_entries_stay_inside_the_root_and_labels_are_bounded(tmp_path, entr
     _write_image(tmp_path / "outside.png", 3)
     (root / "images" / "link.png").symlink_to(tmp_path / "outside.png")
     entry = entry.replace("ABSOLUTE", str(tmp_path / "outside.png"))
-    (root / "train800.txt").write_text(f"images/0.png 0\nimages/1.png 1\n{entry}\n")
+    listing = f"images/0.png 0\nimages/1.png 1\n{entry}\n"
+    (root / "train800.txt").write_bytes(listing.encode("utf-8", errors="surrogateescape"))
     with pytest.raises(InputError, match=message) as error:
         open_images(root, "train", 16)
-    assert str(root / "train800.txt") in str(error.value) and "line 3" in str(error.value)
+    assert str(root / "train800.txt") in str(error.value)
+    assert "line 3" in str(error.value) or "UTF-8" in message

@@ -116,6 +116,22 @@ def test_2_out_of_range_numbers_name_their_flag(capsys, tmp_path, args, flag):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 100_000, "nested too deeply"),
+        ('{"depth": ' + "9" * 5000 + "}", "integer of 5000 digits"),
+        ("[6]", "must be a JSON object"),
+    ],
+)
+def test_2_hostile_model_kwargs(capsys, tmp_path, text, message):
+    code, _, err = run(
+        capsys, "export", "--no-adapter", "--backbone", TINY, "--model-kwargs", text,
+        "--out", str(tmp_path / "m.onnx"),
+    )  # fmt: skip
+    assert code == 2 and "--model-kwargs" in err and message in err and one_paragraph(err), err
+
+
 def test_2_out_is_a_directory(capsys, tmp_path):
     code, _, err = run(
         capsys, "export", "--no-adapter", "--backbone", TINY, "--out", str(tmp_path), "--force"
