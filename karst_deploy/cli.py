@@ -368,7 +368,7 @@ def _parse_batch(text: str) -> int | None:
 
     if text == "dynamic":
         return None
-    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH:
+    if not (text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= MAX_BATCH:
         raise InputError(
             f"--batch must be 'dynamic' or an integer from 1 to {MAX_BATCH}, got '{clip(text)}'."
         )
@@ -380,7 +380,7 @@ def _parse_batches(text: str) -> list[int]:
     from karst_deploy.errors import InputError
 
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() and 1 <= int(part) <= MAX_BATCH for part in parts):
+    if not all(part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_BATCH for part in parts):
         raise InputError(
             f"--batch must be integers from 1 to {MAX_BATCH} separated by commas, got "
             f"'{clip(text)}'."
@@ -389,7 +389,6 @@ def _parse_batches(text: str) -> list[int]:
 
 
 def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
-
     from karst_deploy.jsonfile import parse_object
 
     if text is None:

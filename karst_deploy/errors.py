@@ -20,7 +20,7 @@ code  name                meaning
 70    internal error      a bug in karst-deploy: anything that is not one of the
                           above (one paragraph; the traceback with ``--debug`` or
                           ``KARST_DEPLOY_DEBUG=1``)
-130   interrupted         SIGINT (Ctrl-C) or SIGTERM; temporaries are cleaned up
+130   interrupted         SIGINT (Ctrl-C) or SIGTERM
 ====  ==================  ==========================================================
 
 `OSError` rule (`os_error`): an error that says the *path itself* is of the wrong kind or
