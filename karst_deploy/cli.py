@@ -393,7 +393,7 @@ def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
 
     if text is None:
         return None
-    return parse_object(text, "--model-kwargs (a JSON object such as '{\"depth\": 6}')")
+    return parse_object(text, "--model-kwargs")
 
 
 @command("export")
