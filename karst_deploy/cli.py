@@ -2,15 +2,21 @@
 
 Each command parses options, calls one library function and prints its result: a rich
 table for people, JSON with ``--json``. Heavy imports happen inside the commands so that
-``--help`` is instant. A `KarstDeployError` becomes a one-paragraph message on stderr and
-its exit code (2 bad input, 1 failed verification); success exits 0.
+``--help`` is instant. Exit codes follow the one table in `karst_deploy.errors`: a
+`KarstDeployError` becomes a one-paragraph message on stderr and its exit code (2 bad input,
+1 failed verification, 3 environment); an `OSError` is classified by `errors.os_error`;
+anything else is an internal error (exit 70), with its traceback only under ``--debug`` or
+``KARST_DEPLOY_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,9 +24,20 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import Abort, Exit, TyperException
 
 from karst_deploy import __version__
-from karst_deploy.errors import KarstDeployError
+from karst_deploy.errors import (
+    ENVIRONMENT,
+    INTERNAL_ERROR,
+    INTERRUPTED,
+    REPORT_URL,
+    KarstDeployError,
+    check_range,
+    clip,
+    clip_words,
+    os_error,
+)
 
 app = typer.Typer(
     name="karst-deploy",
@@ -31,22 +48,71 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-error_console = Console(stderr=True)
+# soft_wrap: error paragraphs are never hard-wrapped (a wrapped path cannot be copied).
+error_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_debug = False
+
+
+def debug_enabled() -> bool:
+    """``--debug`` was given or ``KARST_DEPLOY_DEBUG`` is set to a true value."""
+    return _debug or os.environ.get("KARST_DEPLOY_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def print_error(message: str) -> None:
+    """One unwrapped paragraph on stderr."""
+    error_console.print(f"[bold red]error:[/] {escape(clip_words(message))}", highlight=False)
+
+
+def _where(error: BaseException) -> str:
+    """``file:line in function`` of the deepest frame, and of the deepest karst-deploy frame."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "an unknown place"
+    ours = [f for f in frames if f"{os.sep}karst_deploy{os.sep}" in f.filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}"
+    if ours and ours[-1] is not frames[-1]:
+        where += f" (called from {ours[-1].filename}:{ours[-1].lineno} in {ours[-1].name})"
+    return where
+
+
+def handle_error(error: Exception) -> int:
+    """Print `error` as one paragraph (plus the traceback under --debug); its exit code."""
+    if debug_enabled():
+        traceback.print_exception(error, file=sys.stderr)
+    if isinstance(error, OSError):
+        error = os_error(error)
+    elif isinstance(error, MemoryError):
+        print_error(
+            "Out of memory; reduce the batch size, image count or model size, or use a machine "
+            "with more memory."
+        )
+        return ENVIRONMENT
+    if isinstance(error, KarstDeployError):
+        print_error(str(error))
+        return error.exit_code
+    print_error(
+        f"internal error: {type(error).__name__} in {_where(error)}: {clip(error)}. This is a "
+        f"bug in karst-deploy {__version__}; please report it at {REPORT_URL} with the command "
+        "you ran and its output under --debug (or KARST_DEPLOY_DEBUG=1), which adds the traceback."
+    )
+    return INTERNAL_ERROR
+
 
 def command(name: str | None = None) -> Callable[[F], F]:
-    """Register a command whose project errors print as one paragraph with their exit code."""
+    """Register a command whose errors print as one paragraph with their exit code."""
 
     def decorate(function: F) -> F:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return function(*args, **kwargs)
-            except KarstDeployError as error:
-                error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
-                raise typer.Exit(error.exit_code) from None
+            except (Exit, Abort, TyperException):
+                raise
+            except Exception as error:  # the exit-code table: every exception gets its code
+                raise typer.Exit(handle_error(error)) from None
 
         app.command(name)(wrapper)
         return function
@@ -63,6 +129,46 @@ Pretrained = Annotated[
         "(an adapter file alone never triggers a download).",
     ),
 ]
+
+
+#: Sane ranges of the numeric flags, flag -> (low, high); checked before any work starts.
+SEED_MAX = 2**32 - 1
+FLAG_RANGES: dict[str, tuple[float, float]] = {
+    "--seed": (0, SEED_MAX),
+    "--threads": (1, 1024),
+    "--img-size": (8, 4096),
+    "--num-classes": (1, 100_000),
+    "--samples": (1, 10_000),
+    "--images": (1, 100_000),
+    "--batch-size": (1, 4096),
+    "--calib-samples": (1, 10_000),
+    "--rounds": (2, 100_000),
+    "--warmup": (0, 10_000),
+    "--sessions": (1, 1000),
+    "--workspace": (1, 1 << 20),
+    "--builder-opt-level": (0, 5),
+    "--dla-core": (0, 15),
+    "--tensorrt-version": (10, 11),
+    "--epochs": (1, 100_000),
+    "--warmup-epochs": (0, 100_000),
+    "--num-workers": (0, 256),
+    "--batches": (1, 100_000),
+    "--drop-path": (0.0, 0.99),
+    "--lr": (0.0, 10.0),
+    "--weight-decay": (0.0, 10.0),
+    "--warmup-lr": (0.0, 10.0),
+    "--min-lr": (0.0, 10.0),
+}
+_OPEN_LOW = {"--lr"}  # must be > low
+MAX_BATCH = 4096
+
+
+def check_flags(**values: float | None) -> None:
+    """Refuse a numeric flag outside `FLAG_RANGES`, naming it (keyword: flag without --)."""
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        low, high = FLAG_RANGES[flag]
+        check_range(flag, value, low, high, low_open=flag in _OPEN_LOW)
 
 
 def print_json(data: Any) -> None:
@@ -89,8 +195,13 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Print the full traceback of an error (also KARST_DEPLOY_DEBUG=1)."
+    ),
 ) -> None:
     """karst-deploy: adapters in, proven-equal engines out."""
+    global _debug
+    _debug = debug
 
 
 @command("doctor")
@@ -212,6 +323,12 @@ def build_engine_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Build a TensorRT engine, check its layers run in the requested precision, add a sidecar."""
+    check_flags(
+        workspace=workspace,
+        builder_opt_level=builder_opt_level,
+        dla_core=dla_core,
+        tensorrt_version=tensorrt_version,
+    )
     from karst_deploy.engine import BuildOptions, parse_batch_profile
 
     options = BuildOptions(
@@ -294,8 +411,10 @@ def _parse_batch(text: str) -> int | None:
 
     if text == "dynamic":
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise InputError(f"--batch must be 'dynamic' or a positive integer, got '{text}'.")
+    if not (text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= MAX_BATCH:
+        raise InputError(
+            f"--batch must be 'dynamic' or an integer from 1 to {MAX_BATCH}, got '{clip(text)}'."
+        )
     return int(text)
 
 
@@ -304,22 +423,20 @@ def _parse_batches(text: str) -> list[int]:
     from karst_deploy.errors import InputError
 
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise InputError(f"--batch must be positive integers separated by commas, got '{text}'.")
+    if not all(part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_BATCH for part in parts):
+        raise InputError(
+            f"--batch must be integers from 1 to {MAX_BATCH} separated by commas, got "
+            f"'{clip(text)}'."
+        )
     return [int(part) for part in parts]
 
 
 def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
-    from karst_deploy.errors import InputError
+    from karst_deploy.jsonfile import parse_object
 
     if text is None:
         return None
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too long or too deep
-        raise InputError(f"--model-kwargs must be a JSON object: {exc}.") from None
-    if not isinstance(value, dict):
-        raise InputError("--model-kwargs must be a JSON object such as '{\"depth\": 6}'.")
+    value = parse_object(text, "--model-kwargs")
     from karst_deploy.models import check_model_kwargs
 
     return check_model_kwargs(value, "--model-kwargs", "", allow_img_size=True)
@@ -369,6 +486,7 @@ def export_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Merge an adapter into its backbone and export one checked ONNX file with provenance."""
+    check_flags(num_classes=num_classes, img_size=img_size, calib_samples=calib_samples)
     from karst_deploy.errors import InputError
 
     if (adapter is None) != no_adapter:
@@ -455,6 +573,8 @@ def verify_parity_command(
     import math
 
     from karst_deploy.errors import InputError
+
+    check_flags(samples=samples, images=images, seed=seed, batch_size=batch_size, threads=threads)
     from karst_deploy.files import refuse_existing, write_json
     from karst_deploy.parity import verify_parity
     from karst_deploy.report import parity_table, white_box_table
@@ -529,6 +649,8 @@ def bench_command(
     force: bool = typer.Option(False, "--force", help="Overwrite the --json / --plot files."),
 ):
     """Time base, merged (and unmerged) interleaved; exit 1 unless zero added latency is shown."""
+    check_flags(threads=threads, rounds=rounds, warmup=warmup, sessions=sessions)
+    check_range("--tolerance", tolerance, 0.0, 1.0, low_open=True)
     from karst_deploy.bench import bench
     from karst_deploy.files import refuse_existing, write_json
     from karst_deploy.report import bench_table, plot_latencies, verdict_lines
@@ -650,6 +772,19 @@ def train_command(
 
     Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel).
     """
+    check_flags(
+        img_size=img_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=warmup_lr,
+        min_lr=min_lr,
+        drop_path=drop_path,
+        seed=seed,
+        num_workers=num_workers,
+    )
     from karst_deploy.placement import training_adapter
     from karst_deploy.train import TrainConfig, train_adapters
 
@@ -749,6 +884,7 @@ def sensitivity_command(
 
     The scores feed `train --placement spt --scores FILE`.
     """
+    check_flags(batches=batches, batch_size=batch_size, seed=seed, img_size=img_size)
     from karst_deploy.placement import sensitivity_for_backbone
 
     summary = sensitivity_for_backbone(
@@ -784,6 +920,7 @@ def convert_precision_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Convert an fp32 ONNX to fp16, or calibrate it to symmetric int8 QDQ (for TensorRT)."""
+    check_flags(calib_samples=calib_samples)
     from karst_deploy.precision import convert_precision
 
     result = convert_precision(
@@ -819,6 +956,7 @@ def demo_command(
     as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of tables."),
 ):
     """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
+    check_flags(seed=seed, threads=threads)
     from karst_deploy.pipeline import run_demo, summary_tables
 
     result = run_demo(out, quick=quick, seed=seed, force=force, threads=threads)
@@ -834,8 +972,32 @@ def demo_command(
         console.print(f"[green]demo passed[/]: report in {escape(str(out))}")
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on `argv` (default: ``sys.argv[1:]``) and return its exit code.
+
+    Usage errors print click's plain message (unwrapped, no box); anything that escapes a
+    command or the option parsing is handled by `handle_error`.
+    """
+    global _debug
+    _debug = False
+    try:
+        code = app(args=list(sys.argv[1:] if argv is None else argv), standalone_mode=False)
+    except TyperException as error:  # usage errors: click's plain message, no box
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            print_error(error.format_message())
+        return error.exit_code
+    except Abort:
+        return INTERRUPTED
+    except Exception as error:
+        return handle_error(error)
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
     from karst_deploy.interrupts import exit_on_interrupt
 
     with exit_on_interrupt(restore=False):  # SIGINT 130, SIGTERM 143, temporaries removed
-        app()
+        sys.exit(run())

@@ -20,6 +20,10 @@ Sources
 
 Unreadable images are *skipped and counted* (``LabelledImages.skipped``), never silently:
 every consumer reports the count. Pass ``strict=True`` to fail on the first one instead.
+Only regular files are opened (a FIFO named ``x.png`` would block forever), an image larger
+than `MAX_IMAGE_PIXELS` is refused from its header before any pixel is decoded (a 97 KB PNG
+can claim 10000×10000 pixels: 2.2 GB decoded), VTAB list entries must stay inside the
+dataset directory, and labels are below `MAX_CLASSES`.
 
 Training opens all three splits at once with `open_training_splits`: ``train`` and ``val``
 are required, ``test`` is optional (reported, never used for selection), and every
@@ -38,10 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from karst_deploy.errors import InputError
+from karst_deploy.errors import InputError, clip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DIGITS_SPLITS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
+#: Largest image decoded (width × height): 25 megapixels, e.g. 5000×5000 (300 MB as float32).
+MAX_IMAGE_PIXELS = 25_000_000
+#: Largest class count (and label + 1) a data source may have; the same bound as --num-classes.
+MAX_CLASSES = 100_000
 VTAB_LISTS = {
     "train": "train800.txt",
     "val": "val200.txt",
@@ -107,18 +115,49 @@ def preprocess(
     return ((tensor - mean_t) / std_t).contiguous()
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def is_image_file(path: Path) -> bool:
+    """A regular file (after symlinks) with an image suffix; FIFOs and devices are never opened."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def open_image(path: Path):
+    """PIL image of `path`, header only, after refusing a size over `MAX_IMAGE_PIXELS`.
+
+    Raises `InputError` naming the file for an oversized image (a decompression bomb), and
+    OSError / PIL errors for an unreadable one.
+    """
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as image:
+    if not path.is_file():
+        raise OSError(f"'{path}' is not a regular file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)  # reads the header only
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            image = None
+    if image is None or image.width * image.height > MAX_IMAGE_PIXELS:
+        if image is not None:
+            image.close()
+        raise InputError(
+            f"Image '{clip(path)}' is too large to decode (more than {MAX_IMAGE_PIXELS:,} "
+            "pixels; a decompression bomb?); resize it or remove it from the data."
+        )
+    return image
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with open_image(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def _readable(path: Path) -> bool:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.verify()
         return True
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
@@ -255,7 +294,7 @@ def _image_folder(root: Path, *, split: str, strict: bool, **common) -> Labelled
         for label, name in enumerate(classes)
         if (split_dir / name).is_dir()
         for file in sorted((split_dir / name).rglob("*"))
-        if file.suffix.lower() in IMAGE_SUFFIXES
+        if is_image_file(file)
     ]
     return _checked(root, split, classes, items, strict, common)
 
@@ -267,23 +306,42 @@ def _vtab(root: Path, *, split: str, strict: bool, **common) -> LabelledImages:
     if not listing.is_file():
         raise InputError(f"VTAB-1k directory '{root}' has no '{listing.name}' for split '{split}'.")
     items, missing = [], []
-    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+    inside = root.resolve()
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{listing} is not UTF-8 text ({exc.reason} at byte {exc.start})."
+        ) from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not re.fullmatch(r"\d+", parts[1]):
+        if len(parts) != 2 or not re.fullmatch(r"\d{1,9}", parts[1]):
             raise InputError(
                 f"{listing}, line {number}: expected 'relative/path.jpg <integer label>', got "
-                f"{line.strip()!r}."
+                f"{clip(repr(line.strip()))}."
+            )
+        label = int(parts[1])
+        if label >= MAX_CLASSES:
+            raise InputError(
+                f"{listing}, line {number}: label {label} is too large; labels are class "
+                f"indices from 0 to {MAX_CLASSES - 1}."
             )
         file = root / parts[0]
+        if Path(parts[0]).is_absolute() or not file.resolve().is_relative_to(inside):
+            raise InputError(
+                f"{listing}, line {number}: '{clip(parts[0])}' leads outside the dataset "
+                f"directory '{clip(root)}' (absolute path, '..' or a symbolic link out); list "
+                "entries must be paths inside it."
+            )
         if not file.is_file():
             missing.append(parts[0])
-        items.append((file, int(parts[1])))
+        items.append((file, label))
     if missing:
         raise InputError(
-            f"{listing} lists {len(missing)} image(s) that do not exist under '{root}', first "
-            f"'{missing[0]}'."
+            f"{listing} lists {len(missing)} image(s) that are not regular files under "
+            f"'{clip(root)}', first '{clip(missing[0])}'."
         )
     labels = {label for _, label in items}
     classes = [str(c) for c in range(max(labels) + 1)] if labels else []

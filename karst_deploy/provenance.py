@@ -2,7 +2,8 @@
 
 One key, ``karst_deploy.provenance``, holds a JSON object (the full record); a few flat
 ``karst_deploy.*`` keys repeat the essentials so Netron and ``onnx`` users can read them
-at a glance. Readers use `read_provenance` and never parse the flat keys.
+at a glance. Readers use `read_provenance` and never parse the flat keys; it checks every key
+of the record against `SCHEMA` (types and ranges, unknown keys refused) before returning it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,52 @@ from typing import Any
 
 import onnx
 
-from karst_deploy.errors import InputError
+from karst_deploy import records as r
+from karst_deploy.errors import InputError, clip
+from karst_deploy.jsonfile import parse_object
 
 KEY = "karst_deploy.provenance"
 FLAT_KEYS = ("version", "backbone", "method", "precision", "img_size", "num_classes")
+
+#: Every key a provenance record may hold (karst_deploy.export.record and the precision step).
+SCHEMA: dict[str, r.Checker] = {
+    "version": r.text(100),
+    "backbone": r.name,
+    "img_size": r.integer(1, 4096),
+    "num_classes": r.integer(1, 100_000),
+    "mean": r.list_of(r.number(-1e3, 1e3), 3),
+    "std": r.list_of(r.number(1e-6, 1e3), 3),
+    "model_kwargs": r.scalars,
+    "pretrained": r.boolean,
+    "method": r.optional(r.name),
+    "adapter_config": r.optional(r.obj),
+    "adapter_sha256": r.optional(r.map_of(r.sha256)),
+    "checkpoint_sha256": r.optional(r.sha256),
+    "kind": r.one_of("merged", "unmerged", "base"),
+    "precision": r.one_of("fp32", "fp16", "int8"),
+    "opset": r.integer(1, 1000),
+    "exporter": r.text(200),
+    "batch": r.either(r.one_of("dynamic"), r.integer(1, 1 << 20)),
+    "torch": r.text(100),
+    "timm": r.text(100),
+    "source_sha256": r.sha256,
+    "calibration": r.obj,
+    "quantization": r.obj,
+    "fp16": r.obj,
+}
+#: Object-valued keys checked inside (their unknown keys are allowed).
+NESTED = {
+    "calibration": {
+        "method": r.name,
+        "samples": r.integer(1, 1 << 30),
+        "data_sha256": r.sha256,
+        "source": r.text(5000),
+    }
+}
+#: Keys every export writes (the precision step adds the others).
+EXPORT_KEYS = tuple(
+    k for k in SCHEMA if k not in ("source_sha256", "calibration", "quantization", "fp16")
+)
 
 
 def write_provenance(model: onnx.ModelProto, record: dict[str, Any]) -> onnx.ModelProto:
@@ -31,19 +74,22 @@ def write_provenance(model: onnx.ModelProto, record: dict[str, Any]) -> onnx.Mod
     return model
 
 
-def read_provenance(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The provenance record of an ONNX model or file, or None if it has none."""
+def read_provenance(
+    model: onnx.ModelProto | str | os.PathLike[str], where: str | os.PathLike[str] | None = None
+) -> dict[str, Any] | None:
+    """The checked provenance record of an ONNX model or file, or None if it has none.
+
+    `where` names the file in messages (default: the path given, else "the ONNX model").
+    """
     if not isinstance(model, onnx.ModelProto):
+        where = model if where is None else where
         try:
             model = onnx.load(os.fspath(model), load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError, OSError, ...
-            raise InputError(f"'{model}' is not a readable ONNX file: {exc}") from None
+            raise InputError(f"'{clip(model)}' is not a readable ONNX file: {clip(exc)}") from None
+    label = f"'{clip(where)}'" if where is not None else "the ONNX model"
     for prop in model.metadata_props:
         if prop.key == KEY:
-            try:
-                return json.loads(prop.value)
-            except json.JSONDecodeError:
-                raise InputError(
-                    f"The {KEY} metadata of the ONNX file is not valid JSON."
-                ) from None
+            record = parse_object(prop.value, f"{label}: metadata {KEY}")
+            return r.validate(record, SCHEMA, f"{label}: provenance", nested=NESTED)
     return None

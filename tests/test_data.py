@@ -149,3 +149,73 @@ def test_digits_have_all_training_splits():
     splits = open_training_splits("digits:5-9", 8)
     assert sorted(splits) == ["test", "train", "val"]
     assert all(split.num_classes == 5 for split in splits.values())
+
+
+# -- hostile image sources ------------------------------------------------------------------
+
+
+def _two_class_folder(root):
+    for split in ("train", "val"):
+        for label, value in (("a", 10), ("b", 200)):
+            _write_image(root / split / label / "0.png", value)
+
+
+def test_a_fifo_named_like_an_image_is_never_opened(tmp_path):
+    """Opening a FIFO blocks until a writer comes; it must be skipped, not read."""
+    import os
+
+    from karst_deploy.precision.calibration import load_calibration
+
+    _two_class_folder(tmp_path / "data")
+    os.mkfifo(tmp_path / "data" / "train" / "a" / "x.png")
+    data = open_images(tmp_path / "data", "train", 16)  # would hang if the FIFO were opened
+    assert len(data) == 2 and all(path.name == "0.png" for path, _ in data.items)
+    os.mkfifo(tmp_path / "plain.png")
+    _write_image(tmp_path / "plain-ok.png", 5)
+    calibration = load_calibration(tmp_path, 4, img_size=16)  # a plain image directory
+    assert len(calibration.images) >= 1 and calibration.available == 1 + 4
+
+
+def test_decompression_bombs_are_refused_from_the_header(tmp_path):
+    import resource
+
+    from karst_deploy.precision.calibration import load_calibration
+
+    _two_class_folder(tmp_path / "data")
+    bomb = tmp_path / "data" / "train" / "b" / "bomb.png"
+    Image.new("L", (10_000, 10_000)).save(bomb)  # ~97 KB on disk, 100 megapixels
+    assert bomb.stat().st_size < 200_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=f"Image '{bomb}' is too large to decode"):
+        open_images(tmp_path / "data", "train", 16)
+    with pytest.raises(InputError, match="too large to decode"):
+        load_calibration(tmp_path / "data" / "train" / "b", 8, img_size=16)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 100  # decoding it would take 100 MB as L, 1.2 GB as float RGB
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("../outside.png 0", "leads outside the dataset directory"),
+        ("images/../../outside.png 0", "leads outside the dataset directory"),
+        ("ABSOLUTE 0", "leads outside the dataset directory"),
+        ("images/link.png 0", "leads outside the dataset directory"),
+        ("images/0.png 300000000", "label 300000000 is too large"),
+        ("images/0.png " + "9" * 400, "expected 'relative/path.jpg <integer label>'"),
+        ("images/\udcff.png 0", "not UTF-8 text"),
+    ],
+)
+def test_vtab_entries_stay_inside_the_root_and_labels_are_bounded(tmp_path, entry, message):
+    root = tmp_path / "vtab"
+    _write_image(root / "images" / "0.png", 1)
+    _write_image(root / "images" / "1.png", 2)
+    _write_image(tmp_path / "outside.png", 3)
+    (root / "images" / "link.png").symlink_to(tmp_path / "outside.png")
+    entry = entry.replace("ABSOLUTE", str(tmp_path / "outside.png"))
+    listing = f"images/0.png 0\nimages/1.png 1\n{entry}\n"
+    (root / "train800.txt").write_bytes(listing.encode("utf-8", errors="surrogateescape"))
+    with pytest.raises(InputError, match=message) as error:
+        open_images(root, "train", 16)
+    assert str(root / "train800.txt") in str(error.value)
+    assert "line 3" in str(error.value) or "UTF-8" in message

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from karst_deploy.backends.base import Runner
-from karst_deploy.errors import InputError, MissingDependencyError
+from karst_deploy.errors import InputError, MissingDependencyError, ToolError, clip
 
 #: One provider entry as ONNX Runtime takes it: a name, or ``(name, options)``.
 Provider = str | tuple[str, dict[str, Any]]
@@ -146,7 +146,13 @@ class OnnxRuntimeRunner(Runner):
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        logits = self.session.run(None, {self.input_name: images})[0]
+        try:
+            logits = self.session.run(None, {self.input_name: images})[0]
+        except Exception as exc:  # ORT's Fail/InvalidArgument/RuntimeException: the tool refused
+            raise ToolError(
+                f"ONNX Runtime could not run '{self.path}' on a batch of shape "
+                f"{list(images.shape)}: {type(exc).__name__}: {clip(exc)}"
+            ) from None
         self.last_inference_time = time.perf_counter() - start
         return np.asarray(logits, dtype=np.float32)
 

@@ -29,7 +29,7 @@ from karst_deploy.engine.sidecar import (
     read_sidecar,
     sidecar_path,
 )
-from karst_deploy.errors import InputError, KarstDeployError, MissingDependencyError
+from karst_deploy.errors import InputError, KarstDeployError, MissingDependencyError, ToolError
 
 MIN_TENSORRT_MAJOR = 10
 #: Profile of engines built in memory from an ONNX file: covers bench's default batches (1, 8)
@@ -305,7 +305,7 @@ class TensorRTRunner(Runner):
     def _enqueue(self) -> None:
         state = self._state
         if not state["context"].execute_async_v3(state["stream"].cuda_stream):
-            raise KarstDeployError(
+            raise ToolError(
                 f"TensorRT could not run engine '{self.path}': {'; '.join(state['logger'].errors)}"
             )
 

@@ -68,7 +68,7 @@ def summarize_onnx(path: str | os.PathLike[str]) -> OnnxSummary:
     name, dtype, chw, fixed_batch = _image_input(model, path)
     compute_nodes = _compute_node_precisions(model)
     shown, evidence = precision_evidence(model)  # the one rule (karst_deploy.graph_precision)
-    provenance = read_provenance(model)
+    provenance = read_provenance(model, path)
     declared = (provenance or {}).get("precision")
     if declared is not None:
         if declared not in PRECISIONS:

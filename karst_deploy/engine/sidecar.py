@@ -10,15 +10,18 @@ TensorRT deserialization error or, worse, a silently slow engine.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from karst_deploy import __version__
-from karst_deploy.errors import InputError
+from karst_deploy import records as r
+from karst_deploy.errors import InputError, clip
 from karst_deploy.files import sha256_file
+from karst_deploy.jsonfile import parse_object
+from karst_deploy.provenance import NESTED as PROVENANCE_NESTED
+from karst_deploy.provenance import SCHEMA
 
 FORMAT = "karst-deploy-engine"
 VERSION = 1
@@ -73,30 +76,92 @@ def make_sidecar(
     }
 
 
+#: Top-level keys of a sidecar and their checks (karst_deploy.records); nested objects are
+#: checked key by key in `_NESTED` (unknown nested keys allowed, for later builders).
+_SCHEMA: dict[str, r.Checker] = {
+    "format": r.one_of(FORMAT),
+    "version": r.one_of(VERSION),
+    "engine_sha256": r.sha256,
+    "tensorrt_version": r.pattern(
+        r"\d{1,4}(\.\d{1,6}){1,3}", "a TensorRT version such as '10.3.0'"
+    ),
+    "gpu": r.obj,
+    "onnx": r.obj,
+    "precision": r.obj,
+    "profile": r.obj,
+    "builder": r.obj,
+    "build_command": r.text(20_000),
+    "provenance": r.optional(r.obj),
+    "created_by": r.text(200),
+}
+_NESTED: dict[str, dict[str, r.Checker]] = {
+    "gpu": {
+        "name": r.text(200),
+        "compute_capability": r.pattern(r"\d{1,2}\.\d{1,2}", "a compute capability such as '8.7'"),
+    },
+    "onnx": {"path": r.text(5000), "sha256": r.sha256},
+    "precision": {"requested": r.one_of("fp32", "fp16", "int8")},
+    "builder": {
+        "version_compatible": r.boolean,
+        "hardware_compat": r.one_of("none", "ampere+"),
+        "dla_core": r.optional(r.integer(0, 15)),
+    },
+}
+_REQUIRED = ("format", "engine_sha256", "tensorrt_version", "gpu", "builder", "build_command")
+
+#: Compute capabilities of Jetson (integrated) GPUs: TX1/Nano 5.3, TX2 6.2, Xavier 7.2,
+#: Orin 8.7, Thor 10.1 (11.0 from CUDA 13).
+JETSON_COMPUTE_CAPABILITIES = ("5.3", "6.2", "7.2", "8.7", "10.1", "11.0")
+
+
 def read_sidecar(engine: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The sidecar of `engine`, or None when there is none (e.g. an engine built by trtexec)."""
+    """The checked sidecar of `engine`, or None when there is none (e.g. built by trtexec).
+
+    A sidecar that is a dangling symbolic link or not a regular file is refused, never taken
+    for "no sidecar"; every key is checked (type, range) before it is used.
+    """
     path = sidecar_path(engine)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    if not path.exists():
+        raise InputError(
+            f"Engine sidecar '{clip(path)}' is a symbolic link to '{clip(os.readlink(path))}', "
+            "which does not exist; restore the sidecar or rebuild the engine with "
+            "`karst-deploy build-engine`."
+        )
+    if not path.is_file():
+        raise InputError(f"Engine sidecar '{clip(path)}' is not a regular file.")
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"Engine sidecar '{path}' is not readable JSON: {exc}") from None
-    missing = [
-        key
-        for key in ("engine_sha256", "tensorrt_version", "gpu", "builder", "build_command")
-        if key not in record
-    ]
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Engine sidecar '{clip(path)}' is not readable JSON: {exc}") from None
+    where = f"Engine sidecar '{clip(path)}'"
+    record = parse_object(text, where)
+    missing = [key for key in _REQUIRED if key not in record]
     if record.get("format") != FORMAT or missing:
         raise InputError(
-            f"'{path}' is not a karst-deploy engine sidecar (format '{record.get('format')}', "
-            f"missing {missing}). Rebuild the engine with `karst-deploy build-engine`."
+            f"'{clip(path)}' is not a karst-deploy engine sidecar (format "
+            f"{clip(repr(record.get('format')), 80)}, missing {missing}). Rebuild the engine "
+            "with `karst-deploy build-engine`."
+        )
+    r.validate(record, _SCHEMA, where, nested=_NESTED)
+    if record.get("provenance") is not None:
+        r.validate(
+            record["provenance"], SCHEMA, f"{where} key 'provenance'", nested=PROVENANCE_NESTED
         )
     return record
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def is_jetson(here: RuntimeEnvironment) -> bool:
+    """Whether `here` is an integrated Jetson GPU (by compute capability or name)."""
+    name = here.gpu_name.lower()
+    return here.compute_capability in JETSON_COMPUTE_CAPABILITIES or any(
+        word in name for word in ("orin", "xavier", "tegra", "jetson", "thor")
+    )
 
 
 def check_sidecar(
@@ -127,6 +192,13 @@ def check_sidecar(
     built_gpu = record["gpu"]
     level = record["builder"].get("hardware_compat", "none")
     if level == "ampere+":
+        if is_jetson(here):
+            raise EngineMismatchError(
+                f"Engine '{engine}' was built hardware-compatible (ampere+), but this GPU "
+                f"'{here.gpu_name}' ({here.compute_capability}) is a Jetson: TensorRT supports "
+                "hardware compatibility only on Ampere-or-newer discrete GPUs, not on JetPack "
+                f'(TensorRT developer guide, "Hardware Compatibility"). To run it, {rebuild}'
+            )
         if _version_tuple(here.compute_capability) < (8, 0):
             raise EngineMismatchError(
                 f"Engine '{engine}' was built hardware-compatible for Ampere and newer GPUs; this "

@@ -218,6 +218,12 @@ def export_model(
             f"--opset {opset} is too old: karst-deploy exports opset {MIN_OPSET} or newer, where "
             "LayerNorm is one LayerNormalization op (fp16 engines need it kept whole)."
         )
+    if opset > onnx.defs.onnx_opset_version():
+        raise InputError(
+            f"--opset {opset} is newer than the installed onnx {onnx.__version__} knows "
+            f"(at most {onnx.defs.onnx_opset_version()}); choose {MIN_OPSET} to "
+            f"{onnx.defs.onnx_opset_version()}."
+        )
     if batch is not None and batch < 1:
         raise InputError(f"--batch must be 'dynamic' or a positive integer, got {batch}.")
     config = adapter_config(model)

@@ -22,11 +22,11 @@ import onnx
 import torch
 from torch import nn
 
-from karst_deploy.errors import InputError
+from karst_deploy.errors import InputError, clip
 from karst_deploy.files import sha256_file
 from karst_deploy.graph_precision import precision_evidence
 from karst_deploy.models import BackboneSpec, check_model_kwargs
-from karst_deploy.provenance import read_provenance
+from karst_deploy.provenance import EXPORT_KEYS, read_provenance
 
 KINDS = ("merged", "unmerged", "base")
 
@@ -80,6 +80,12 @@ def require_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"'{path}' carries no karst-deploy provenance (metadata key "
             "'karst_deploy.provenance'); export it with `karst-deploy export` so it records "
             "the backbone and adapter it was made from."
+        )
+    missing = [key for key in EXPORT_KEYS if key not in record]
+    if missing:
+        raise InputError(
+            f"'{clip(path)}': provenance lacks key '{missing[0]}', which every export records; "
+            "the metadata was edited. Export the model again with `karst-deploy export`."
         )
     return record
 

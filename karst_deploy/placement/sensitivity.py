@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from karst_deploy.adapters.base import DEFAULT_TARGETS, adapter_config, resolve_targets
 from karst_deploy.errors import InputError
 from karst_deploy.files import atomic_output
+from karst_deploy.jsonfile import parse_value
 from karst_deploy.models import backbone_spec
 
 SCORES_FORMAT = "karst-deploy.sensitivity"
@@ -190,10 +191,7 @@ def load_scores(path: str | os.PathLike[str]) -> Sensitivity:
     for key, value in header.items():
         if key in ("format", "version", "created_by"):
             continue
-        try:
-            metadata[key] = json.loads(value)
-        except json.JSONDecodeError:
-            raise InputError(f"{path}: metadata '{key}' is not valid JSON: {value!r}.") from None
+        metadata[key] = parse_value(value, f"{path}: metadata '{key}'")
     if not scores:
         raise InputError(f"{path} holds no scores.")
     for key, tensor in sorted(scores.items()):

@@ -178,12 +178,26 @@ def write_converted(
     force: bool,
     graph_details: dict[str, Any],
     calibration: dict[str, Any] | None = None,
+    min_top1_agreement: float | None = None,
 ) -> PrecisionResult:
-    """Add provenance, run the sanity check, write atomically, and describe the result."""
+    """Add provenance, run the sanity check, write atomically, and describe the result.
+
+    With `min_top1_agreement`, a conversion whose top-1 agreement with the source on
+    `check_images` is lower fails (VerificationError) and nothing is written.
+    """
     record = dict(source.record)
     record.update(precision=precision, source_sha256=source.sha256, **record_fields)
     write_provenance(converted, record)
     check = compare_to_source(source, converted, check_images)
+    if min_top1_agreement is not None and check["top1_agreement"] < min_top1_agreement:
+        raise VerificationError(
+            f"int8 gate failed: the {precision} conversion of '{source.path}' agrees with the "
+            f"fp32 model on the top-1 class of {check['top1_agreement']:.1%} of "
+            f"{check['samples']} calibration images, below the {min_top1_agreement:.0%} of "
+            f"the {precision} tolerance (parity.TOLERANCES); nothing was written. Try more "
+            "or more representative --calib images, another --calib-method, or "
+            "--no-calib-cache if the calibration cache may be stale."
+        )
     with atomic_output(out, force=force) as tmp:
         onnx.save(converted, os.fspath(tmp))
     return PrecisionResult(

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from karst_deploy.data import IMAGE_SUFFIXES, VTAB_LISTS, open_images, preprocess
+from karst_deploy.data import (
+    IMAGE_SUFFIXES,
+    VTAB_LISTS,
+    is_image_file,
+    open_image,
+    open_images,
+    preprocess,
+)
 from karst_deploy.errors import InputError
 from karst_deploy.files import cache_root
 
@@ -143,9 +150,9 @@ def _subset(available: int, samples: int) -> np.ndarray:
 def _from_plain_folder(
     root: Path, samples: int, img_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> CalibrationSet:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if is_image_file(p))
     if not files:
         raise InputError(
             f"Calibration directory '{root}' contains no images ({', '.join(IMAGE_SUFFIXES)})."
@@ -153,7 +160,7 @@ def _from_plain_folder(
     images, skipped = [], 0
     for index in _subset(len(files), samples):
         try:
-            with Image.open(files[index]) as image:
+            with open_image(files[index]) as image:
                 array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
             skipped += 1  # skipped and counted, as karst_deploy.data does

@@ -27,7 +27,15 @@ step, so histogram methods (entropy, percentile) hold one batch of activations a
 The tensor ranges are cached under `calibration.cache_dir()` keyed by the fp32 file's
 sha256, the calibration tensor's sha256, the method and the ONNX Runtime version, and
 reused (ORT's ``calibration_cache_path``; an ONNX Runtime without it calibrates every
-time, and the result says ``"cache": "unsupported"``).
+time, and the result says ``"cache": "unsupported"``). A cache entry is a file anyone can
+edit, so it is trusted only when its sha256 matches the digest written beside it
+(``KEY.json.sha256``) after calibration, and every range in it names a tensor of the model
+and is finite with ``lowest <= highest``; otherwise it is recomputed and the result names the
+file and why (``"cache": "recomputed: ..."``).
+
+Gate: the converted graph is run beside the fp32 source on up to `CHECK_SAMPLES` of the
+calibration images, and a top-1 agreement below the int8 tolerance of `parity.TOLERANCES`
+fails the conversion (exit 1) before anything is written.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import contextlib
 import inspect
 import io
 import logging
+import math
 import os
 import tempfile
 import time
@@ -46,15 +55,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from karst_deploy.errors import InputError, KarstDeployError, VerificationError
-from karst_deploy.files import refuse_existing, temporary_directory
+from karst_deploy.errors import InputError, ToolError, VerificationError, clip
+from karst_deploy.files import refuse_existing, sha256_file, temporary_directory
+from karst_deploy.jsonfile import parse_object
+from karst_deploy.parity import TOLERANCES
 from karst_deploy.precision.base import PrecisionResult, open_fp32_source, write_converted
 from karst_deploy.precision.calibration import CalibrationSet, cache_dir, cache_key, check_method
 from karst_deploy.precision.graph import check_valid, qdq_violations, quantized_nodes
 
 QUANTIZED_OP_TYPES = ("MatMul", "Gemm", "Conv")
 CALIBRATION_BATCH = 8  # images per calibration step (bounds histogram memory)
-CHECK_SAMPLES = 32
+CHECK_SAMPLES = 128  # calibration images the int8 gate runs (top-1 agreement vs fp32)
 
 
 def quantize_int8(
@@ -94,16 +105,24 @@ def quantize_int8(
         prepared = tmp / "prepared.onnx"
         quantized = tmp / "int8.onnx"
         prepare_for_quantization(fp32.path, prepared)
-        nodes = _nodes_to_quantize(onnx.load(os.fspath(prepared)), attention_matmuls)
+        prepared_model = onnx.load(os.fspath(prepared))
+        nodes = _nodes_to_quantize(prepared_model, attention_matmuls)
+        if cache_state == "hit":
+            problem = _cache_problem(cache_path, prepared_model)
+            if problem is not None:  # recomputed, never trusted
+                _drop_cache(cache_path)
+                cache_state = f"recomputed: {problem}"
         reader = _BatchReader(fp32.input_name, calibration.images, on_batch)
         try:
             _quantize_static(prepared, quantized, reader, method, nodes, cache_path)
         except Exception as exc:  # ORT's calibrators and quantizer raise many types
-            raise KarstDeployError(
+            raise ToolError(
                 f"ONNX Runtime could not calibrate and quantize '{fp32.path}' ({method}): "
                 f"{type(exc).__name__}: {exc}"
             ) from None
         converted = onnx.load(os.fspath(quantized))
+    if cache_path is not None and cache_state != "hit":
+        _write_cache_digest(cache_path)
 
     check_valid(converted, "int8")
     problems = qdq_violations(converted)
@@ -146,6 +165,7 @@ def quantize_int8(
         force=force,
         graph_details=scheme,
         calibration=calibration_record,
+        min_top1_agreement=TOLERANCES["int8"].min_top1_agreement,
     )
 
 
@@ -163,7 +183,7 @@ def prepare_for_quantization(source: Path, prepared: Path) -> None:
             # still runs, types every tensor of a ViT.
             quant_pre_process(os.fspath(source), os.fspath(prepared), skip_symbolic_shape=True)
         except Exception as exc:  # shape inference/optimisation failures of ORT
-            raise KarstDeployError(
+            raise ToolError(
                 f"ONNX Runtime could not prepare '{source}' for quantization "
                 f"(quant_pre_process): {exc}"
             ) from None
@@ -182,22 +202,82 @@ def _check_calibration_shape(img_size: int | None, calibration: CalibrationSet) 
 
 
 def _cache_path(key: str, use_cache: bool) -> tuple[Path | None, str]:
-    """The cache file to use and its state: "hit", "miss", "off" or "unsupported"."""
-    from onnxruntime.quantization import load_tensors_data, quantize_static
+    """The cache file to use and its state: "hit", "miss", "off" or "unsupported".
+
+    A "hit" is checked against the model by `_cache_problem` before ORT reads it.
+    """
+    from onnxruntime.quantization import quantize_static
 
     if not use_cache:
         return None, "off"
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         return None, "unsupported"
     path = cache_dir() / f"{key}.json"
-    if path.is_file():
-        try:
-            load_tensors_data(path)
-            return path, "hit"
-        except (ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
-            path.unlink()  # a corrupt entry is recomputed, never trusted
+    if os.path.lexists(path):
+        return path, "hit"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path, "miss"
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_cache_digest(path: Path) -> None:
+    """Record the sha256 of the entry ORT just wrote (no entry: nothing to record)."""
+    if path.is_file():
+        _digest_path(path).write_text(sha256_file(path) + "\n")
+
+
+def _drop_cache(path: Path) -> None:
+    for stale in (path, _digest_path(path)):
+        if os.path.lexists(stale):
+            if stale.is_dir() and not stale.is_symlink():
+                raise InputError(
+                    f"Calibration cache entry '{clip(stale)}' is a directory; remove it or pass "
+                    "--no-calib-cache."
+                )
+            stale.unlink()
+
+
+def _cache_range(value: Any) -> float | None:
+    """A range bound as ORT stores it (a number or a one-element numpy record), else None."""
+    if isinstance(value, dict) and value.get("CLS") == "numpy.array":
+        value = value.get("data")
+        value = value[0] if isinstance(value, list) and len(value) == 1 else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _cache_problem(path: Path, model: onnx.ModelProto) -> str | None:
+    """Why the cache entry at `path` cannot be trusted for `model`, or None when it can."""
+    where = f"'{clip(path)}'"
+    if not path.is_file():
+        return f"{where} is not a regular file"
+    digest = _digest_path(path)
+    if not digest.is_file():
+        return f"{where} has no digest {digest.name} (written by another tool or version)"
+    if digest.read_text().strip() != sha256_file(path):
+        return f"{where} does not match its digest {digest.name} (edited after calibration)"
+    try:
+        record = parse_object(path.read_text(), f"calibration cache {where}")
+    except (InputError, OSError, UnicodeDecodeError) as exc:
+        return str(exc)
+    data = record.get("data")
+    if not isinstance(data, dict) or not data:
+        return f"{where} holds no tensor ranges (key 'data' is empty or not an object)"
+    tensors = {t for node in model.graph.node for t in (*node.input, *node.output)}
+    tensors.update(v.name for v in model.graph.input)
+    for name, entry in data.items():
+        if name not in tensors:
+            return f"{where} has ranges for tensor '{clip(name, 80)}', which the model lacks"
+        if not isinstance(entry, dict):
+            return f"{where} entry '{clip(name, 80)}' is not an object"
+        low, high = _cache_range(entry.get("lowest")), _cache_range(entry.get("highest"))
+        if low is None or high is None or not low <= high:
+            return f"{where} entry '{clip(name, 80)}' has no finite range lowest <= highest"
+    return None
 
 
 def _nodes_to_quantize(model: onnx.ModelProto, attention_matmuls: bool) -> list[str]:

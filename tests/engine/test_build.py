@@ -32,9 +32,9 @@ def fp16_onnx(tmp_path):
 
 
 @without_tensorrt
-def test_without_tensorrt_it_exits_2_saying_how_to_get_it(fp16_onnx, tmp_path):
+def test_without_tensorrt_it_exits_3_saying_how_to_get_it(fp16_onnx, tmp_path):
     result = run_cli("--onnx", fp16_onnx, "--out", tmp_path / "model.engine")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr  # environment
     assert "JetPack" in result.stderr and "karst-deploy[tensorrt]" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 

@@ -88,7 +88,7 @@ def test_a_replaced_engine_is_caught(tmp_path):
 def test_unreadable_or_foreign_sidecars_are_refused(tmp_path):
     engine = tmp_path / "m.engine"
     sidecar_path(engine).write_text("{not json")
-    with pytest.raises(InputError, match="not readable JSON"):
+    with pytest.raises(InputError, match="not valid JSON"):
         read_sidecar(engine)
     sidecar_path(engine).write_text('{"format": "something-else"}')
     with pytest.raises(InputError, match="not a karst-deploy engine sidecar"):

@@ -155,11 +155,62 @@ def test_calibration_is_cached_and_reused(digits_model, tmp_path, isolated_cache
 
     cached[0].write_text("{not json")  # a corrupt entry is recomputed, never trusted
     third = quantize_int8(digits_model.fp32_onnx, tmp_path / "c.onnx", calibration)
-    assert third.calibration["cache"] == "miss" and third.sha256 == first.sha256
+    assert third.calibration["cache"].startswith(f"recomputed: '{cached[0]}'")
+    assert third.sha256 == first.sha256
 
     other_data = load_calibration("digits", 16, img_size=16)
     fourth = quantize_int8(digits_model.fp32_onnx, tmp_path / "d.onnx", other_data)
     assert fourth.calibration["cache"] == "miss" and len(list(cache_dir().glob("*.json"))) == 2
+
+
+def _scaled_ranges(entry: dict, factor: float) -> None:
+    for ranges in entry["data"].values():
+        for bound in ("lowest", "highest"):
+            ranges[bound]["data"] = [v * factor for v in ranges[bound]["data"]]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda entry: entry.update(data={}), "holds no tensor ranges"),
+        (lambda entry: _scaled_ranges(entry, 1000.0), "does not match its digest"),
+        (lambda entry: entry["data"].update(ghost=entry["data"].popitem()[1]), "model lacks"),
+    ],
+)
+def test_an_edited_cache_entry_is_named_and_recomputed(
+    digits_model, tmp_path, isolated_cache, edit, reason
+):
+    import json
+
+    calibration = load_calibration("digits", 16, img_size=16)
+    first = quantize_int8(digits_model.fp32_onnx, tmp_path / "a.onnx", calibration)
+    (cached,) = cache_dir().glob("*.json")
+    entry = json.loads(cached.read_text())
+    edit(entry)
+    cached.write_text(json.dumps(entry))
+    if "digest" not in reason:  # content checks: as if the digest were rewritten too
+        cached.with_name(cached.name + ".sha256").write_text(sha256_file(cached))
+    again = quantize_int8(digits_model.fp32_onnx, tmp_path / "b.onnx", calibration)
+    state = again.calibration["cache"]
+    assert state.startswith(f"recomputed: '{cached}'") and reason in state
+    assert again.sha256 == first.sha256  # the recomputed ranges, not the edited ones
+
+
+def test_forged_ranges_with_a_matching_digest_fail_the_int8_gate(
+    digits_model, tmp_path, isolated_cache
+):
+    import json
+
+    calibration = load_calibration("digits", 64, img_size=16)
+    quantize_int8(digits_model.fp32_onnx, tmp_path / "a.onnx", calibration)
+    (cached,) = cache_dir().glob("*.json")
+    entry = json.loads(cached.read_text())
+    _scaled_ranges(entry, 1000.0)
+    cached.write_text(json.dumps(entry))
+    cached.with_name(cached.name + ".sha256").write_text(sha256_file(cached))
+    with pytest.raises(VerificationError, match=r"int8 gate failed.*below the 97%"):
+        quantize_int8(digits_model.fp32_onnx, tmp_path / "b.onnx", calibration)
+    assert not (tmp_path / "b.onnx").exists()
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
