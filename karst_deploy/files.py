@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from karst_deploy import interrupts
-from karst_deploy.errors import InputError, OutputExistsError
+from karst_deploy.errors import InputError, OutputExistsError, clip, os_error
 
 
 def _host_tag() -> str:
@@ -131,22 +131,28 @@ def _temp_name(path: Path) -> Path:
     )
 
 
+def _make_temp(tmp: Path, directory: bool) -> None:
+    """Create the empty temporary `tmp` exclusively (the one place outputs first touch disk)."""
+    if directory:
+        os.mkdir(tmp, 0o777)
+    else:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 def _create_temp(path: Path, *, directory: bool) -> Path:
     """Create and register a fresh temporary next to `path` (mode from the umask)."""
     with interrupts.critical():
         for _ in range(100):
             tmp = _temp_name(path)
             try:
-                if directory:
-                    os.mkdir(tmp, 0o777)
-                else:
-                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                _make_temp(tmp, directory)
             except FileExistsError:
                 continue
-            except OSError as exc:
-                raise InputError(
-                    f"Cannot write in '{path.parent}', the directory of the output '{path}': "
-                    f"{exc.strerror or exc}."
+            except OSError as exc:  # exit 2 for a wrong path, 3 for a full or read-only disk
+                error = os_error(OSError(exc.errno, exc.strerror, os.fspath(path.parent)))
+                raise type(error)(
+                    f"Cannot write in '{clip(path.parent)}', the directory of the output "
+                    f"'{clip(path.name)}': {error}"
                 ) from None
             interrupts.register(tmp)
             return tmp

@@ -209,10 +209,10 @@ def test_3_disk_full_read_only_or_denied(capsys, monkeypatch, tmp_path, number, 
     """The first write of an output fails as the operating system would make it fail."""
     import karst_deploy.files
 
-    def refuse(*args, dir=None, **kwargs):
-        raise OSError(number, os.strerror(number), str(dir))
+    def refuse(tmp, directory):
+        raise OSError(number, os.strerror(number), str(tmp))
 
-    monkeypatch.setattr(karst_deploy.files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(karst_deploy.files, "_make_temp", refuse)
     code, _, err = run(
         capsys, "export", "--no-adapter", "--backbone", TINY, "--num-classes", "3",
         "--img-size", "32", "--model-kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 2}',

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from karst_deploy import files, interrupts
-from karst_deploy.errors import InputError, OutputExistsError
+from karst_deploy.errors import EnvironmentFailure, InputError, OutputExistsError
 from karst_deploy.files import (
     TEMP_PATTERN,
     atomic_directory,
@@ -306,7 +306,7 @@ def test_an_unwritable_output_directory_is_refused_up_front(tmp_path):
         return  # root writes through permission bits
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    with pytest.raises(InputError, match=f"Cannot write in '{locked}'"):
+    with pytest.raises(EnvironmentFailure, match=f"Cannot write in '{locked}'.*EACCES"):
         refuse_existing(locked / "out.onnx", False)
 
 
