@@ -999,5 +999,5 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main() -> None:
     from karst_deploy.interrupts import exit_on_interrupt
 
-    with exit_on_interrupt(restore=False):  # SIGINT 130, SIGTERM 143, temporaries removed
+    with exit_on_interrupt(restore=False):  # SIGINT/SIGTERM: 130, temporaries removed
         sys.exit(run())

@@ -5,13 +5,14 @@ when its writer finishes, on an exception, at interpreter exit, and when the com
 line is stopped by SIGINT (Ctrl-C) or SIGTERM (``timeout``, CI cancellation, ``docker
 stop``). `exit_on_interrupt` (installed by the CLI's ``main``) turns both signals into
 `Interrupted`, a `KeyboardInterrupt`, so ``finally`` blocks and context managers unwind
-as usual, then exits 130 (SIGINT) or 143 (SIGTERM, 128 + 15 as shells report it).
+as usual, then exits 130 for either (the one "interrupted" code of `errors.EXIT_CODES`;
+the message names the signal).
 
 Two windows defer a signal instead of raising it: `critical` sections (creating and
 registering a temporary, publishing it under its final name), so a temporary is never
 created unregistered nor an output half-published; and the rest of the command once a
 final output has been published (`mark_committed`): from then on only milliseconds of
-reporting remain, so the command finishes and exits normally. Hence an exit of 130/143
+reporting remain, so the command finishes and exits normally. Hence an exit of 130
 means no output was written by the run, and exit 0 means every output is complete.
 """
 
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 130}  # one code: errors.EXIT_CODES
 
 
 class Interrupted(KeyboardInterrupt):
@@ -124,7 +125,7 @@ def _handler(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def exit_on_interrupt(*, restore: bool = True) -> Iterator[None]:
-    """Run a command with SIGINT/SIGTERM handled: temporaries removed, exit 130/143.
+    """Run a command with SIGINT/SIGTERM handled: temporaries removed, exit 130.
 
     Without `restore` both signals are ignored afterwards, for a process about to exit:
     Python's shutdown resets handlers to the default (die by the signal) but keeps

