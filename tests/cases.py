@@ -68,6 +68,7 @@ BACKBONE_CASES = [
 METHOD_CASES: dict[str, AdapterConfig] = {
     "karst-channel": kd.KarstConfig(rescale="channel"),
     "karst-scalar": kd.KarstConfig(rescale="scalar"),
+    "karst-fused": kd.KarstConfig(qkv_layout="fused"),  # adapters written before split qkv
     "lora": kd.LoraConfig(rank=4, alpha=8.0),
     "kadaptation": kd.KAdaptationConfig(kernels=4, scale=0.5),
 }

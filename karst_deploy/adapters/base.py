@@ -46,6 +46,9 @@ class AdapterConfig:
 
     method: ClassVar[str] = ""
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Values meant by files written before a key existed (a layout change keeps old files
+    # loading as they always did; new configs get the field's default).
+    file_defaults: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         # Validate in the constructor too, so a bad Python call fails as clearly as a bad file.
@@ -61,7 +64,7 @@ class AdapterConfig:
     @classmethod
     def from_hparams(cls, data: dict[str, Any], source: str) -> AdapterConfig:
         """Build from adapter_config.json values, naming the first bad key on failure."""
-        values = _validate_fields(cls, data, source)
+        values = _validate_fields(cls, {**cls.file_defaults, **data}, source)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
