@@ -41,7 +41,8 @@ class AdapterConfig:
     """Base of every method's hyper-parameters.
 
     Subclasses are frozen dataclasses whose fields are ints, floats, strings (optionally
-    restricted by `choices`) and tuples of strings; their last field is ``targets``.
+    restricted by `choices`), tuples of ints and tuples of strings; their last field is
+    ``targets``.
     """
 
     method: ClassVar[str] = ""
@@ -93,6 +94,11 @@ def _validate_fields(cls: type, data: dict[str, Any], source: str) -> dict[str, 
             allowed = cls.choices.get(field.name)
             ok = isinstance(value, str) and (allowed is None or value in allowed)
             want = f"one of {list(allowed)}" if allowed else "a string"
+        elif expected == tuple[int, ...]:  # may be empty: "not used"
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+            )
+            want = "a list of positive integers"
         else:  # tuple[str, ...]
             allowed = cls.choices.get(field.name)
             ok = (

@@ -22,11 +22,11 @@ backward has no dense out×in weight gradient; merging uses the dense formula.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from karst_deploy.adapters.base import (
     DEFAULT_TARGETS,
@@ -37,6 +37,7 @@ from karst_deploy.adapters.base import (
     kaiming_uniform,
     register,
 )
+from karst_deploy.errors import InputError
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -71,7 +72,7 @@ class KarstConfig(AdapterConfig):
         "qkv_layout": ("split", "fused"),
     }
     # adapter_config.json written before the key existed: the fused layout (module docstring).
-    file_defaults: ClassVar[dict[str, object]] = {"qkv_layout": "fused"}
+    file_defaults: ClassVar[dict[str, object]] = {"qkv_layout": "fused", "stage_ranks": ()}
 
     factor: int = 8
     rank: int = 8
@@ -79,7 +80,25 @@ class KarstConfig(AdapterConfig):
     alpha: float = 1.0
     rescale: str = "channel"
     qkv_layout: str = "split"
+    # Rank per hierarchical stage (timm Swin's ``layers.<i>``), e.g. (2, 2, 4, 8) as the
+    # official Swin-B script; empty: ``rank`` everywhere.
+    stage_ranks: tuple[int, ...] = ()
     targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    def rank_for(self, path: str) -> int:
+        """The rank of the layer at module path `path` (`stage_ranks` by its stage)."""
+        if not self.stage_ranks:
+            return self.rank
+        match = STAGE.search(path)
+        if match is None or int(match[1]) >= len(self.stage_ranks):
+            raise InputError(
+                f"stage_ranks {list(self.stage_ranks)} gives a rank per stage (Swin's "
+                f"'layers.<i>'), but '{path}' is not in one of those stages."
+            )
+        return self.stage_ranks[int(match[1])]
+
+
+STAGE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 # Scalar re-scaling points per block (reference code): which roles get which affine.
@@ -105,8 +124,8 @@ class KarstLayer(LayerAdapter):
         self.blocks = blocks
         self.a, self.k = factorization(out_features // blocks, config.factor)
         self.b, self.n = factorization(in_features, config.factor)
-        self.scale = config.alpha / config.rank
-        kernels, rank = config.kernels, config.rank
+        kernels, rank = config.kernels, config.rank_for(path)
+        self.scale = config.alpha / rank
         # Kaiming-uniform on the tensors as the official code stores them: C as (a, b), so
         # fan-in b; A as (r, k), so fan-in k (METHODS.md, KARST initialisation). B = 0.
         self.C = nn.Parameter(kaiming_uniform(kernels, self.a, self.b))
@@ -147,31 +166,47 @@ class KarstLayer(LayerAdapter):
         along the rank (the sum over kernels is that matmul's contraction). Per token that
         is N·r·(in + out) + N·a·b·r multiply-adds instead of out·in.
         """
-        kernels, rank = self.B.shape[0], self.B.shape[1]
         lead = x.shape[:-1]
-        X = x.reshape(-1, self.n)  # (T·b, n)
-        Z = (X @ self.B.reshape(kernels * rank, self.n).t()).view(-1, self.b, kernels, rank)
-        U = torch.einsum("ips,tsir->tpir", self.C, Z).reshape(-1, kernels * rank)  # (T·a, N·r)
+        return self._delta_rows(x.reshape(-1, self.b * self.n)).reshape(*lead, -1)
+
+    def _delta_rows(self, x: torch.Tensor) -> torch.Tensor:
+        kernels, rank = self.B.shape[0], self.B.shape[1]
+        tokens = x.shape[0]
+        Z = x.reshape(-1, self.n) @ self.B.reshape(kernels * rank, self.n).t()  # (T·b, N·r)
+        Z = Z.view(tokens, self.b, kernels, rank).permute(2, 1, 0, 3)  # (N, b, T, r)
+        U = torch.bmm(self.C, Z.reshape(kernels, self.b, tokens * rank))  # (N, a, T·r)
+        U = U.view(kernels, self.a, tokens, rank).permute(2, 1, 0, 3)  # (T, a, N, r)
         A = self.A.reshape(kernels, self.blocks, self.k, rank)
         A = A.permute(0, 3, 1, 2).reshape(kernels * rank, self.blocks * self.k) * self.scale
-        y = (U @ A).view(-1, self.a, self.blocks, self.k)  # (T, a, blocks, k)
-        if self.blocks > 1:
-            y = y.transpose(1, 2)
-        return y.reshape(*lead, self.blocks * self.a * self.k)
+        y = U.reshape(tokens * self.a, kernels * rank) @ A  # (T·a, blocks·k)
+        if self.blocks > 1:  # rows of block j: j·a·k + p·k + q
+            y = y.view(tokens, self.a, self.blocks, self.k).transpose(1, 2)
+        return y.reshape(tokens, -1)
 
     def adapted_forward(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        # (1 + s1) ⊙ (W0 x' + ΔW x' + b0) + s2 as one GEMM accumulating onto ΔW x' and one
+        # fused multiply-add with the shift (1 + s1) ⊙ b0 + s2: the fewest passes over the
+        # tokens × out activations, which dominate the adapter's cost on CPU.
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
         if self.t1 is not None:
             x = x * (1 + self.t1)
         if self.t2 is not None:
             x = x + self.t2
-        y = F.linear(x, weight, bias) + self.delta(x)
+        y = torch.addmm(self._delta_rows(x), x, weight.t())
+        shift = bias
         if self.s1 is not None:
-            y = y * (1 + self.s1)
+            gain = 1 + self.s1
+            shift = None if bias is None else gain * bias
         if self.s2 is not None:
-            y = y + self.s2
-        return y
+            shift = self.s2 if shift is None else shift + self.s2
+        if self.s1 is not None:
+            y = y * gain if shift is None else torch.addcmul(shift, y, gain)
+        elif shift is not None:
+            y = y + shift
+        return y.reshape(*lead, y.shape[-1])
 
     def fold(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # W* = diag(1 + s1)·(W0 + ΔW)·(1 + t1);  b* = (1 + s1) ⊙ (b0 + t2·(W0 + ΔW)·1) + s2
@@ -194,6 +229,10 @@ class KarstLayer(LayerAdapter):
 class Karst(AdapterMethod):
     name = "karst"
     config_type = KarstConfig
+
+    def validate(self, config: KarstConfig, targets: dict[str, nn.Linear]) -> None:
+        for path in targets:
+            config.rank_for(path)
 
     def layer_adapter(self, path, linear, config, shared):
         return KarstLayer(path, linear, config)

@@ -27,7 +27,12 @@ from karst_deploy.adapters.base import (
 )
 from karst_deploy.errors import AdapterFileError
 from karst_deploy.files import atomic_directory, sha256_file
-from karst_deploy.models import BackboneSpec, backbone_spec, classifier_parameter_names
+from karst_deploy.models import (
+    BackboneSpec,
+    backbone_spec,
+    classifier_parameter_names,
+    norm_parameter_names,
+)
 
 FORMAT = "karst-deploy.adapter"
 VERSION = 1
@@ -56,8 +61,10 @@ def save_adapters(
     if config is None:
         raise AdapterFileError("save_adapters() needs a model with adapters; this one has none.")
     spec = backbone_spec(model)
-    extra = classifier_parameter_names(model)
     named = dict(model.named_parameters())
+    # The head, plus LayerNorms when a recipe trains them (few-shot): stored whole.
+    extra = classifier_parameter_names(model)
+    extra += [n for n in norm_parameter_names(model) if named[n].requires_grad]
     tensors = dict(adapter_state_dict(model))
     tensors.update({name: named[name] for name in extra})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -273,12 +280,14 @@ def load_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Mod
     plan = None if existing is not None else AdapterPlan(model, config)
     adapter_tensors = plan.state_dict() if plan else adapter_state_dict(model)
     named = dict(model.named_parameters())
-    expected_extra = set(classifier_parameter_names(model))
+    head = classifier_parameter_names(model)
+    expected_extra = set(head) | set(norm_parameter_names(model))
     for name in file.trainable_extra:
         if name not in named or name not in expected_extra:
             raise AdapterFileError(
                 f"{file.config_path}: 'trainable_extra' names '{name}', which is not a "
-                f"classifier parameter of {file.backbone.name} (expected {sorted(expected_extra)})."
+                f"classifier or LayerNorm parameter of {file.backbone.name} (expected "
+                f"{sorted(head)} and LayerNorm weights/biases)."
             )
     expected = dict(adapter_tensors)
     expected.update({name: named[name] for name in file.trainable_extra})
