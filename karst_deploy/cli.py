@@ -694,7 +694,12 @@ def sensitivity_command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
     batches: int = typer.Option(16, "--batches", help="Batches K of the SPT criterion."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the image order (and any dropout)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fresh head and the drop-path draws."),
+    shuffle_seed: int | None = typer.Option(
+        None,
+        "--shuffle-seed",
+        help="Take the batches from a seeded permutation [official: the first K·B images].",
+    ),
     img_size: int | None = typer.Option(None, "--img-size", help="Backbone input size."),
     model_kwargs: str | None = typer.Option(
         None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
@@ -721,6 +726,7 @@ def sensitivity_command(
         batches=batches,
         batch_size=batch_size,
         seed=seed,
+        shuffle_seed=shuffle_seed,
         force=force,
         progress=not as_json,
         plot=plot,
