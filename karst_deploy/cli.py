@@ -556,6 +556,11 @@ def train_command(
     sigma: float | None = typer.Option(
         None, "--sigma", help="spt: structured once P_struct/σ entries are selected [10]."
     ),
+    budget_rule: str | None = typer.Option(
+        None,
+        "--budget-rule",
+        help="spt: sweep (official τ grid, closest total, may overshoot) or exact (within 2%).",
+    ),
     scores: Path | None = typer.Option(
         None,
         "--scores",
@@ -626,6 +631,7 @@ def train_command(
         budget=budget,
         sigma=sigma,
         scores=scores,
+        budget_rule=budget_rule,
         **method_options,
     )
     config = TrainConfig(
