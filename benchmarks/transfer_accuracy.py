@@ -14,11 +14,18 @@ the ratio of medians.
     python benchmarks/transfer_accuracy.py                  # 3 seeds, full recipe, ~15 min
     python benchmarks/transfer_accuracy.py --seeds 0 --epochs 2 --step-backbones transfer \\
         --step-rounds 3 --use-cache                         # smoke run
+    python benchmarks/transfer_accuracy.py --methods karst,karst-v1 --step-backbones '' \\
+        --use-cache --out benchmarks/results/transfer_accuracy_karst_forms.json --plot ''
+
+``karst-v1`` is KARST as the release before the official layout trained it (fused qkv, A
+initialised with fan-in r), for the old-vs-new comparison; ``karst`` is today's default
+(split qkv, A with fan-in k, as the official code).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -60,7 +67,42 @@ def matched_configs(recipe: SourceRecipe) -> dict[str, kd.adapters.AdapterConfig
         (kd.KAdaptationConfig(kernels=n) for n in range(2, width + 1) if width % n == 0),
         key=lambda c: abs(_trainable(recipe, c) - budget),
     )
-    return {"karst": karst, "kadaptation": kadaptation, "lora": lora, "linear": kd.LinearConfig()}
+    return {
+        "karst": karst,
+        "karst-v1": kd.KarstConfig(qkv_layout="fused"),
+        "kadaptation": kadaptation,
+        "lora": lora,
+        "linear": kd.LinearConfig(),
+    }
+
+
+def v1_init(model: torch.nn.Module) -> None:
+    """Re-draw every KARST A as the previous release did: Kaiming-uniform on (k, r), fan-in r."""
+    from karst_deploy.adapters.base import adapted_layers, kaiming_uniform
+
+    with torch.no_grad():
+        for _, layer in adapted_layers(model):
+            A = layer.adapter.A
+            A.copy_(kaiming_uniform(*A.shape).to(A.dtype))
+
+
+@contextlib.contextmanager
+def _patched_adapters(after):
+    """Run `after(model)` right after the training loop installs adapters (benchmark only)."""
+    from karst_deploy.train import loop
+
+    original = loop.add_adapters
+
+    def add_adapters(model, config):
+        model = original(model, config)
+        after(model)
+        return model
+
+    loop.add_adapters = add_adapters
+    try:
+        yield
+    finally:
+        loop.add_adapters = original
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -185,14 +227,18 @@ def main() -> None:
             runs = []
             for seed in seeds:
                 started = time.perf_counter()
-                result = train_transfer_target(
-                    configs[name],
-                    recipe=recipe,
-                    checkpoint=checkpoint,
-                    seed=seed,
-                    epochs=args.epochs,
-                    warmup_epochs=min(TARGET_RECIPE["warmup_epochs"], args.epochs - 1),
+                patch = (
+                    _patched_adapters(v1_init) if name == "karst-v1" else contextlib.nullcontext()
                 )
+                with patch:
+                    result = train_transfer_target(
+                        configs[name],
+                        recipe=recipe,
+                        checkpoint=checkpoint,
+                        seed=seed,
+                        epochs=args.epochs,
+                        warmup_epochs=min(TARGET_RECIPE["warmup_epochs"], args.epochs - 1),
+                    )
                 run = {
                     "seed": seed,
                     "test_accuracy": result.log["test_accuracy"],
@@ -213,7 +259,7 @@ def main() -> None:
             }
 
     steps = []
-    for spec in args.step_backbones.split(","):
+    for spec in filter(None, args.step_backbones.split(",")):
         if spec == "transfer":
             steps.append(step_times(recipe.backbone, recipe.model_kwargs, 32, args.step_rounds))
         else:

@@ -722,8 +722,17 @@ def train_command(
         None, "--rescale", help="karst: channel (paper) or scalar (reference code) [channel]."
     ),
     scale: float | None = typer.Option(None, "--scale", help="kadaptation: ΔW scale [1]."),
+    stage_ranks: str | None = typer.Option(
+        None, "--stage-ranks", help="karst: rank per Swin stage, e.g. 2,2,4,8 [--rank everywhere]."
+    ),
     targets: str | None = typer.Option(
         None, "--targets", help="Layers to adapt, comma-separated, e.g. qkv,proj,fc1,fc2."
+    ),
+    recipe: str = typer.Option(
+        "vtab",
+        "--recipe",
+        help="Official preset: vtab (100 cosine + 10 epochs at min lr), few-shot (karst N=2, "
+        "LayerNorms trained), swin (karst N=2, stage ranks 2,2,4,8). Explicit flags win.",
     ),
     placement: str = typer.Option(
         "uniform", "--placement", help="uniform (every target) or spt (sensitivity-aware SPT)."
@@ -737,6 +746,11 @@ def train_command(
     sigma: float | None = typer.Option(
         None, "--sigma", help="spt: structured once P_struct/σ entries are selected [10]."
     ),
+    budget_rule: str | None = typer.Option(
+        None,
+        "--budget-rule",
+        help="spt: sweep (official τ grid, closest total, may overshoot) or exact (within 2%).",
+    ),
     scores: Path | None = typer.Option(
         None,
         "--scores",
@@ -746,7 +760,9 @@ def train_command(
     model_kwargs: str | None = typer.Option(
         None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
     ),
-    epochs: int = typer.Option(100, "--epochs", help="Epochs, warm-up included."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Epochs, warm-up and cool-down included [recipe: 110]."
+    ),
     batch_size: int = typer.Option(
         32, "--batch-size", help="Global batch (split over torchrun processes)."
     ),
@@ -754,7 +770,12 @@ def train_command(
     weight_decay: float | None = typer.Option(
         None, "--weight-decay", help="AdamW weight decay [lr/10]."
     ),
-    warmup_epochs: int = typer.Option(10, "--warmup-epochs", help="Linear warm-up epochs."),
+    warmup_epochs: int | None = typer.Option(
+        None, "--warmup-epochs", help="Linear warm-up epochs [recipe: 10]."
+    ),
+    cooldown_epochs: int | None = typer.Option(
+        None, "--cooldown-epochs", help="Epochs at the minimum lr after the cosine [recipe: 10]."
+    ),
     warmup_lr: float | None = typer.Option(None, "--warmup-lr", help="Warm-up start lr [lr/100]."),
     min_lr: float | None = typer.Option(None, "--min-lr", help="Cosine floor [lr/10]."),
     drop_path: float = typer.Option(0.1, "--drop-path", help="Stochastic depth, training only."),
@@ -787,7 +808,25 @@ def train_command(
     )
     from karst_deploy.placement import training_adapter
     from karst_deploy.train import TrainConfig, train_adapters
+    from karst_deploy.train.recipe import apply_recipe
 
+    method_options = dict(
+        factor=factor,
+        rank=rank,
+        kernels=kernels,
+        alpha=alpha,
+        rescale=rescale,
+        scale=scale,
+        stage_ranks=stage_ranks,
+        targets=targets,
+    )
+    karst_modules = method if placement != "spt" else (structured or "karst")
+    method_options, schedule, applied = apply_recipe(
+        recipe,
+        karst_modules,
+        method_options,
+        dict(epochs=epochs, warmup_epochs=warmup_epochs, cooldown_epochs=cooldown_epochs),
+    )
     adapter = training_adapter(
         placement,
         method,
@@ -795,13 +834,8 @@ def train_command(
         budget=budget,
         sigma=sigma,
         scores=scores,
-        factor=factor,
-        rank=rank,
-        kernels=kernels,
-        alpha=alpha,
-        rescale=rescale,
-        scale=scale,
-        targets=targets,
+        budget_rule=budget_rule,
+        **method_options,
     )
     config = TrainConfig(
         backbone=backbone,
@@ -810,11 +844,9 @@ def train_command(
         checkpoint=None if checkpoint is None else str(checkpoint),
         model_kwargs=_parse_model_kwargs(model_kwargs) or {},
         img_size=img_size,
-        epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
         warmup_lr=warmup_lr,
         min_lr=min_lr,
         drop_path=drop_path,
@@ -823,6 +855,8 @@ def train_command(
         device=device,
         amp=amp,
         strict_images=strict_images,
+        recipe={"name": recipe, "set": applied},
+        **schedule,
     )
     result = train_adapters(config, out, force=force)
     if not result.is_main:
@@ -869,7 +903,12 @@ def sensitivity_command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
     batches: int = typer.Option(16, "--batches", help="Batches K of the SPT criterion."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per batch."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the image order (and any dropout)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fresh head and the drop-path draws."),
+    shuffle_seed: int | None = typer.Option(
+        None,
+        "--shuffle-seed",
+        help="Take the batches from a seeded permutation [official: the first K·B images].",
+    ),
     img_size: int | None = typer.Option(None, "--img-size", help="Backbone input size."),
     model_kwargs: str | None = typer.Option(
         None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
@@ -897,6 +936,7 @@ def sensitivity_command(
         batches=batches,
         batch_size=batch_size,
         seed=seed,
+        shuffle_seed=shuffle_seed,
         force=force,
         progress=not as_json,
         plot=plot,

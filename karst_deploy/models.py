@@ -412,6 +412,16 @@ def classifier_parameter_names(model: nn.Module) -> list[str]:
     return []
 
 
+def norm_parameter_names(model: nn.Module) -> list[str]:
+    """timm names of every LayerNorm weight and bias (trained whole by some recipes)."""
+    return [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, nn.LayerNorm)
+        for name, _ in module.named_parameters(recurse=False)
+    ]
+
+
 def load_checkpoint(
     model: nn.Module, path: str | os.PathLike[str], *, keep_fresh_head: bool = False
 ) -> None:

@@ -43,7 +43,8 @@ class AdapterConfig:
     """Base of every method's hyper-parameters.
 
     Subclasses are frozen dataclasses whose fields are ints, floats, strings (optionally
-    restricted by `choices`) and tuples of strings; their last field is ``targets``.
+    restricted by `choices`), tuples of ints and tuples of strings; their last field is
+    ``targets``.
     """
 
     method: ClassVar[str] = ""
@@ -51,6 +52,9 @@ class AdapterConfig:
     #: Fields an adapter_config.json may omit (taking the default): only keys added after
     #: files without them were written. Every other field must be stated by the file.
     optional: ClassVar[frozenset[str]] = frozenset()
+    # Values meant by files written before a key existed (a layout change keeps old files
+    # loading as they always did; new configs get the field's default).
+    file_defaults: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         # Validate in the constructor too, so a bad Python call fails as clearly as a bad file.
@@ -67,14 +71,16 @@ class AdapterConfig:
     def from_hparams(cls, data: dict[str, Any], source: str, prefix: str = "") -> AdapterConfig:
         """Build from adapter_config.json values, naming the first bad key on failure.
 
-        A file states every hyper-parameter it was trained with (except `optional` ones):
-        a missing one is refused rather than silently taking today's default. `prefix` is
+        A file states every hyper-parameter it was trained with (except `optional` ones, and
+        keys added by a later layout change, which take their `file_defaults` meaning): a
+        missing one is refused rather than silently taking today's default. `prefix` is
         where the values sit in the file (e.g. ``structured.``), for the messages.
         """
         for field in dataclasses.fields(cls):
-            if field.name not in data and field.name not in cls.optional:
+            omissible = field.name in cls.optional or field.name in cls.file_defaults
+            if field.name not in data and not omissible:
                 raise AdapterFileError(f"{source}: required key '{prefix}{field.name}' is missing.")
-        values = _validate_fields(cls, data, source, prefix)
+        values = _validate_fields(cls, {**cls.file_defaults, **data}, source, prefix)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
@@ -120,6 +126,11 @@ def _validate_fields(
             allowed = cls.choices.get(field.name)
             ok = isinstance(value, str) and (allowed is None or value in allowed)
             want = f"one of {list(allowed)}" if allowed else "a string"
+        elif expected == tuple[int, ...]:  # may be empty: "not used"
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+            )
+            want = "a list of positive integers"
         else:  # tuple[str, ...]
             allowed = cls.choices.get(field.name)
             ok = (

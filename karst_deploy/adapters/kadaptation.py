@@ -10,6 +10,13 @@ model root as ``kadaptation.A``); the "fast" rank-1 factors are per layer and pe
 projection (``P.kadaptation.u_q``, ``v_q``, ``u_v``, ``v_v``). Unlike PEViT's code, u is
 random and v zero, so ΔW = 0 at the start *and* v receives a gradient; and v has its own
 factors instead of reusing q's.
+
+``structure="pevit"`` is the structure PEViT's ≈ 50 k figure counts (50,176 on ViT-B/32
+with n = 32): slow weights also rank 1, A_i = l_i r_iᵀ, one set for q and one for v (still
+shared across layers, ``kadaptation.l_q`` …); ``scale`` α/r·5 = 160 by default there;
+Dropout(0.5) on the Kronecker weight in training; a per-layer bias (``P.kadaptation.bias``,
+width d) added to both the q and the v outputs. Everything folds: the bias into the qkv
+bias rows of q and v (a qkv without bias is refused), the rest into ΔW.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from karst_deploy.adapters.base import (
     AdapterConfig,
@@ -38,20 +46,43 @@ class KAdaptationConfig(AdapterConfig):
     """KAdaptation hyper-parameters (PEViT's reference: n = 32 kernels, on q and v)."""
 
     method: ClassVar[str] = "kadaptation"
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {"projections": ("q", "k", "v")}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "projections": ("q", "k", "v"),
+        "structure": ("paper", "pevit"),
+    }
+    file_defaults: ClassVar[dict[str, object]] = {"structure": "paper"}  # files before the key
 
     kernels: int = 32
     scale: float = 1.0
     projections: tuple[str, ...] = ("q", "v")
+    structure: str = "paper"
     targets: tuple[str, ...] = ("qkv",)
 
 
-class SlowWeights(nn.Module):
-    """The layer-shared A_i, stacked as A ∈ R^{n×n×n}."""
+PEVIT_DROPOUT = 0.5
 
-    def __init__(self, kernels: int) -> None:
+
+class SlowWeights(nn.Module):
+    """The layer-shared A_i, stacked as A ∈ R^{n×n×n} (paper), or rank-1 per projection
+    (PEViT: ``l_<p>``, ``r_<p>`` ∈ R^{n×n}, A_i = l_i r_iᵀ)."""
+
+    def __init__(self, kernels: int, structure: str = "paper", projections=("q", "v")) -> None:
         super().__init__()
-        self.A = nn.Parameter(kaiming_uniform(kernels, kernels, kernels))
+        self.structure = structure
+        if structure == "paper":
+            self.A = nn.Parameter(kaiming_uniform(kernels, kernels, kernels))
+            return
+        for name in projections:
+            for side in ("l", "r"):
+                factor = torch.empty(kernels, kernels).normal_(0.0, 1.0 / math.sqrt(kernels))
+                self.register_parameter(f"{side}_{name}", nn.Parameter(factor))
+
+    def slow(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """A ∈ R^{n×n×n} for projection `name`."""
+        if self.structure == "paper":
+            return self.A.to(dtype)
+        left, right = getattr(self, f"l_{name}").to(dtype), getattr(self, f"r_{name}").to(dtype)
+        return left[:, :, None] * right[:, None, :]
 
 
 class KAdaptationLayer(LayerAdapter):
@@ -69,6 +100,14 @@ class KAdaptationLayer(LayerAdapter):
             )
         self.width, self.kernels, self.scale = width, n, config.scale
         self.projections = config.projections
+        self.structure = config.structure
+        if self.structure == "pevit":
+            if linear.bias is None:
+                raise InputError(
+                    f"KAdaptation structure 'pevit' adds a bias to the q and v outputs, but "
+                    f"'{path}' has no bias to fold it into; use structure 'paper'."
+                )
+            self.bias = nn.Parameter(torch.zeros(width))
         # A plain attribute (not a child) so the shared weights are stored once, at the root.
         self._slow = (slow,)
         m = width // n
@@ -78,27 +117,48 @@ class KAdaptationLayer(LayerAdapter):
             self.register_parameter(f"v_{name}", nn.Parameter(torch.zeros(n, m)))
 
     def _projection_delta_weight(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        A = self._slow[0].A.to(dtype)
+        A = self._slow[0].slow(name, dtype)
         u, v = getattr(self, f"u_{name}").to(dtype), getattr(self, f"v_{name}").to(dtype)
         # kron(A_i, u_i v_iᵀ)[p·m + q, s·m + t] = A_i[p, s] · u_i[q] · v_i[t]
         delta = torch.einsum("ips,iq,it->pqst", A, u, v)
         return delta.reshape(self.width, self.width) * self.scale
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        dtype = dtype or self._slow[0].A.dtype
-        delta = torch.zeros(3 * self.width, self.width, dtype=dtype, device=self._slow[0].A.device)
+        reference = next(self.parameters())
+        dtype = dtype or reference.dtype
+        delta = torch.zeros(3 * self.width, self.width, dtype=dtype, device=reference.device)
         for name in self.projections:
             row = PROJECTION_ROWS[name] * self.width
             delta[row : row + self.width] = self._projection_delta_weight(name, dtype)
         return delta
 
+    def adapted_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.structure == "paper":
+            return super().adapted_forward(x, weight, bias)
+        # PEViT: Dropout(0.5) on the Kronecker weight in training (so ΔW is formed here).
+        delta = F.dropout(self.delta_weight(), PEVIT_DROPOUT, self.training)
+        return F.linear(x, weight + delta, bias + self._bias_rows())
+
+    def _bias_rows(self) -> torch.Tensor:
+        zeros = torch.zeros_like(self.bias)
+        rows = [self.bias if name in self.projections else zeros for name in ("q", "k", "v")]
+        return torch.cat(rows)
+
+    def fold(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = super().fold(weight, bias)
+        if self.structure == "pevit":
+            bias = bias + self._bias_rows().to(bias.dtype)
+        return weight, bias
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         # Without forming ΔW: with X = x viewed as (n, m), ΔW_i x = A_i (X v_i) ⊗ u_i.
-        A = self._slow[0].A
         X = x.reshape(*x.shape[:-1], self.kernels, -1)
         parts = []
         for name in ("q", "k", "v"):
             if name in self.projections:
+                A = self._slow[0].slow(name, x.dtype)
                 u, v = getattr(self, f"u_{name}"), getattr(self, f"v_{name}")
                 z = torch.einsum("...st,it->...is", X, v)  # X v_i
                 w = torch.einsum("ips,...is->...ip", A, z)  # A_i (X v_i)
@@ -115,7 +175,7 @@ class KAdaptation(AdapterMethod):
     config_type = KAdaptationConfig
 
     def shared_module(self, config, targets):
-        return SlowWeights(config.kernels)
+        return SlowWeights(config.kernels, config.structure, config.projections)
 
     def layer_adapter(self, path, linear, config, shared):
         return KAdaptationLayer(path, linear, config, shared)

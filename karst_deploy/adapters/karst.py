@@ -7,25 +7,37 @@ Channel re-scaling (the paper's form) puts vector ``s1, s2`` on every adapted la
 re-scaling (the reference code's form) puts scalars at three points per block: an input
 and an output affine on ``attn.proj`` and an output affine on ``mlp.fc2``. Shifts (``s2``,
 ``t2``) exist only where the layer has a bias to fold them into.
+
+qkv layout. ``split`` (the default, the official scripts' ``kronecker_w2_a_dims=[d/f]*3``):
+on the fused ``attn.qkv`` each kernel has one C_i and one B_i shared by q, k and v and three
+A factors, so ΔW is one Kronecker product per q/k/v block (``A`` stored as (N, 3, k, r)).
+``fused`` (every file written before the ``qkv_layout`` key existed): one product over the
+fused 3d rows (``A`` stored as (N, k, r)). Files without the key load as ``fused`` and merge
+to the weights they always did.
+
+Training never forms ΔW: the adapted forward computes ΔW·x in factored form (`delta`), so
+backward has no dense out×in weight gradient; merging uses the dense formula.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from karst_deploy.adapters.base import (
     DEFAULT_TARGETS,
+    TARGET_SUFFIXES,
     AdapterConfig,
     AdapterMethod,
     LayerAdapter,
     kaiming_uniform,
     register,
 )
+from karst_deploy.errors import InputError
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -55,14 +67,38 @@ class KarstConfig(AdapterConfig):
     """KARST hyper-parameters; defaults are the reference VTAB script's."""
 
     method: ClassVar[str] = "karst"
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {"rescale": ("channel", "scalar")}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "rescale": ("channel", "scalar"),
+        "qkv_layout": ("split", "fused"),
+    }
+    # adapter_config.json written before the key existed: the fused layout (module docstring).
+    file_defaults: ClassVar[dict[str, object]] = {"qkv_layout": "fused", "stage_ranks": ()}
 
     factor: int = 8
     rank: int = 8
     kernels: int = 8
     alpha: float = 1.0
     rescale: str = "channel"
+    qkv_layout: str = "split"
+    # Rank per hierarchical stage (timm Swin's ``layers.<i>``), e.g. (2, 2, 4, 8) as the
+    # official Swin-B script; empty: ``rank`` everywhere.
+    stage_ranks: tuple[int, ...] = ()
     targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    def rank_for(self, path: str) -> int:
+        """The rank of the layer at module path `path` (`stage_ranks` by its stage)."""
+        if not self.stage_ranks:
+            return self.rank
+        match = STAGE.search(path)
+        if match is None or int(match[1]) >= len(self.stage_ranks):
+            raise InputError(
+                f"stage_ranks {list(self.stage_ranks)} gives a rank per stage (Swin's "
+                f"'layers.<i>'), but '{path}' is not in one of those stages."
+            )
+        return self.stage_ranks[int(match[1])]
+
+
+STAGE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 # Scalar re-scaling points per block (reference code): which roles get which affine.
@@ -71,17 +107,31 @@ SCALAR_INPUT_AFFINE = ("attn.proj",)
 
 
 class KarstLayer(LayerAdapter):
-    """KARST factors and re-scaling for one Linear."""
+    """KARST factors and re-scaling for one Linear (``blocks`` = 3 for a split-layout qkv)."""
 
-    def __init__(self, path: str, linear: nn.Linear, config: KarstConfig) -> None:
+    def __init__(
+        self, path: str, linear: nn.Linear, config: KarstConfig, *, blocks: int | None = None
+    ) -> None:
         super().__init__()
         out_features, in_features = linear.out_features, linear.in_features
-        self.a, self.k = factorization(out_features, config.factor)
+        if blocks is None:
+            split = (
+                config.qkv_layout == "split"
+                and path.endswith(TARGET_SUFFIXES["qkv"])
+                and out_features == 3 * in_features
+            )
+            blocks = 3 if split else 1
+        self.blocks = blocks
+        self.a, self.k = factorization(out_features // blocks, config.factor)
         self.b, self.n = factorization(in_features, config.factor)
-        self.scale = config.alpha / config.rank
-        kernels, rank = config.kernels, config.rank
+        kernels, rank = config.kernels, config.rank_for(path)
+        self.scale = config.alpha / rank
+        # Kaiming-uniform on the tensors as the official code stores them: C as (a, b), so
+        # fan-in b; A as (r, k), so fan-in k (METHODS.md, KARST initialisation). B = 0.
         self.C = nn.Parameter(kaiming_uniform(kernels, self.a, self.b))
-        self.A = nn.Parameter(kaiming_uniform(kernels, self.k, rank))
+        a_init = kaiming_uniform(kernels * blocks, rank, self.k).transpose(-1, -2)
+        shape = (kernels, self.k, rank) if blocks == 1 else (kernels, blocks, self.k, rank)
+        self.A = nn.Parameter(a_init.reshape(shape).contiguous())
         self.B = nn.Parameter(torch.zeros(kernels, rank, self.n))
         has_bias = linear.bias is not None
         if config.rescale == "channel":
@@ -99,26 +149,64 @@ class KarstLayer(LayerAdapter):
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or self.C.dtype
         C, A, B = (t.to(dtype) for t in (self.C, self.A, self.B))
-        M = A @ B  # (N, k, n)
-        # kron(C_i, M_i)[p·k + q, s·n + t] = C_i[p, s] · M_i[q, t], summed over kernels i.
-        delta = torch.einsum("ips,iqt->pqst", C, M).reshape(self.a * self.k, self.b * self.n)
-        return delta * self.scale
+        if self.blocks == 1:
+            M = A @ B  # (N, k, n)
+            # kron(C_i, M_i)[p·k + q, s·n + t] = C_i[p, s] · M_i[q, t], summed over kernels i.
+            delta = torch.einsum("ips,iqt->pqst", C, M)
+        else:  # one kron(C_i, A_i^j B_i) per q/k/v block j, stacked along the rows
+            M = A @ B[:, None]  # (N, 3, k, n)
+            delta = torch.einsum("ips,ijqt->jpqst", C, M)
+        return delta.reshape(self.blocks * self.a * self.k, self.b * self.n) * self.scale
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """ΔW·x in factored form, never forming ΔW.
+
+        With x viewed as X ∈ R^{b×n}, kron(C_i, A_i B_i)·x is C_i X B_iᵀ A_iᵀ (a×k): one
+        matmul by all B_i at once, the small C_i mix, and one matmul by the A_i stacked
+        along the rank (the sum over kernels is that matmul's contraction). Per token that
+        is N·r·(in + out) + N·a·b·r multiply-adds instead of out·in.
+        """
+        lead = x.shape[:-1]
+        return self._delta_rows(x.reshape(-1, self.b * self.n)).reshape(*lead, -1)
+
+    def _delta_rows(self, x: torch.Tensor) -> torch.Tensor:
+        kernels, rank = self.B.shape[0], self.B.shape[1]
+        tokens = x.shape[0]
+        Z = x.reshape(-1, self.n) @ self.B.reshape(kernels * rank, self.n).t()  # (T·b, N·r)
+        Z = Z.view(tokens, self.b, kernels, rank).permute(2, 1, 0, 3)  # (N, b, T, r)
+        U = torch.bmm(self.C, Z.reshape(kernels, self.b, tokens * rank))  # (N, a, T·r)
+        U = U.view(kernels, self.a, tokens, rank).permute(2, 1, 0, 3)  # (T, a, N, r)
+        A = self.A.reshape(kernels, self.blocks, self.k, rank)
+        A = A.permute(0, 3, 1, 2).reshape(kernels * rank, self.blocks * self.k) * self.scale
+        y = U.reshape(tokens * self.a, kernels * rank) @ A  # (T·a, blocks·k)
+        if self.blocks > 1:  # rows of block j: j·a·k + p·k + q
+            y = y.view(tokens, self.a, self.blocks, self.k).transpose(1, 2)
+        return y.reshape(tokens, -1)
 
     def adapted_forward(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        # ΔW is formed once per call: N·out·in multiply-adds, far below the token matmul,
-        # and backward then costs one weight-gradient product, like full fine-tuning.
+        # (1 + s1) ⊙ (W0 x' + ΔW x' + b0) + s2 as one GEMM accumulating onto ΔW x' and one
+        # fused multiply-add with the shift (1 + s1) ⊙ b0 + s2: the fewest passes over the
+        # tokens × out activations, which dominate the adapter's cost on CPU.
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
         if self.t1 is not None:
             x = x * (1 + self.t1)
         if self.t2 is not None:
             x = x + self.t2
-        y = F.linear(x, weight + self.delta_weight(), bias)
+        y = torch.addmm(self._delta_rows(x), x, weight.t())
+        shift = bias
         if self.s1 is not None:
-            y = y * (1 + self.s1)
+            gain = 1 + self.s1
+            shift = None if bias is None else gain * bias
         if self.s2 is not None:
-            y = y + self.s2
-        return y
+            shift = self.s2 if shift is None else shift + self.s2
+        if self.s1 is not None:
+            y = y * gain if shift is None else torch.addcmul(shift, y, gain)
+        elif shift is not None:
+            y = y + shift
+        return y.reshape(*lead, y.shape[-1])
 
     def fold(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # W* = diag(1 + s1)·(W0 + ΔW)·(1 + t1);  b* = (1 + s1) ⊙ (b0 + t2·(W0 + ΔW)·1) + s2
@@ -141,6 +229,10 @@ class KarstLayer(LayerAdapter):
 class Karst(AdapterMethod):
     name = "karst"
     config_type = KarstConfig
+
+    def validate(self, config: KarstConfig, targets: dict[str, nn.Linear]) -> None:
+        for path in targets:
+            config.rank_for(path)
 
     def layer_adapter(self, path, linear, config, shared):
         return KarstLayer(path, linear, config)

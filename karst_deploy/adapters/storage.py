@@ -36,6 +36,7 @@ from karst_deploy.models import (
     backbone_spec,
     check_model_kwargs,
     classifier_parameter_names,
+    norm_parameter_names,
 )
 
 FORMAT = "karst-deploy.adapter"
@@ -90,8 +91,10 @@ def save_adapters(
     if config is None:
         raise AdapterFileError("save_adapters() needs a model with adapters; this one has none.")
     spec = backbone_spec(model)
-    extra = classifier_parameter_names(model)
     named = dict(model.named_parameters())
+    # The head, plus LayerNorms when a recipe trains them (few-shot): stored whole.
+    extra = classifier_parameter_names(model)
+    extra += [n for n in norm_parameter_names(model) if named[n].requires_grad]
     tensors = dict(adapter_state_dict(model))
     tensors.update({name: named[name] for name in extra})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -375,12 +378,14 @@ def _validated_config(
             raise
         raise AdapterFileError(f"{file.config_path}: {exc}") from None
     named = dict(model.named_parameters())
-    expected_extra = set(classifier_parameter_names(model))
+    head = classifier_parameter_names(model)
+    expected_extra = set(head) | set(norm_parameter_names(model))
     for name in file.trainable_extra:
         if name not in named or name not in expected_extra:
             raise AdapterFileError(
                 f"{file.config_path}: 'trainable_extra' names {_shown(name)}, which is not a "
-                f"classifier parameter of {file.backbone.name} (expected {sorted(expected_extra)})."
+                f"classifier or LayerNorm parameter of {file.backbone.name} (expected "
+                f"{sorted(head)} and LayerNorm weights/biases)."
             )
     expected.update({name: named[name] for name in file.trainable_extra})
     _check_tensors(tensors, expected, file.weights_path)

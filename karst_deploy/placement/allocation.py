@@ -1,6 +1,15 @@
 """SPT budget allocation (METHODS.md, SPT steps 2–4).
 
-Given sensitivity scores for the candidate matrices and a budget of trainable entries:
+Two rules meet a budget. ``sweep`` (the default, the official ``engine.get_sensitivity``):
+τ, the number of globally most sensitive entries selected, runs over a grid τ_j = ⌈j·step⌉,
+j = 1..79 (the official step is 0.02 M entries for budgets of 0.05–1 M; here ``tau_step``
+defaults to budget/20, the same ratio at 0.4 M); at each τ every matrix is structured when its count
+reaches P_struct/σ and otherwise keeps its selected entries as a sparse delta; the τ whose
+total is closest to the budget is kept (ties: the larger τ, as the official ``<=``). The
+total may overshoot and is never refused; placement.json reports it beside the budget.
+
+``exact`` (an explicit option) meets the budget within `tolerance` by bisection and a
+top-up, as follows:
 
 1. For a score threshold t, every matrix m counts its entries with score ≥ t (the global
    top-τ). It becomes *structured* when that count reaches ``P_struct(m) / σ`` — ``P_struct``
@@ -43,6 +52,8 @@ from karst_deploy.adapters.spt import (
 from karst_deploy.errors import InputError
 
 BUDGET_UNITS = {"": 1, "k": 1_000, "m": 1_000_000}
+# The official sweep's grid: τ_j = ⌈j·step⌉ for j = 1..79 (step 0.02 M there).
+GRID_POINTS = 79
 
 
 def parse_budget(text: str | int) -> int:
@@ -108,6 +119,8 @@ def allocate(
     structured: AdapterConfig | None = None,
     sigma: float = 10.0,
     tolerance: float = 0.02,
+    rule: str = "sweep",
+    tau_step: int | None = None,
     scores_metadata: Mapping[str, Any] | None = None,
 ) -> SptConfig:
     """Decide structured / sparse / frozen for every scored matrix of `model` (module docstring).
@@ -157,6 +170,12 @@ def allocate(
         raise InputError(
             "Every sensitivity score is zero; the gradients never reached the weights."
         )
+    if rule == "sweep":
+        return _sweep(
+            flat, ascending, sizes, shapes, budget, structured, sigma, tau_step, scores_metadata
+        )
+    if rule != "exact":
+        raise InputError(f"--budget-rule is {rule!r}; expected 'sweep' (official) or 'exact'.")
     low, top = min(smallest_positive), max(float(v[-1]) for v in ascending.values())
     threshold = _lowest_threshold(spent, low, _float_bits(top), budget)
     above_top = _bits_float(_float_bits(top) + 1)  # a threshold no entry reaches
@@ -227,6 +246,56 @@ def allocate(
         score_threshold=threshold,
         top_up_threshold=top_up,
         scores=dict(scores_metadata or {}),
+        indices=indices,
+    )
+    return SptConfig(structured=structured, placement=placement)
+
+
+def _sweep(flat, ascending, sizes, shapes, budget, structured, sigma, tau_step, metadata):
+    """The official τ-grid sweep (module docstring): the closest total wins, never refused."""
+    paths = list(flat)
+    every = np.concatenate([flat[p] for p in paths])
+    offsets = np.cumsum([0] + [flat[p].size for p in paths])
+    # Global ranking, ties to the lower index (so each matrix keeps its `_top_entries`).
+    order = np.argsort(-every, kind="stable")
+    step = tau_step or max(1, round(budget / 20))
+    if not (isinstance(step, int) and step > 0):
+        raise InputError(f"tau_step is {tau_step!r}; expected a positive integer.")
+    counts = np.zeros(len(paths), dtype=np.int64)
+    best: tuple[int, int, np.ndarray] | None = None
+    done = 0
+    for j in range(1, GRID_POINTS + 1):
+        tau = min(every.size, math.ceil(j * step))
+        owners = np.searchsorted(offsets, order[done:tau], side="right") - 1
+        counts += np.bincount(owners, minlength=len(paths))
+        done = tau
+        total = sum(
+            sizes[p] if c > 0 and c >= sizes[p] / sigma else int(c)
+            for p, c in zip(paths, counts, strict=True)
+        )
+        if best is None or abs(total - budget) <= abs(best[1] - budget):
+            best = (tau, total, counts.copy())
+        if total - budget > abs(best[1] - budget):  # totals only grow with τ: none closer
+            break
+    tau, _, chosen = best
+    matrices, indices = [], {}
+    for path, count in zip(paths, (int(c) for c in chosen), strict=True):
+        if count > 0 and count >= sizes[path] / sigma:
+            matrices.append(MatrixPlacement(path, shapes[path], "structured", count, sizes[path]))
+            continue
+        matrices.append(
+            MatrixPlacement(path, shapes[path], "sparse" if count else "frozen", count, count)
+        )
+        if count:
+            indices[path] = _top_entries(flat[path], ascending[path], count)
+    placement = Placement(
+        structured=structured.method,
+        sigma=float(sigma),
+        budget=budget,
+        matrices=tuple(matrices),
+        score_threshold=float(every[order[tau - 1]]),
+        top_up_threshold=0.0,
+        scores=dict(metadata or {}),
         indices=indices,
     )
     return SptConfig(structured=structured, placement=placement)

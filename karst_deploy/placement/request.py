@@ -42,6 +42,7 @@ class SptRequest:
     scores: str | None = None
     batches: int = 16
     batch_size: int = 32
+    rule: str = "sweep"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budget", parse_budget(self.budget))
@@ -52,6 +53,8 @@ class SptRequest:
         sigma = self.sigma
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
             raise InputError(f"--sigma is {sigma!r}; expected a positive number (SPT uses 10).")
+        if self.rule not in ("sweep", "exact"):
+            raise InputError(f"--budget-rule is {self.rule!r}; expected 'sweep' or 'exact'.")
         if self.scores is not None and not os.path.isfile(self.scores):
             raise InputError(f"--scores '{self.scores}' does not exist (karst-deploy sensitivity).")
         for name, value in (("batches", self.batches), ("batch-size", self.batch_size)):
@@ -65,6 +68,7 @@ class SptRequest:
             "budget": self.budget,
             "structured": {"method": self.structured.method, **self.structured.to_hparams()},
             "sigma": self.sigma,
+            "budget_rule": self.rule,
             "scores": self.scores,
             **({} if self.scores else {"batches": self.batches, "batch_size": self.batch_size}),
         }
@@ -109,6 +113,7 @@ class SptRequest:
             self.budget,
             structured=self.structured,
             sigma=self.sigma,
+            rule=self.rule,
             scores_metadata={"file": self.scores, **sensitivity.metadata},
         )
 
@@ -121,6 +126,7 @@ def training_adapter(
     budget: str | None = None,
     sigma: float | None = None,
     scores: str | os.PathLike[str] | None = None,
+    budget_rule: str | None = None,
     **options: Any,
 ) -> AdapterConfig | SptRequest:
     """What `train` trains: `method` on every target (``uniform``) or an SPT request (``spt``).
@@ -132,7 +138,12 @@ def training_adapter(
     from karst_deploy.train.recipe import adapter_config_for
 
     if placement == "uniform":
-        spt_only = {"--budget": budget, "--structured": structured, "--sigma": sigma}
+        spt_only = {
+            "--budget": budget,
+            "--structured": structured,
+            "--sigma": sigma,
+            "--budget-rule": budget_rule,
+        }
         given = [flag for flag, value in spt_only.items() if value is not None]
         if scores is not None:
             given.append("--scores")
@@ -156,4 +167,5 @@ def training_adapter(
         adapter_config_for(structured, **options),
         10.0 if sigma is None else sigma,
         None if scores is None else os.fspath(scores),
+        rule=budget_rule or "sweep",
     )

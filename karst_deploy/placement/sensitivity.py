@@ -8,14 +8,18 @@ embeddings are never candidates). The score of a weight entry is its ``S``.
 The classifier head is part of the forward pass. Fine-tuning starts from a fresh head for the
 target classes, so the gradients reaching the backbone pass through a random head — exactly
 what SPT does (the reference code computes sensitivity before any training);
-`sensitivity_for_backbone` therefore always resets the head, seeded like the image order.
-Batches are the first ``K × B`` images of a seeded permutation of the training split, so a
-class-sorted image folder still gives mixed batches and the scores are repeatable.
+`sensitivity_for_backbone` therefore always resets the head, seeded by ``seed``.
+Batches are the first ``K × B`` images of the training split in order, with drop-path active
+at the training recipe's rate (0.1), as the official ``engine.get_sensitivity``; drop-path
+draws are seeded by ``seed``, so the scores are repeatable. ``shuffle_seed`` takes the first
+``K × B`` images of a seeded permutation instead (for a class-sorted folder whose first
+images are all one class).
 
 Scores file: safetensors, one float32 tensor per candidate weight under its parameter name
 (``blocks.0.attn.qkv.weight``), with metadata ``format`` = ``karst-deploy.sensitivity``,
 ``version``, ``backbone`` (name, num_classes, img_size, checkpoint_sha256, model_kwargs; JSON),
-``data``, ``batches``, ``batch_size``, ``images``, ``seed`` and ``created_by``.
+``data``, ``batches``, ``batch_size``, ``images``, ``seed``, ``shuffle_seed``, ``drop_path`` and
+``created_by``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ def compute_sensitivity(
     batches: int = 16,
     batch_size: int = 32,
     seed: int = 0,
+    shuffle_seed: int | None = None,
+    drop_path: float = 0.1,
     targets: tuple[str, ...] = DEFAULT_TARGETS,
     progress: bool = False,
 ) -> Sensitivity:
@@ -79,6 +85,7 @@ def compute_sensitivity(
     The model's training mode and ``requires_grad`` flags are restored afterwards.
     """
     from karst_deploy.report import progress_bar
+    from karst_deploy.train.loop import training_drop_path
 
     if adapter_config(model) is not None:
         raise InputError(
@@ -97,7 +104,12 @@ def compute_sensitivity(
         )
     weights = candidate_weights(model, targets)
     device = next(iter(weights.values())).device
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    if not 0.0 <= drop_path < 1.0:
+        raise InputError(f"--drop-path is {drop_path!r}; expected 0 <= rate < 1.")
+    if shuffle_seed is None:
+        order = torch.arange(len(data))
+    else:
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(shuffle_seed))
     chunks = order[: batches * batch_size].split(batch_size)
     scores = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
     was_training = model.training
@@ -108,7 +120,8 @@ def compute_sensitivity(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         with (
-            torch.random.fork_rng(devices=[]),  # dropout/drop-path, if any, repeatable
+            torch.random.fork_rng(devices=[]),  # drop-path draws repeatable
+            training_drop_path(model, drop_path),
             progress_bar("sensitivity", len(chunks), enabled=progress) as advance,
         ):
             torch.manual_seed(seed)
@@ -140,6 +153,8 @@ def compute_sensitivity(
         "batch_size": batch_size,
         "images": sum(len(c) for c in chunks),
         "seed": seed,
+        "shuffle_seed": shuffle_seed,
+        "drop_path": drop_path,
         "seconds": round(time.perf_counter() - start, 3),
     }
     return Sensitivity({k: v.cpu() for k, v in scores.items()}, metadata)
@@ -249,6 +264,7 @@ def sensitivity_for_backbone(
     batches: int = 16,
     batch_size: int = 32,
     seed: int = 0,
+    shuffle_seed: int | None = None,
     force: bool = False,
     progress: bool = False,
     plot: str | os.PathLike[str] | None = None,
@@ -275,7 +291,13 @@ def sensitivity_for_backbone(
     spec = backbone_spec(model)
     images = images.preprocessed_as(spec.img_size, spec.mean, spec.std)
     result = compute_sensitivity(
-        model, images, batches=batches, batch_size=batch_size, seed=seed, progress=progress
+        model,
+        images,
+        batches=batches,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle_seed=shuffle_seed,
+        progress=progress,
     )
     save_scores(result, out, force=force)
     if plot is not None:

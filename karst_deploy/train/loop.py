@@ -28,7 +28,12 @@ from karst_deploy.adapters import add_adapters, count_trainable, save_adapters
 from karst_deploy.data import LabelledImages, open_training_splits
 from karst_deploy.errors import InputError, KarstDeployError
 from karst_deploy.files import atomic_directory, refuse_existing, write_json
-from karst_deploy.models import backbone_spec, classifier_parameter_names, create_model
+from karst_deploy.models import (
+    backbone_spec,
+    classifier_parameter_names,
+    create_model,
+    norm_parameter_names,
+)
 from karst_deploy.placement.request import SptRequest
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler, distributed_session
 from karst_deploy.train.recipe import TrainConfig
@@ -146,7 +151,12 @@ def build_model(
     adapter = config.adapter
     if isinstance(adapter, SptRequest):
         adapter = adapter.resolve(model, train)
-    return add_adapters(model, adapter)
+    model = add_adapters(model, adapter)
+    if config.train_norms:  # few-shot recipe: LayerNorms trained whole (stored in the adapter)
+        named = dict(model.named_parameters())
+        for name in norm_parameter_names(model):
+            named[name].requires_grad_(True)
+    return model
 
 
 @torch.no_grad()
@@ -265,6 +275,9 @@ def _run(
     optimizer = make_optimizer(trainable.values(), config.lr, config.resolved_weight_decay)
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * config.epochs
+    # The cosine reaches min_lr after epochs − cooldown_epochs and stays there (the official
+    # loop: 100 cosine epochs, then 10 more at the minimum lr).
+    cosine_steps = steps_per_epoch * (config.epochs - config.cooldown_epochs)
     warmup_steps = steps_per_epoch * config.warmup_epochs
     eval_batch = max(1, config.batch_size // place.world_size)
 
@@ -285,7 +298,7 @@ def _run(
             for images, labels in loader:
                 lr = learning_rate(
                     step,
-                    total_steps,
+                    cosine_steps,
                     warmup_steps,
                     config.lr,
                     config.resolved_warmup_lr,

@@ -2,7 +2,9 @@
 
 Defaults are the reference VTAB script's: AdamW with weight decay lr/10, batch 32, lr 1e-3,
 cosine schedule over 100 epochs of which 10 are a linear warm-up starting at lr/100,
-minimum lr lr/10, drop-path 0.1, head trained with the adapters.
+minimum lr lr/10, drop-path 0.1, head trained with the adapters. `RECIPES` are the named
+presets of the official scripts (`--recipe`); `vtab` adds the 10 epochs at the minimum lr
+the script runs after the cosine (110 in all).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ METHOD_CONFIGS: dict[str, type[AdapterConfig]] = {
 }
 # Which command-line method options each method takes (the rest are refused, not ignored).
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "karst": ("factor", "rank", "kernels", "alpha", "rescale", "targets"),
+    "karst": ("factor", "rank", "kernels", "alpha", "rescale", "stage_ranks", "targets"),
     "lora": ("rank", "alpha", "targets"),
     "kadaptation": ("kernels", "scale", "targets"),
     "linear": (),
@@ -54,7 +56,57 @@ def adapter_config_for(method: str, **options: Any) -> AdapterConfig:
             raise InputError(f"--{key} does not apply to --method {method}; it takes {takes}.")
     if isinstance(given.get("targets"), str):
         given["targets"] = tuple(t.strip() for t in given["targets"].split(",") if t.strip())
+    if isinstance(given.get("stage_ranks"), str):
+        try:
+            given["stage_ranks"] = tuple(int(r) for r in given["stage_ranks"].split(","))
+        except ValueError:
+            raise InputError(
+                f"--stage-ranks is {given['stage_ranks']!r}; expected ranks per stage such as "
+                "2,2,4,8."
+            ) from None
     return METHOD_CONFIGS[method](**given)
+
+
+# Named presets of the official scripts (METHODS.md, KARST recipes): training settings and
+# KARST options. Each is recorded in train_log.json with what it set.
+_SCHEDULE = {"epochs": 110, "warmup_epochs": 10, "cooldown_epochs": 10}
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "vtab": {"train": dict(_SCHEDULE), "karst": {}},
+    "few-shot": {"train": {**_SCHEDULE, "train_norms": True}, "karst": {"kernels": 2}},
+    "swin": {"train": dict(_SCHEDULE), "karst": {"kernels": 2, "stage_ranks": "2,2,4,8"}},
+}
+
+
+def apply_recipe(
+    name: str, method: str, method_options: dict[str, Any], train_options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Fill the options left unset (None) from the preset `name`.
+
+    Returns the method options, the training options and what the preset set (options
+    given explicitly win and are not listed; an explicit ``epochs`` takes the preset's
+    schedule with it, so the cool-down is then 0 unless given). A preset with KARST
+    settings applies to the karst method (and SPT's karst modules) only.
+    """
+    if name not in RECIPES:
+        raise InputError(f"--recipe is {name!r}; expected one of {sorted(RECIPES)}.")
+    preset = RECIPES[name]
+    if preset["karst"] and method != "karst":
+        raise InputError(
+            f"--recipe {name} sets KARST options ({', '.join(preset['karst'])}); it applies to "
+            f"--method karst (or --placement spt --structured karst), not {method}."
+        )
+    method_options, train_options = dict(method_options), dict(train_options)
+    train_preset = dict(preset["train"])
+    if train_options.get("epochs") is not None:
+        # An explicit --epochs replaces the preset's schedule: no cool-down unless asked for.
+        train_preset["cooldown_epochs"] = 0
+    applied: dict[str, Any] = {}
+    for options, values in ((train_options, train_preset), (method_options, preset["karst"])):
+        for key, value in values.items():
+            if options.get(key) is None:
+                options[key] = value
+                applied[key] = value
+    return method_options, train_options, applied
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +130,12 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float | None = None
     warmup_epochs: int = 10
+    cooldown_epochs: int = 0
     warmup_lr: float | None = None
     min_lr: float | None = None
     drop_path: float = 0.1
+    train_norms: bool = False
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -92,10 +147,16 @@ class TrainConfig:
         for name, value in positive_ints.items():
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"--{_flag(name)} is {value!r}; expected a positive integer.")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if not 0 <= self.cooldown_epochs < self.epochs:
+            raise InputError(
+                f"cooldown epochs are {self.cooldown_epochs}; expected 0 <= cool-down < --epochs "
+                f"({self.epochs})."
+            )
+        if not 0 <= self.warmup_epochs < self.epochs - self.cooldown_epochs:
             raise InputError(
                 f"--warmup-epochs is {self.warmup_epochs}; expected 0 <= warm-up < --epochs "
-                f"({self.epochs}) so that the cosine phase has at least one epoch."
+                f"({self.epochs}) minus the {self.cooldown_epochs} epochs at the minimum lr, so "
+                "that the cosine phase has at least one epoch."
             )
         for name in ("lr", "weight_decay", "warmup_lr", "min_lr"):
             value = getattr(self, name)

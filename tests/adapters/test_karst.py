@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import karst_deploy as kd
-from karst_deploy.adapters import factorization
+from karst_deploy.adapters import AdaptedLinear, factorization
 from tests.cases import adapted
 
 
@@ -28,24 +28,112 @@ def test_factorization_follows_lycoris(dimension, factor, expected):
     assert factorization(dimension, factor) == expected
 
 
-def test_delta_weight_is_the_sum_of_kronecker_products(tiny_case):
+def test_split_qkv_delta_is_one_kronecker_product_per_q_k_v_block(tiny_case):
+    """Official layout: C_i and B_i shared by q, k and v, one A_i per block (METHODS.md)."""
     model = adapted(tiny_case, "karst-channel").double()
     layer = model.blocks[0].attn.qkv.karst
-    expected = sum(
-        torch.kron(layer.C[i], layer.A[i] @ layer.B[i]) for i in range(layer.C.shape[0])
-    ) * (1.0 / 8)
-    assert torch.allclose(layer.delta_weight(), expected, rtol=0, atol=1e-12)
+    assert layer.A.shape == (8, 3, 24, 8) and layer.C.shape == (8, 8, 8)
+    blocks = [
+        sum(torch.kron(layer.C[i], layer.A[i, j] @ layer.B[i]) for i in range(8)) / 8
+        for j in range(3)
+    ]
+    expected = torch.cat(blocks)
     assert layer.delta_weight().shape == (576, 192)
+    assert torch.allclose(layer.delta_weight(), expected, rtol=0, atol=1e-12)
+    # proj/fc1/fc2 are single products in both layouts
+    fc1 = model.blocks[0].mlp.fc1.karst
+    expected = sum(torch.kron(fc1.C[i], fc1.A[i] @ fc1.B[i]) for i in range(8)) / 8
+    assert torch.allclose(fc1.delta_weight(), expected, rtol=0, atol=1e-12)
+
+
+def test_fused_qkv_delta_is_one_product_over_the_fused_rows(tiny_case):
+    model = adapted(tiny_case, "karst-fused").double()
+    layer = model.blocks[0].attn.qkv.karst
+    expected = sum(torch.kron(layer.C[i], layer.A[i] @ layer.B[i]) for i in range(8)) / 8
+    assert layer.A.shape == (8, 72, 8)
+    assert torch.allclose(layer.delta_weight(), expected, rtol=0, atol=1e-12)
+    split = adapted(tiny_case, "karst-channel").double().blocks[0].attn.qkv.karst
+    assert split.delta_weight().shape == layer.delta_weight().shape
+
+
+@pytest.mark.parametrize("method", ["karst-channel", "karst-scalar", "karst-fused"])
+def test_factored_forward_equals_the_dense_formula(method):
+    from tests.cases import BACKBONE_CASES
+
+    for case in BACKBONE_CASES:
+        model = adapted(case, method).double()
+        for path, module in model.named_modules():
+            if isinstance(module, AdaptedLinear):
+                x = torch.randn(2, 5, module.in_features, dtype=torch.float64)
+                dense = torch.nn.functional.linear(x, module.weight + module.karst.delta_weight())
+                factored = torch.nn.functional.linear(x, module.weight) + module.karst.delta(x)
+                assert (factored - dense).abs().max() <= 1e-10, (case.id, path)
+
+
+@pytest.mark.parametrize("method", ["karst-channel", "karst-fused"])
+def test_training_forms_no_dense_weight_gradient(method, tiny_case):
+    """No op of the adapted forward or its backward computes an out×in tensor (views of the
+    frozen weight aside): no dense ΔW and no dense weight gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            for tensor in out if isinstance(out, (tuple, list)) else (out,):
+                if (
+                    isinstance(tensor, torch.Tensor)
+                    and tensor.untyped_storage().data_ptr() not in inputs
+                ):
+                    self.seen.add(tuple(tensor.shape))
+            return out
+
+    qkv = adapted(tiny_case, method).blocks[0].attn.qkv
+    x = torch.randn(4, 7, qkv.in_features, requires_grad=True)
+    with Shapes() as shapes:
+        qkv(x).square().sum().backward()
+    assert shapes.seen
+    dense = (qkv.out_features, qkv.in_features)
+    assert dense not in shapes.seen and dense[::-1] not in shapes.seen
+    assert qkv.karst.A.grad is not None and qkv.weight.grad is None
+    with Shapes() as shapes:  # the check can fail: the dense formula does form one
+        qkv.karst.delta_weight()
+    assert dense in shapes.seen
+
+
+def test_init_is_kaiming_uniform_with_fan_in_k():
+    """A stored as (r, k) in the official code, so its bound is 1/√k; C's is 1/√b; B = 0."""
+    from tests.cases import BACKBONE_CASES
+
+    case = next(c for c in BACKBONE_CASES if c.id == "deit-768")
+    torch.manual_seed(3)
+    model = kd.add_adapters(case.build(), kd.KarstConfig())
+    for module in (model.blocks[0].attn.qkv, model.blocks[0].mlp.fc1, model.blocks[0].mlp.fc2):
+        layer = module.karst
+        for tensor, fan_in in ((layer.A, layer.k), (layer.C, layer.b)):
+            bound = 1 / fan_in**0.5
+            assert float(tensor.detach().abs().max()) <= bound
+            # uniform on [-bound, bound]: std bound/√3 (within sampling error)
+            assert abs(float(tensor.detach().std()) / (bound / 3**0.5) - 1) < 0.05
+        assert float(layer.A.detach().abs().max()) < 1 / layer.B.shape[1] ** 0.5  # not fan-in r
+        assert not layer.B.any()
 
 
 def test_unfactorable_width_falls_back():
     from tests.cases import BACKBONE_CASES
 
     case = next(c for c in BACKBONE_CASES if c.id == "vit-100-unfactorable")
-    model = kd.add_adapters(case.build(), kd.KarstConfig())
+    model = kd.add_adapters(case.build(), kd.KarstConfig(qkv_layout="fused"))
     qkv = model.blocks[0].attn.qkv.karst  # 100 -> 300
     assert (qkv.a, qkv.k, qkv.b, qkv.n) == (6, 50, 5, 20)
     assert qkv.C.shape == (8, 6, 5) and qkv.A.shape == (8, 50, 8) and qkv.B.shape == (8, 8, 20)
+    split = kd.add_adapters(case.build(), kd.KarstConfig()).blocks[0].attn.qkv.karst
+    assert (split.a, split.k, split.b, split.n) == (5, 20, 5, 20)
+    assert split.A.shape == (8, 3, 20, 8)
 
 
 def test_scalar_rescale_sits_at_three_points_per_block(tiny_case):
@@ -68,10 +156,11 @@ def test_no_shift_where_there_is_no_bias():
     assert merged.blocks[0].attn.qkv.bias is None
 
 
+@pytest.mark.parametrize("layout", ["split", "fused"])
 @pytest.mark.parametrize(("rescale", "expected"), [("scalar", 1_204_296), ("channel", 1_370_112)])
-def test_vit_base_parameter_counts_match_methods_md(rescale, expected):
+def test_vit_base_parameter_counts_match_methods_md(rescale, expected, layout):
     model = kd.add_adapters(
-        kd.create_model("vit_base_patch16_224"), kd.KarstConfig(rescale=rescale)
+        kd.create_model("vit_base_patch16_224"), kd.KarstConfig(rescale=rescale, qkv_layout=layout)
     )
     assert kd.count_trainable(model) == expected
     assert kd.count_trainable(model, include_head=True) == expected + 768 * 1000 + 1000
@@ -85,6 +174,7 @@ def test_vit_base_parameter_counts_match_methods_md(rescale, expected):
         (dict(alpha=float("nan")), "alpha"),
         (dict(targets=()), "targets"),
         (dict(kernels=True), "kernels"),
+        (dict(qkv_layout="interleaved"), "qkv_layout"),
     ],
 )
 def test_bad_config_values_are_named(kwargs, key):

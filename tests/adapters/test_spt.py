@@ -110,6 +110,8 @@ def test_spt_directory_layout(tiny_case, tmp_path):
         "kernels": 8,
         "alpha": 1.0,
         "rescale": "channel",
+        "qkv_layout": "split",
+        "stage_ranks": [],
     }
     placement = json.loads((tmp_path / "a" / "placement.json").read_text())
     assert placement["format"] == "karst-deploy.placement" and placement["sigma"] == 10.0

@@ -46,7 +46,8 @@ def test_file_layout_follows_methods_md(tiny_case, tmp_path):
     assert document["trainable_extra"] == ["head.weight", "head.bias"]
     tensors = load_file(tmp_path / "a" / "adapter.safetensors")
     assert tensors["blocks.0.attn.qkv.karst.C"].shape == (8, 8, 8)
-    assert tensors["blocks.0.attn.qkv.karst.A"].shape == (8, 72, 8)
+    assert document["qkv_layout"] == "split"
+    assert tensors["blocks.0.attn.qkv.karst.A"].shape == (8, 3, 24, 8)
     assert tensors["blocks.0.attn.qkv.karst.B"].shape == (8, 8, 24)
     assert tensors["blocks.0.attn.proj.karst.t1"].shape == (1,)
     assert "head.weight" in tensors

@@ -36,7 +36,7 @@ def test_the_sigma_threshold_decides_structured_or_sparse(structured, short, tin
     warm = torch.tensor([5, 77, 500, 1_000, 36_863])  # 192×192 proj: the last entry is valid
     scores[f"{proj}.weight"].view(-1)[warm] = 2.0 + torch.rand(5)
     budget = (size if not short else reach - short) + len(warm)
-    config = allocate(model, scores, budget, structured=STRUCTURED[structured])
+    config = allocate(model, scores, budget, structured=STRUCTURED[structured], rule="exact")
     placement = {m.name: m for m in config.placement.matrices}
 
     if short:
@@ -64,7 +64,7 @@ def test_budgets_are_met_within_two_percent(structured, budget, tiny_case):
         name: (torch.randn(w.shape, generator=generator) * 2).exp() * 10.0**-i
         for i, (name, w) in enumerate(candidate_weights(model).items())
     }
-    config = allocate(model, scores, budget, structured=STRUCTURED[structured])
+    config = allocate(model, scores, budget, structured=STRUCTURED[structured], rule="exact")
     totals = config.placement.totals()
     assert abs(totals["parameters"] - budget) <= 0.02 * budget
     assert totals["parameters"] == (totals["structured_parameters"] + totals["sparse_parameters"])
@@ -76,6 +76,62 @@ def test_budgets_are_met_within_two_percent(structured, budget, tiny_case):
         assert (matrix.selected < size / 10) == sparse
 
 
+def official_sweep(scores, sizes, budget, step, sigma=10.0):
+    """Independent transcription of the official rule (SPT engine.get_sensitivity): top-τ
+    masks for τ = ⌈j·step⌉, σ decision per matrix, the closest total kept (ties: later τ)."""
+    names = list(scores)
+    every = torch.cat([scores[n].flatten() for n in names])
+    best = None
+    for j in range(1, 80):
+        tau = min(every.numel(), math.ceil(j * step))
+        mask = torch.zeros(every.numel(), dtype=torch.bool)
+        mask[every.topk(tau).indices] = True
+        masks = dict(zip(names, mask.split([scores[n].numel() for n in names]), strict=True))
+        structured = {n for n in names if masks[n].sum() >= sizes[n] / sigma}
+        total = sum(sizes[n] if n in structured else int(masks[n].sum()) for n in names)
+        if best is None or abs(total - budget) <= abs(best[0] - budget):
+            best = (total, structured, masks)
+    return best
+
+
+@pytest.mark.parametrize("structured", list(STRUCTURED))
+@pytest.mark.parametrize("budget", [300, 4_000, 24_000, 60_000])
+def test_the_default_sweep_equals_the_official_rule(structured, budget, tiny_case):
+    model = tiny_case.build()
+    generator = torch.Generator().manual_seed(1)
+    scores = {
+        name: (torch.randn(w.shape, generator=generator) * 2).exp() * 10.0**-i
+        for i, (name, w) in enumerate(candidate_weights(model).items())
+    }
+    sizes = {
+        n: structured_size(n[:-7], model.get_submodule(n[:-7]), STRUCTURED[structured])
+        for n in scores
+    }
+    step = max(1, round(budget / 20))
+    total, expected_structured, masks = official_sweep(scores, sizes, budget, step)
+    config = allocate(model, scores, budget, structured=STRUCTURED[structured])
+    placement = config.placement
+    assert placement.parameters == total  # reported beside the budget, never refused
+    assert placement.totals()["deviation"] == round((total - budget) / budget, 6)
+    for matrix in placement.matrices:
+        name = f"{matrix.name}.weight"
+        assert (matrix.decision == "structured") == (name in expected_structured)
+        assert matrix.selected == int(masks[name].sum())
+        if matrix.decision == "sparse":
+            expected = torch.nonzero(masks[name]).flatten()
+            assert torch.equal(placement.indices[matrix.name], expected)
+    assert count_trainable(kd.add_adapters(model, config)) == total
+
+
+def test_the_sweep_never_refuses_a_budget(tiny_case):
+    model = tiny_case.build()
+    generator = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(w.shape, generator=generator) for n, w in _zero_scores(model).items()}
+    config = allocate(model, scores, "10M")  # beyond every matrix structured: all structured
+    assert {m.decision for m in config.placement.matrices} == {"structured"}
+    assert config.placement.totals()["deviation"] < 0
+
+
 def test_an_unreachable_budget_is_refused_with_the_reachable_totals(tiny_case):
     model = tiny_case.build()
     generator = torch.Generator().manual_seed(0)
@@ -85,11 +141,11 @@ def test_an_unreachable_budget_is_refused_with_the_reachable_totals(tiny_case):
     )
     # Beyond every matrix structured: the most SPT can spend is named.
     with pytest.raises(InputError, match=rf"--budget 10,000,000 .* spend {every:,}\."):
-        allocate(model, scores, "10M")
+        allocate(model, scores, "10M", rule="exact")
     # Between what the sparse matrices can hold and the next structured module's cost: the
     # closest totals under and over are named.
     with pytest.raises(InputError, match=r"spend 21,448 or 26,880\. Choose a budget in reach"):
-        allocate(model, scores, 24_000)
+        allocate(model, scores, 24_000, rule="exact")
 
 
 @pytest.mark.parametrize(

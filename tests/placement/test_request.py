@@ -80,6 +80,7 @@ def test_training_with_spt_writes_a_placement_that_loads_and_merges(tmp_path):
         "lora",
         budget="650",
         scores=tmp_path / "scores.safetensors",
+        budget_rule="exact",  # within 2 % (the default official sweep may overshoot)
         rank=4,
         targets="qkv,fc1",
     )

@@ -29,12 +29,14 @@ def digits():
 @pytest.fixture(scope="module")
 def sensitivity(digits):
     model = BACKBONE_CASES[0].build()
-    return compute_sensitivity(model, digits, batches=2, batch_size=8, seed=3)
+    return compute_sensitivity(
+        model, digits, batches=2, batch_size=8, shuffle_seed=3, drop_path=0.0
+    )
 
 
 def test_sensitivity_equals_an_independent_computation(sensitivity, digits, tiny_case):
     """Σ over batches of (∂ mean-CE / ∂W)², recomputed with torch.func on the documented batches
-    (the first K·B images of the seeded permutation), in float64."""
+    (the first K·B images of the --shuffle-seed permutation), in float64."""
     model = copy.deepcopy(tiny_case.build()).double().train()
     params = {name: p.detach() for name, p in model.named_parameters()}
     order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(3))[:16]
@@ -60,6 +62,24 @@ def test_sensitivity_equals_an_independent_computation(sensitivity, digits, tiny
         atol = 1e-5 * expected[name].max().item()
         torch.testing.assert_close(score.double(), expected[name], rtol=1e-3, atol=atol)
     assert sensitivity.metadata["images"] == 16 and sensitivity.metadata["batches"] == 2
+
+
+def test_default_batches_are_the_first_images_in_order_with_drop_path_active(digits, tiny_case):
+    """Official rule: the first K·B training images, drop-path on as in training."""
+    images = torch.stack([digits[i][0] for i in range(16)])
+    labels = torch.tensor([digits[i][1] for i in range(16)])
+    first = torch.utils.data.TensorDataset(images, labels)
+    in_order = compute_sensitivity(tiny_case.build(), digits, batches=2, batch_size=8, drop_path=0)
+    expected = compute_sensitivity(tiny_case.build(), first, batches=2, batch_size=8, drop_path=0)
+    for name, score in in_order.scores.items():
+        assert torch.equal(score, expected.scores[name])
+    assert in_order.metadata["shuffle_seed"] is None and in_order.metadata["drop_path"] == 0
+    dropped = compute_sensitivity(tiny_case.build(), digits, batches=2, batch_size=8, seed=1)
+    again = compute_sensitivity(tiny_case.build(), digits, batches=2, batch_size=8, seed=1)
+    assert dropped.metadata["drop_path"] == 0.1
+    name = "blocks.1.mlp.fc2.weight"
+    assert torch.equal(dropped.scores[name], again.scores[name])  # seeded draws
+    assert not torch.equal(dropped.scores[name], in_order.scores[name])  # drop-path is active
 
 
 def test_sensitivity_leaves_the_model_as_it_was(digits, tiny_case):
