@@ -113,15 +113,30 @@ def obj(value: Any) -> str | None:
     return None
 
 
-def scalars(value: Any) -> str | None:
-    """An object of JSON scalars (what timm keyword arguments may be), no nesting."""
-    if obj(value) is not None or not all(
+def _scalar(item: Any) -> bool:
+    return (
         item is None
         or isinstance(item, (bool, int, float))
         or (isinstance(item, str) and len(item) <= 200)
+    )
+
+
+def scalars(value: Any) -> str | None:
+    """An object of JSON scalars or short lists of numbers (what timm keyword arguments may
+    be: Swin's ``depths``), no deeper nesting; `models.check_model_kwargs` checks the keys."""
+    if obj(value) is not None or not all(
+        _scalar(item)
+        or (
+            isinstance(item, list)
+            and len(item) <= 16
+            and all(isinstance(x, (bool, int, float)) for x in item)
+        )
         for item in value.values()
     ):
-        return "a JSON object of scalars (numbers, strings, true/false, null)"
+        return (
+            "a JSON object of scalars (numbers, strings, true/false, null) or short lists "
+            "of numbers"
+        )
     return None
 
 

@@ -879,12 +879,26 @@ def test_provenance_model_kwargs_pass_the_allow_list(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    record = {
+    record = {  # a complete export record, so the allow-list is what refuses it
+        "version": kd.__version__,
         "backbone": CASE.name,
         "num_classes": 3,
         "img_size": 32,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
         "model_kwargs": {"patch_size": 8, "depth": 1, "checkpoint_path": "/tmp/evil.pth"},
+        "pretrained": False,
+        "method": None,
+        "adapter_config": None,
+        "adapter_sha256": None,
+        "checkpoint_sha256": None,
         "kind": "base",
+        "precision": "fp32",
+        "opset": 18,
+        "exporter": "torch.onnx dynamo",
+        "batch": "dynamic",
+        "torch": "2",
+        "timm": "1",
     }
     onnx_path = tmp_path / "base.onnx"
     onnx.save(write_provenance(helper.make_model(graph), record), onnx_path)
