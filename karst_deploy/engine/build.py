@@ -24,7 +24,7 @@ from typing import Any
 from karst_deploy.engine.layers import PrecisionReport, check_precision, parse_layers
 from karst_deploy.engine.onnx_graph import OnnxSummary, summarize_onnx
 from karst_deploy.engine.options import HARDWARE_COMPAT, BuildOptions, BuildRequest, resolve_request
-from karst_deploy.engine.sidecar import RuntimeEnvironment, make_sidecar, sidecar_path
+from karst_deploy.engine.sidecar import RuntimeEnvironment, is_jetson, make_sidecar, sidecar_path
 from karst_deploy.engine.trtexec import DLA_ON_11
 from karst_deploy.errors import InputError, KarstDeployError, VerificationError
 from karst_deploy.files import atomic_output, refuse_existing, write_json
@@ -210,6 +210,22 @@ def build_in_memory(
     return _build(summary, resolve_request(summary, options), options, progress)
 
 
+def refuse_unsupported_target(options: BuildOptions, environment: RuntimeEnvironment) -> None:
+    """Refuse, before a long build, options this GPU cannot honour.
+
+    Hardware compatibility exists only for Ampere-or-newer discrete GPUs, not on JetPack
+    (TensorRT developer guide, "Hardware Compatibility"): an ``ampere+`` build on a Jetson
+    would produce an engine no GPU it is meant for can run.
+    """
+    if options.hardware_compat != "none" and is_jetson(environment):
+        raise InputError(
+            f"--hardware-compat {options.hardware_compat}: this GPU '{environment.gpu_name}' "
+            f"({environment.compute_capability}) is a Jetson, and TensorRT supports hardware-"
+            "compatible engines only on Ampere-or-newer discrete GPUs. Build without "
+            "--hardware-compat (each Jetson builds its own engine)."
+        )
+
+
 def _build(
     summary: OnnxSummary, request: BuildRequest, options: BuildOptions, progress: bool
 ) -> BuiltEngine:
@@ -217,6 +233,7 @@ def _build(
 
     trt = import_tensorrt()
     environment = runtime_environment(trt)
+    refuse_unsupported_target(options, environment)
     logger = make_logger(trt)
     started = time.perf_counter()
     with _status(progress, f"Parsing {summary.path.name} with TensorRT {trt.__version__}"):

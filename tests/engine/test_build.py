@@ -139,3 +139,27 @@ def test_fp16_builder_flag_is_a_tensorrt_10_path(tmp_path):
             onnx_file, tmp_path / "m.engine", BuildOptions(fp16=True), progress=False
         )
         assert result["precision"]["requested"] == "fp16" and result["builder"]["fp16_flag"]
+
+
+@pytest.mark.parametrize(
+    ("gpu", "capability", "refused"),
+    [
+        ("Orin", "8.7", True),
+        ("NVIDIA Jetson AGX Thor", "11.0", True),
+        ("NVIDIA A100", "8.0", False),
+    ],
+)
+def test_hardware_compat_is_refused_before_a_build_on_a_jetson(gpu, capability, refused):
+    from karst_deploy.engine.build import refuse_unsupported_target
+    from karst_deploy.engine.sidecar import RuntimeEnvironment
+
+    here = RuntimeEnvironment(
+        tensorrt_version="10.3.0", gpu_name=gpu, compute_capability=capability
+    )
+    refuse_unsupported_target(BuildOptions(), here)  # the default is always buildable
+    options = BuildOptions(hardware_compat="ampere+")
+    if refused:
+        with pytest.raises(InputError, match=r"--hardware-compat ampere\+.*is a Jetson"):
+            refuse_unsupported_target(options, here)
+    else:
+        refuse_unsupported_target(options, here)
