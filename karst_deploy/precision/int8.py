@@ -34,8 +34,9 @@ and is finite with ``lowest <= highest``; otherwise it is recomputed and the res
 file and why (``"cache": "recomputed: ..."``).
 
 Gate: the converted graph is run beside the fp32 source on up to `CHECK_SAMPLES` of the
-calibration images, and a top-1 agreement below the int8 tolerance of `parity.TOLERANCES`
-fails the conversion (exit 1) before anything is written.
+calibration images, and a top-1 agreement shown to be below the int8 tolerance of
+`parity.TOLERANCES` (95 % upper bound below it, `base.agreement_upper_bound`) fails the
+conversion (exit 1) before anything is written.
 """
 
 from __future__ import annotations

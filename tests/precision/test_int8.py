@@ -9,7 +9,7 @@ from onnx import TensorProto, numpy_helper
 
 from karst_deploy.errors import InputError, VerificationError
 from karst_deploy.files import sha256_file
-from karst_deploy.parity import verify_parity
+from karst_deploy.parity import TOLERANCES, verify_parity
 from karst_deploy.precision import CalibrationSet, convert_precision, load_calibration
 from karst_deploy.precision.calibration import cache_dir
 from karst_deploy.precision.graph import qdq_violations
@@ -246,3 +246,17 @@ def test_without_provenance_only_preprocessed_data_can_calibrate(digits_model, t
     np.savez(npz, images=digits_model.test_images[:16])
     result = convert_precision(bare, tmp_path / "x.onnx", "int8", calib=npz)
     assert read_provenance(result.path)["calibration"]["samples"] == 16
+
+
+@pytest.mark.parametrize(
+    ("agreeing", "samples", "shown_below_97"),
+    [(31, 32, False), (30, 32, False), (29, 32, True), (123, 128, False), (120, 128, True)],
+)
+def test_the_conversion_gate_fails_only_when_agreement_is_shown_below_97(
+    agreeing, samples, shown_below_97
+):
+    from karst_deploy.precision.base import agreement_upper_bound
+
+    upper = agreement_upper_bound(agreeing / samples, samples)
+    assert agreeing / samples <= upper <= 1.0
+    assert (upper < TOLERANCES["int8"].min_top1_agreement) is shown_below_97
