@@ -632,15 +632,9 @@ class PeftDirectory:
         return {name: sha256_file(self.directory / name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
 
     def read_tensors(self) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        from karst_deploy.adapters.storage import read_safetensors
 
-        try:
-            return load_file(str(self.weights_path), device="cpu")
-        except Exception as exc:  # safetensors reports corrupt headers/offsets many ways
-            raise AdapterFileError(
-                f"{self.weights_path} is not a readable safetensors file (truncated or "
-                f"corrupt?): {type(exc).__name__}: {exc}"
-            ) from None
+        return read_safetensors(self.weights_path)
 
     def head_classes(self, model: nn.Module) -> int | None:
         """The classifier size stored in the directory (``modules_to_save``), if it holds one."""

@@ -115,6 +115,19 @@ def save_adapters(
     return Path(directory)
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter weights file (never a pickle), or AdapterFileError."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors reports corrupt headers/offsets many ways
+        raise AdapterFileError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
 class AdapterFile:
     """A parsed, validated adapter_config.json."""
 
@@ -184,15 +197,7 @@ class AdapterFile:
         return {name: sha256_file(self.directory / name) for name in names}
 
     def read_tensors(self) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(self.weights_path), device="cpu")
-        except Exception as exc:  # safetensors reports corrupt headers/offsets many ways
-            raise AdapterFileError(
-                f"{self.weights_path} is not a readable safetensors file (truncated or "
-                f"corrupt?): {type(exc).__name__}: {exc}"
-            ) from None
+        return read_safetensors(self.weights_path)
 
 
 def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
