@@ -864,10 +864,9 @@ def write_merged_peft_checkpoint(
     force: bool = False,
 ) -> dict[str, Any]:
     """`karst-deploy merge` for a PEFT directory: the folded backbone as a timm checkpoint."""
-    from safetensors.torch import save_file
-
     from karst_deploy.adapters.base import merge
-    from karst_deploy.files import atomic_output, refuse_existing
+    from karst_deploy.adapters.storage import save_merged_checkpoint
+    from karst_deploy.files import refuse_existing
     from karst_deploy.models import backbone_spec
 
     refuse_existing(Path(out), force)
@@ -879,23 +878,10 @@ def write_merged_peft_checkpoint(
         model_kwargs=model_kwargs,
         pretrained=pretrained,
     )
-    spec = backbone_spec(model)
-    state = {k: v.detach().contiguous() for k, v in merge(model).state_dict().items()}
-    with atomic_output(out, force=force) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": METHOD})
-    return {
-        "out": str(out),
-        "backbone": spec.name,
-        "method": f"peft {PeftDirectory(directory).peft_type}",
-        "tensors": len(state),
-        "parameters": sum(v.numel() for v in state.values()),
-        "load_with": (
-            f"timm.create_model({spec.name!r}, num_classes={spec.num_classes}, "
-            f"img_size={spec.img_size}"
-            + "".join(f", {k}={v!r}" for k, v in spec.model_kwargs.items())
-            + f", checkpoint_path={str(out)!r})"
-        ),
-    }
+    method = f"peft {PeftDirectory(directory).peft_type}"
+    return save_merged_checkpoint(
+        merge(model), out, spec=backbone_spec(model), method=method, force=force
+    )
 
 
 def peft_parity_models(

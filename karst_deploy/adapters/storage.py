@@ -461,10 +461,8 @@ def write_merged_checkpoint(
 
     The file loads with ``timm.create_model(name, num_classes=..., checkpoint_path=out)``.
     """
-    from safetensors.torch import save_file
-
     from karst_deploy.adapters.base import merge
-    from karst_deploy.files import atomic_output, refuse_existing
+    from karst_deploy.files import refuse_existing
 
     refuse_existing(Path(out), force)
     file = AdapterFile(adapter_dir)
@@ -474,14 +472,24 @@ def write_merged_checkpoint(
             f"'{file.backbone.name}'."
         )
     merged = merge(load_adapted_model(adapter_dir, checkpoint, pretrained=pretrained))
+    return save_merged_checkpoint(merged, out, spec=file.backbone, method=file.method, force=force)
+
+
+def save_merged_checkpoint(
+    merged: nn.Module, out: str | os.PathLike[str], *, spec: BackboneSpec, method: str, force: bool
+) -> dict[str, Any]:
+    """Write a merged model's state dict as safetensors (atomically) and describe the file."""
+    from safetensors.torch import save_file
+
+    from karst_deploy.files import atomic_output
+
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     with atomic_output(out, force=force) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": file.method})
-    spec = file.backbone
+        save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
     return {
         "out": str(out),
         "backbone": spec.name,
-        "method": file.method,
+        "method": method,
         "tensors": len(state),
         "parameters": sum(v.numel() for v in state.values()),
         "load_with": (
