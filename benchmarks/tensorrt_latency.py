@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/tensorrt_latency.json")
     args = parser.parse_args()
 
-    from karst_deploy.backends.tensorrt import import_tensorrt, runtime_environment
+    from karst_deploy.backends.tensorrt.util import import_tensorrt, runtime_environment
     from karst_deploy.bench import bench
     from karst_deploy.precision import convert_precision
 

@@ -329,7 +329,7 @@ def build_engine_command(
         dla_core=dla_core,
         tensorrt_version=tensorrt_version,
     )
-    from karst_deploy.engine import BuildOptions, parse_batch_profile
+    from karst_deploy.backends.tensorrt import BuildOptions, parse_batch_profile
 
     options = BuildOptions(
         batch=parse_batch_profile(batch) if batch is not None else None,
@@ -347,7 +347,7 @@ def build_engine_command(
 
         raise InputError("--tensorrt-version applies only with --emit-trtexec.")
     if emit_trtexec:
-        from karst_deploy.engine import trtexec_commands
+        from karst_deploy.backends.tensorrt import trtexec_commands
 
         majors = (tensorrt_version,) if tensorrt_version is not None else (10, 11)
         commands = [c.to_dict() for c in trtexec_commands(onnx, out, options, majors=majors)]
@@ -364,7 +364,7 @@ def build_engine_command(
             for note in entry["notes"]:
                 console.print(f"[yellow]note:[/] {escape(note)}")
         return
-    from karst_deploy.engine import build_engine
+    from karst_deploy.backends.tensorrt import build_engine
 
     result = build_engine(onnx, out, options, force=force, progress=not as_json)
     if as_json:

@@ -458,7 +458,7 @@ def verify_parity(
     precision = check_precision_label(record, graph, onnx)
     if engine is not None:  # a TensorRT engine is compared only with the ONNX it was built from
         from karst_deploy.backends.tensorrt import TensorRTRunner
-        from karst_deploy.engine.sidecar import engine_source_precision
+        from karst_deploy.backends.tensorrt.sidecar import engine_source_precision
 
         engine_precision = engine_source_precision(engine, onnx) or precision
         extra_stages = [Stage("tensorrt", TensorRTRunner(engine), engine_precision), *extra_stages]

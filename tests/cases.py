@@ -143,6 +143,8 @@ class RunnerCase:
     id: str
     make: Any  # (model: torch.nn.Module, onnx_path: Path) -> Runner
     marks: tuple[Any, ...] = ()
+    #: Max abs diff to PyTorch, relative to the logit scale (fp32 everywhere: no TF32).
+    atol_scale: float = 1e-4
 
 
 def _torch_runner(model, onnx_path):
@@ -157,9 +159,51 @@ def _onnxruntime_runner(model, onnx_path):
     return OnnxRuntimeRunner(onnx_path)
 
 
+def _from_file(name):
+    """The registered runner `name` on the ONNX file, as bench and verify-parity open it."""
+
+    def make(model, onnx_path):
+        from karst_deploy.backends import runner_class
+
+        return runner_class(name).from_file(onnx_path)
+
+    return make
+
+
+def _needs_provider(provider: str) -> Any:
+    import onnxruntime
+
+    return pytest.mark.skipif(
+        provider not in onnxruntime.get_available_providers(),
+        reason=f"needs ONNX Runtime's {provider} (onnxruntime-gpu and a CUDA GPU)",
+    )
+
+
+def _needs_tensorrt() -> tuple[Any, ...]:
+    from tests.backends.tensorrt.needs import MISSING
+
+    return (
+        pytest.mark.tensorrt,
+        pytest.mark.gpu,
+        pytest.mark.skipif(MISSING is not None, reason=str(MISSING)),
+    )
+
+
+#: Every registered runner (tests/backends/test_runners.py checks that none is missing).
 RUNNER_CASES = [
     RunnerCase("torch", _torch_runner),
     RunnerCase("onnxruntime", _onnxruntime_runner),
+    RunnerCase(
+        "onnxruntime-cuda",
+        _from_file("onnxruntime-cuda"),
+        (pytest.mark.gpu, _needs_provider("CUDAExecutionProvider")),
+    ),
+    RunnerCase(
+        "onnxruntime-tensorrt",
+        _from_file("onnxruntime-tensorrt"),
+        (pytest.mark.tensorrt, pytest.mark.gpu, _needs_provider("TensorrtExecutionProvider")),
+    ),
+    RunnerCase("tensorrt", _from_file("tensorrt"), _needs_tensorrt()),
 ]
 runner_params = pytest.mark.parametrize(
     "runner_case", [pytest.param(c, id=c.id, marks=c.marks) for c in RUNNER_CASES]

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from karst_deploy import cli
-from karst_deploy.engine.onnx_graph import summarize_onnx
-from karst_deploy.engine.options import BuildOptions
-from karst_deploy.engine.sidecar import (
+from karst_deploy.backends.tensorrt.onnx_graph import summarize_onnx
+from karst_deploy.backends.tensorrt.options import BuildOptions
+from karst_deploy.backends.tensorrt.sidecar import (
     RuntimeEnvironment,
     check_sidecar,
     engine_source_precision,
@@ -35,7 +35,7 @@ from karst_deploy.errors import KarstDeployError
 from karst_deploy.export.record import require_provenance
 from karst_deploy.files import sha256_file
 from karst_deploy.provenance import KEY, NESTED, SCHEMA
-from tests.engine.graphs import tiny_classifier
+from tests.backends.tensorrt.graphs import tiny_classifier
 
 TIME_LIMIT_S = 5
 ORIN = RuntimeEnvironment("10.3.0", "Orin", "8.7")
@@ -284,7 +284,7 @@ def test_the_valid_sidecar_is_accepted(tmp_path):
 
 
 def test_sidecar_key_corruptions(tmp_path):
-    from karst_deploy.engine.sidecar import _NESTED, _SCHEMA
+    from karst_deploy.backends.tensorrt.sidecar import _NESTED, _SCHEMA
 
     engine, onnx_file, record = engine_files(tmp_path)
     cases = list(key_corruptions(record, _SCHEMA, _NESTED))

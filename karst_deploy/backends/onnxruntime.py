@@ -9,7 +9,6 @@ providers are thin subclasses that change `default_providers` (see ``onnxruntime
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +82,7 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3  # errors only: ORT's warnings are not the user's problem
         return options
 
-    def activate(self) -> None:
-        if self.session is not None:
-            return
+    def activate_impl(self) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -116,36 +113,28 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = self.session.get_inputs()[0].name
         first = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = first if isinstance(first, int) and first > 0 else None
-        super().activate()
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self.session = None
-        super().deactivate()
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer_impl(self, images: np.ndarray) -> np.ndarray:
         """Logits of `images`; a graph with a fixed batch N gets them in chunks of N.
 
         The last chunk is padded with copies of its last image, whose logits are dropped.
-        `last_inference_time` is the sum over chunks.
         """
-        self.activate()
-        images = np.ascontiguousarray(images, dtype=np.float32)
         size = self.fixed_batch
         if size is None or len(images) == size:
             return self._run(images)
-        logits, elapsed = [], 0.0
+        logits = []
         for start in range(0, len(images), size):
             chunk = images[start : start + size]
             count = len(chunk)
             if count < size:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
             logits.append(self._run(chunk)[:count])
-            elapsed += self.last_inference_time
-        self.last_inference_time = elapsed
         return np.concatenate(logits)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
         try:
             logits = self.session.run(None, {self.input_name: images})[0]
         except Exception as exc:  # ORT's Fail/InvalidArgument/RuntimeException: the tool refused
@@ -153,7 +142,6 @@ class OnnxRuntimeRunner(Runner):
                 f"ONNX Runtime could not run '{self.path}' on a batch of shape "
                 f"{list(images.shape)}: {type(exc).__name__}: {clip(exc)}"
             ) from None
-        self.last_inference_time = time.perf_counter() - start
         return np.asarray(logits, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class OnnxRuntimeTensorRTRunner(OnnxRuntimeRunner):
     def tensorrt_options(self, path: Path, max_batch: int, device: int) -> dict[str, Any]:
         import onnxruntime as ort
 
-        from karst_deploy.engine.onnx_graph import summarize_onnx
+        from karst_deploy.backends.tensorrt.onnx_graph import summarize_onnx
 
         summary = summarize_onnx(path)
         precision = tensorrt_precision(summary.precision, ort.__version__)
@@ -145,12 +145,12 @@ class OnnxRuntimeTensorRTRunner(OnnxRuntimeRunner):
             )
         return options
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         import onnxruntime as ort
 
         check_tensorrt_11(ort.__version__, installed_tensorrt())
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        super().activate()
+        super().activate_impl()
 
     def describe(self) -> dict[str, Any]:
         options = next((p[1] for p in self.providers if isinstance(p, tuple)), {})

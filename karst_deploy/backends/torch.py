@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -39,23 +38,16 @@ class TorchRunner(Runner):
 
         return cls(architecture_from_onnx(path), threads=threads)
 
-    def activate(self) -> None:
-        if not self.active:
-            if self.threads is not None:
-                torch.set_num_threads(self.threads)
-            self.model.to(self.device)
-        super().activate()
+    def activate_impl(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        self.model.to(self.device)
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        self.activate()
-        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+    def infer_impl(self, images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(images).to(self.device)
         with torch.inference_mode():
-            start = time.perf_counter()
             logits = self.model(batch)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.last_inference_time = time.perf_counter() - start
-        return logits.float().cpu().numpy()
+        return logits.float().cpu().numpy()  # .cpu() waits for a CUDA device to finish
 
     def describe(self) -> dict[str, Any]:
         return {

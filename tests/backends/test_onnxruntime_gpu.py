@@ -15,7 +15,7 @@ from karst_deploy.backends.onnxruntime_gpu import (
     tensorrt_precision,
 )
 from karst_deploy.errors import MissingDependencyError
-from tests.engine.graphs import save, tiny_classifier
+from tests.backends.tensorrt.graphs import save, tiny_classifier
 
 AVAILABLE = ort.get_available_providers()
 

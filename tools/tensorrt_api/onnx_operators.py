@@ -2,7 +2,7 @@
 
 Reads ``docs/operators.md`` — the header line giving the supported opset range and the
 "Operator Support Matrix" (operator, Y/N, supported types, restrictions) — and writes it as
-JSON with its source revision to ``tests/engine/data/onnx_tensorrt/<label>.json``:
+JSON with its source revision to ``tests/backends/tensorrt/data/onnx_tensorrt/<label>.json``:
 
     python tools/tensorrt_api/onnx_operators.py --repo PATH/TO/onnx-tensorrt \\
         release/10.1-GA:10.1 6bde6596eca84abf9afe9b4d21c18c32800fd3ad:10.16 \\

@@ -12,8 +12,8 @@ into them) and properties then describe the API exactly as that TensorRT version
 
 downloads each wheel with pip (or takes ``--wheel FILE``), builds the stubs with gcc,
 imports the module in a subprocess with ``LD_LIBRARY_PATH`` on the stubs and writes
-``tests/engine/data/tensorrt_api/<version>.json.gz``. Nothing here can create a builder or
-an engine: ``trt.Builder(logger)`` raises ``TypeError`` because the stub returned NULL.
+``tests/backends/tensorrt/data/tensorrt_api/<version>.json.gz``. Nothing here can create a
+builder or an engine: ``trt.Builder(logger)`` raises ``TypeError`` because the stub returned NULL.
 """
 
 from __future__ import annotations

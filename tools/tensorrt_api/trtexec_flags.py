@@ -12,7 +12,7 @@ parser compares against are recorded too.
     python tools/tensorrt_api/trtexec_flags.py --repo PATH/TO/TensorRT v10.3.0 v10.16 v11.0 v11.1
 
 reads each tag with ``git show`` from a clone of https://github.com/NVIDIA/TensorRT and writes
-``tests/engine/data/trtexec_flags/<tag>.json``.
+``tests/backends/tensorrt/data/trtexec_flags/<tag>.json``.
 """
 
 from __future__ import annotations

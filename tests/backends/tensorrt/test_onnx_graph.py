@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from karst_deploy.engine.onnx_graph import summarize_onnx
+from karst_deploy.backends.tensorrt.onnx_graph import summarize_onnx
 from karst_deploy.errors import InputError
-from tests.engine.graphs import CONV_NODE, HEAD_NODE, save, tiny_classifier
+from tests.backends.tensorrt.graphs import CONV_NODE, HEAD_NODE, save, tiny_classifier
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 
 from karst_deploy.backends import runner_class
-from karst_deploy.engine import BatchProfile, BuildOptions, build_engine, sidecar_path
-from karst_deploy.engine.sidecar import EngineMismatchError
+from karst_deploy.backends.tensorrt import (
+    BatchProfile,
+    BuildOptions,
+    EngineFromOnnx,
+    EngineFromPath,
+    build_engine,
+    sidecar_path,
+)
+from karst_deploy.backends.tensorrt.sidecar import EngineMismatchError
 from karst_deploy.errors import InputError, MissingDependencyError
-from tests.engine.graphs import save, tiny_classifier
-from tests.engine.needs import needs_tensorrt_gpu, without_tensorrt
+from tests.backends.tensorrt.graphs import save, tiny_classifier
+from tests.backends.tensorrt.needs import needs_tensorrt_gpu, without_tensorrt
 
 
 def test_registered_and_importable_without_tensorrt():
@@ -19,6 +26,8 @@ def test_registered_and_importable_without_tensorrt():
 
     assert runner_class("tensorrt") is TensorRTRunner
     runner = TensorRTRunner("model.engine", copies=False, cuda_graph=True)
+    assert isinstance(runner.loader, EngineFromPath)  # a path is an engine file, never built
+    assert isinstance(TensorRTRunner.from_file("model.onnx").loader, EngineFromOnnx)
     assert runner.describe() == {
         "runner": "tensorrt",
         "engine": "model.engine",
@@ -103,7 +112,7 @@ def test_an_engine_whose_sidecar_does_not_fit_is_refused(fp16_engine):
 def test_no_cuda_gpu_is_explained():
     import torch
 
-    from karst_deploy.backends.tensorrt import import_torch_cuda
+    from karst_deploy.backends.tensorrt.util import import_torch_cuda
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present here")
@@ -114,14 +123,14 @@ def test_no_cuda_gpu_is_explained():
 @pytest.mark.parametrize(("core", "expected"), [(None, None), (0, 0), (1, 1)])
 def test_dla_core_comes_from_the_sidecar(core, expected, tmp_path):
     """F2: the runner deserializes a DLA engine on the core its sidecar names."""
-    from karst_deploy.backends.tensorrt import sidecar_dla_core
+    from karst_deploy.backends.tensorrt.loader import sidecar_dla_core
 
     assert sidecar_dla_core({"builder": {"dla_core": core}}, tmp_path / "m.engine") == expected
 
 
 @pytest.mark.parametrize("core", [-1, True, "1", 1.0])
 def test_a_bad_dla_core_in_the_sidecar_is_refused(core, tmp_path):
-    from karst_deploy.backends.tensorrt import sidecar_dla_core
+    from karst_deploy.backends.tensorrt.loader import sidecar_dla_core
 
     with pytest.raises(InputError, match=r"m\.engine\.json': builder\.dla_core"):
         sidecar_dla_core({"builder": {"dla_core": core}}, tmp_path / "m.engine")

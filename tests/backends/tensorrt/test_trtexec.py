@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from karst_deploy.engine.options import BatchProfile, BuildOptions
-from karst_deploy.engine.trtexec import TimingSettings, format_command, trtexec_commands
+from karst_deploy.backends.tensorrt.options import BatchProfile, BuildOptions
+from karst_deploy.backends.tensorrt.trtexec import TimingSettings, format_command, trtexec_commands
 from karst_deploy.errors import InputError
-from tests.engine.graphs import save, tiny_classifier
+from tests.backends.tensorrt.graphs import save, tiny_classifier
 
 #: trtexec's own option parser per release tag (tools/tensorrt_api/trtexec_flags.py over
 #: samples/common/sampleOptions.cpp of NVIDIA/TensorRT); the newest tag in our source snapshot is

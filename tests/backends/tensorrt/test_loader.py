@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from karst_deploy.engine import BatchProfile, BuildOptions, build_engine, read_sidecar
+from karst_deploy.backends.tensorrt import BatchProfile, BuildOptions, build_engine, read_sidecar
 from karst_deploy.errors import InputError, OutputExistsError
 from karst_deploy.files import sha256_file
-from tests.engine.graphs import save, tiny_classifier
-from tests.engine.needs import needs_tensorrt_gpu, without_tensorrt
+from tests.backends.tensorrt.graphs import save, tiny_classifier
+from tests.backends.tensorrt.needs import needs_tensorrt_gpu, without_tensorrt
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -150,8 +150,8 @@ def test_fp16_builder_flag_is_a_tensorrt_10_path(tmp_path):
     ],
 )
 def test_hardware_compat_is_refused_before_a_build_on_a_jetson(gpu, capability, refused):
-    from karst_deploy.engine.build import refuse_unsupported_target
-    from karst_deploy.engine.sidecar import RuntimeEnvironment
+    from karst_deploy.backends.tensorrt.loader import refuse_unsupported_target
+    from karst_deploy.backends.tensorrt.sidecar import RuntimeEnvironment
 
     here = RuntimeEnvironment(
         tensorrt_version="10.3.0", gpu_name=gpu, compute_capability=capability

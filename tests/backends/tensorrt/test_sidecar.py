@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from karst_deploy.engine.options import BuildOptions
-from karst_deploy.engine.sidecar import (
+from karst_deploy.backends.tensorrt.options import BuildOptions
+from karst_deploy.backends.tensorrt.sidecar import (
     EngineMismatchError,
     RuntimeEnvironment,
     check_sidecar,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from karst_deploy.errors import InputError
 
 if TYPE_CHECKING:
-    from karst_deploy.engine.onnx_graph import OnnxSummary
+    from karst_deploy.backends.tensorrt.onnx_graph import OnnxSummary
 
 #: ``--hardware-compat`` choices → TensorRT ``HardwareCompatibilityLevel`` member names.
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from karst_deploy.engine import BuildOptions, build_engine
-from tests.engine.needs import needs_tensorrt_gpu
+from karst_deploy.backends.tensorrt import BuildOptions, build_engine
+from tests.backends.tensorrt.needs import needs_tensorrt_gpu
 
 
 def test_bench_refuses_tensorrt_flags_for_other_runners(tmp_path):

@@ -11,12 +11,12 @@ TensorRT deserialization error or, worse, a silently slow engine.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from karst_deploy import __version__
 from karst_deploy import records as r
+from karst_deploy.backends.tensorrt.util import RuntimeEnvironment
 from karst_deploy.errors import InputError, clip
 from karst_deploy.files import sha256_file
 from karst_deploy.jsonfile import parse_object
@@ -29,18 +29,6 @@ VERSION = 1
 
 class EngineMismatchError(InputError):
     """An engine does not fit this machine's TensorRT or GPU, or its sidecar does not fit it."""
-
-
-@dataclass(frozen=True)
-class RuntimeEnvironment:
-    """The TensorRT version and GPU an engine is built or run on."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "8.7"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.gpu_name, "compute_capability": self.compute_capability}
 
 
 def sidecar_path(engine: str | os.PathLike[str]) -> Path:

@@ -2,7 +2,7 @@
 
 Flag names follow trtexec's own option parser (``samples/common/sampleOptions.cpp`` of
 NVIDIA/TensorRT at v10.3.0, v10.16, v11.0 and v11.1; the flag tables derived from them are
-``tests/engine/data/trtexec_flags/``) and the migration guides:
+``tests/backends/tensorrt/data/trtexec_flags/``) and the migration guides:
 
 - ``--memPoolSize=workspace:N`` (MiB) replaced ``--workspace=N``, deprecated in 8.4 and
   removed in 10.0 ("Migrating trtexec Usage from TensorRT 8.x to 10.x").
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from karst_deploy.engine.onnx_graph import OnnxSummary, summarize_onnx
-from karst_deploy.engine.options import BuildOptions, BuildRequest, resolve_request
+from karst_deploy.backends.tensorrt.onnx_graph import OnnxSummary, summarize_onnx
+from karst_deploy.backends.tensorrt.options import BuildOptions, BuildRequest, resolve_request
 from karst_deploy.errors import InputError
 
 SUPPORTED_MAJORS = (10, 11)

@@ -33,16 +33,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SURFACES = Path(__file__).with_name("data") / "tensorrt_api"
 #: Our files that touch the TensorRT Python API (every `import tensorrt` in the project).
 TENSORRT_FILES = (
-    "karst_deploy/backends/tensorrt.py",
-    "karst_deploy/engine/build.py",
+    "karst_deploy/backends/tensorrt/util.py",
+    "karst_deploy/backends/tensorrt/runner.py",
+    "karst_deploy/backends/tensorrt/loader.py",
     "karst_deploy/doctor.py",
 )
 #: Files whose module-level dict constants may name TensorRT members (getattr(enum, TABLE[k])).
-CONSTANT_FILES = ("karst_deploy/engine/options.py",)
+CONSTANT_FILES = ("karst_deploy/backends/tensorrt/options.py",)
 _BUILTIN_RETURNS = re.compile(
     r"^(None|bool|int|float|str|bytes|object|typing\.\w+|list|tuple|dict|numpy\.\w+|"
     r"collections\.abc\.\w+|Optional|Union)"

@@ -6,8 +6,8 @@ import shlex
 
 import pytest
 
-from karst_deploy.engine.onnx_graph import summarize_onnx
-from karst_deploy.engine.options import (
+from karst_deploy.backends.tensorrt.onnx_graph import summarize_onnx
+from karst_deploy.backends.tensorrt.options import (
     DEFAULT_BATCH,
     BatchProfile,
     BuildOptions,
@@ -15,7 +15,7 @@ from karst_deploy.engine.options import (
     resolve_request,
 )
 from karst_deploy.errors import InputError
-from tests.engine.graphs import save, tiny_classifier
+from tests.backends.tensorrt.graphs import save, tiny_classifier
 
 
 @pytest.mark.parametrize(

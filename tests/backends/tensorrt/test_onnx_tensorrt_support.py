@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from karst_deploy.export import export_onnx
 from karst_deploy.precision import convert_precision
+from tests.backends.tensorrt import onnx_trt_support as support
 from tests.cases import BACKBONE_CASES
-from tests.engine import onnx_trt_support as support
 
 BACKBONES = {case.id: case for case in BACKBONE_CASES if case.id in ("vit-192", "deit-768", "swin")}
 PRECISIONS = ("fp32", "fp16", "int8")

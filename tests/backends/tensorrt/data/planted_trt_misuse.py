@@ -1,4 +1,4 @@
-"""Wrong uses of the TensorRT API, planted to prove `tests/engine/trt_api.py` catches them.
+"""Wrong uses of the TensorRT API, planted to prove `trt_api.py` (next door) catches them.
 
 Never imported or run. Each line that must be reported ends with ``# expect: MEMBER`` (on every
 surface) or ``# expect: MEMBER @11`` (only on TensorRT 11.x surfaces); nothing else may be.

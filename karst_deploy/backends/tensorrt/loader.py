@@ -1,4 +1,10 @@
-"""Build a TensorRT engine from an ONNX file, verify its precision, write it with a sidecar.
+"""Loaders: where a TensorRT engine comes from (after Polygraphy's ``<Target>From<Source>``).
+
+`EngineFromOnnx` parses, builds and inspects an ONNX file in memory and refuses an engine
+that does not run in the requested precision; `EngineFromPath` reads an engine file and
+refuses one whose sidecar does not fit this machine. Both are callables returning an
+`EnginePlan`, which is all `TensorRTRunner` takes: the runner runs, never builds.
+`build_engine` writes a built engine with its sidecar (the `build-engine` command).
 
 TensorRT calls follow the 10.x/11.x Python API (developer guide "The Python API" and
 "Engine Inspector"; migration guide 10.x→11.x): ``create_network`` with
@@ -21,11 +27,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from karst_deploy.engine.layers import PrecisionReport, check_precision, parse_layers
-from karst_deploy.engine.onnx_graph import OnnxSummary, summarize_onnx
-from karst_deploy.engine.options import HARDWARE_COMPAT, BuildOptions, BuildRequest, resolve_request
-from karst_deploy.engine.sidecar import RuntimeEnvironment, is_jetson, make_sidecar, sidecar_path
-from karst_deploy.engine.trtexec import DLA_ON_11
+from karst_deploy.backends.tensorrt.layers import PrecisionReport, check_precision, parse_layers
+from karst_deploy.backends.tensorrt.onnx_graph import OnnxSummary, summarize_onnx
+from karst_deploy.backends.tensorrt.options import (
+    HARDWARE_COMPAT,
+    BatchProfile,
+    BuildOptions,
+    BuildRequest,
+    resolve_request,
+)
+from karst_deploy.backends.tensorrt.sidecar import (
+    check_sidecar,
+    is_jetson,
+    make_sidecar,
+    read_sidecar,
+    sidecar_path,
+)
+from karst_deploy.backends.tensorrt.trtexec import DLA_ON_11
+from karst_deploy.backends.tensorrt.util import (
+    RuntimeEnvironment,
+    accepted,
+    deserialize_engine,
+    import_tensorrt,
+    make_logger,
+    runtime_environment,
+)
 from karst_deploy.errors import InputError, KarstDeployError, VerificationError
 from karst_deploy.files import atomic_output, refuse_existing, write_json
 
@@ -36,6 +62,9 @@ from karst_deploy.files import atomic_output, refuse_existing, write_json
 #: "fp16"/int8 build that silently stayed fp32 — leaves almost none reduced.
 MIN_MATCH_SHARE = {"fp32": 1.0, "fp16": 1.0, "int8": 0.9}
 MIN_MATCH_SHARE_WEAKLY_TYPED = 0.9
+#: Profile of engines built in memory from an ONNX file: covers bench's default batches (1, 8)
+#: and parity's batch 16 without chunking.
+IN_MEMORY_BATCH = BatchProfile(1, 8, 32)
 
 
 class EngineBuildError(KarstDeployError):
@@ -53,6 +82,83 @@ class BuiltEngine:
     dla_fallback_layers: list[str]
     environment: RuntimeEnvironment
     seconds: float
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """A serialized engine and what deserializing it needs."""
+
+    data: bytes
+    source: Path  # the ONNX it was built from in memory, or the engine file
+    precision: str | None  # requested at build time (None: unknown, e.g. built by trtexec)
+    version_compatible: bool = False
+    dla_core: int | None = None  # None: runs on the GPU
+
+
+class EngineFromOnnx:
+    """Build `onnx` in memory with `options` (every model of a bench gets the same ones)."""
+
+    def __init__(
+        self,
+        onnx: str | os.PathLike[str],
+        options: BuildOptions | None = None,
+        *,
+        progress: bool = False,
+    ) -> None:
+        self.source = Path(onnx)
+        self.options = options or BuildOptions(batch=IN_MEMORY_BATCH)
+        self.progress = progress
+
+    def build(self) -> BuiltEngine:
+        """Parse, build and inspect; raise unless the engine runs in the requested precision."""
+        summary = summarize_onnx(self.source)
+        return _build(summary, resolve_request(summary, self.options), self.options, self.progress)
+
+    def __call__(self) -> EnginePlan:
+        built = self.build()
+        return EnginePlan(
+            built.data,
+            self.source,
+            built.request.precision,
+            self.options.version_compatible,
+            self.options.dla_core,
+        )
+
+
+class EngineFromPath:
+    """Read an engine file; its sidecar (when there is one) must fit this machine."""
+
+    def __init__(self, path: str | os.PathLike[str], *, device: int = 0) -> None:
+        self.source = Path(path)
+        self.device = device
+
+    def __call__(self) -> EnginePlan:
+        path = self.source
+        if not path.is_file():
+            raise InputError(f"Engine '{path}' does not exist or is not a file.")
+        sidecar = read_sidecar(path)
+        if sidecar is None:  # built by trtexec: nothing says how it was built
+            return EnginePlan(path.read_bytes(), path, None)
+        check_sidecar(sidecar, path, runtime_environment(import_tensorrt(), self.device))
+        return EnginePlan(
+            path.read_bytes(),
+            path,
+            sidecar.get("precision", {}).get("requested"),
+            bool(sidecar["builder"].get("version_compatible")),
+            sidecar_dla_core(sidecar, path),
+        )
+
+
+def sidecar_dla_core(record: dict[str, Any], engine: Path) -> int | None:
+    """The DLA core the sidecar says `engine` was built for (None: built for the GPU)."""
+    core = record["builder"].get("dla_core")
+    if core is not None and (isinstance(core, bool) or not isinstance(core, int) or core < 0):
+        raise InputError(
+            f"Engine sidecar '{sidecar_path(engine)}': builder.dla_core is {core!r}; expected "
+            "null or a DLA core number (0, 1, ...). Rebuild the engine with `karst-deploy "
+            "build-engine`."
+        )
+    return core
 
 
 def _status(progress: bool, text: str) -> AbstractContextManager[Any]:
@@ -175,8 +281,6 @@ def _inspect(
     logger: Any,
     options: BuildOptions,
 ) -> PrecisionReport:
-    from karst_deploy.backends.tensorrt import accepted, deserialize_engine
-
     engine, _runtime = deserialize_engine(
         trt,
         data,
@@ -202,14 +306,6 @@ def _inspect(
     )
 
 
-def build_in_memory(
-    onnx: str | os.PathLike[str], options: BuildOptions = BuildOptions(), *, progress: bool = True
-) -> BuiltEngine:
-    """Parse, build and inspect; raise unless the engine runs in the requested precision."""
-    summary = summarize_onnx(onnx)
-    return _build(summary, resolve_request(summary, options), options, progress)
-
-
 def refuse_unsupported_target(options: BuildOptions, environment: RuntimeEnvironment) -> None:
     """Refuse, before a long build, options this GPU cannot honour.
 
@@ -229,8 +325,6 @@ def refuse_unsupported_target(options: BuildOptions, environment: RuntimeEnviron
 def _build(
     summary: OnnxSummary, request: BuildRequest, options: BuildOptions, progress: bool
 ) -> BuiltEngine:
-    from karst_deploy.backends.tensorrt import import_tensorrt, make_logger, runtime_environment
-
     trt = import_tensorrt()
     environment = runtime_environment(trt)
     refuse_unsupported_target(options, environment)

@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from karst_deploy.engine.layers import (
+from karst_deploy.backends.tensorrt.layers import (
     check_precision,
     onnx_nodes,
     parse_layers,

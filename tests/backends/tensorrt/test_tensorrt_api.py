@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.engine import trt_api
+from tests.backends.tensorrt import trt_api
 
 PLANTED = trt_api.SURFACES.parent / "planted_trt_misuse.py"
 #: JetPack 6 (10.3), the newest 10.x, the first and the newest 11.x.
@@ -87,7 +87,9 @@ def test_checker_catches_every_planted_mistake(version):
     assert found == _planted(version)
     for problem in result.problems:  # the message names file:line, the member and the version
         text = str(problem)
-        assert text.startswith(f"tests/engine/data/planted_trt_misuse.py:{problem.line}: ")
+        assert text.startswith(
+            f"tests/backends/tensorrt/data/planted_trt_misuse.py:{problem.line}: "
+        )
         assert problem.member in text and f"TensorRT {version}" in text
 
 
@@ -110,7 +112,7 @@ def test_surfaces_hold_what_nvidia_ships():
 NON_TENSORRT_ROOTS = {
     "self", "super", "np", "torch", "onnxruntime", "options", "request", "summary", "built",
     "errors", "fallback", "devices", "properties", "images", "device_in", "device_out",
-    "environment", "logits", "state", "info",
+    "environment", "logits", "state", "info", "plan",
 }  # fmt: skip
 
 
