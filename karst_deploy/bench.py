@@ -153,7 +153,7 @@ def bench(
     from karst_deploy.backends import runner_class
     from karst_deploy.doctor import cpu_model
     from karst_deploy.export.structure import compare_structure
-    from karst_deploy.report import progress_bar
+    from karst_deploy.progress import progress_bar
 
     paths = {label: Path(path) for label, path in models.items()}
     for label in [baseline, candidate]:

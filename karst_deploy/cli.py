@@ -509,7 +509,7 @@ def export_command(
         batch=_parse_batch(batch),
     )
     if precision != "fp32":  # export fp32, then convert (karst_deploy.precision)
-        from karst_deploy.precision import export_with_precision
+        from karst_deploy.export import export_with_precision
 
         converted = export_with_precision(
             out,
@@ -806,9 +806,8 @@ def train_command(
         seed=seed,
         num_workers=num_workers,
     )
-    from karst_deploy.placement import training_adapter
     from karst_deploy.train import TrainConfig, train_adapters
-    from karst_deploy.train.recipe import apply_recipe
+    from karst_deploy.train.recipe import apply_recipe, training_adapter
 
     method_options = dict(
         factor=factor,

@@ -12,7 +12,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -478,3 +478,27 @@ def load_checkpoint(
             "Check that --backbone names the architecture the checkpoint was trained with."
         )
     model.load_state_dict(state, strict=not dropped)
+
+
+@contextlib.contextmanager
+def training_drop_path(model: nn.Module, rate: float) -> Iterator[int]:
+    """Stochastic depth for training only, at linearly increasing rates 0 → `rate` per block.
+
+    timm's ``drop_path_rate`` argument would be recorded in the backbone's model_kwargs and
+    tie the adapter to backbones built that way; instead the blocks' ``drop_path1/2``
+    modules are swapped for ``timm.layers.DropPath`` here and restored on exit, so the
+    recorded backbone, evaluation and merging are untouched. Yields the number of blocks.
+    """
+    from timm.layers import DropPath
+
+    blocks = [m for m in model.modules() if hasattr(m, "drop_path1") and hasattr(m, "drop_path2")]
+    saved = [(block.drop_path1, block.drop_path2) for block in blocks]
+    rates = torch.linspace(0.0, rate, len(blocks)).tolist()
+    try:
+        for block, block_rate in zip(blocks, rates, strict=True):
+            for name in ("drop_path1", "drop_path2"):
+                setattr(block, name, DropPath(block_rate) if block_rate > 0 else nn.Identity())
+        yield len(blocks)
+    finally:
+        for block, (first, second) in zip(blocks, saved, strict=True):
+            block.drop_path1, block.drop_path2 = first, second

@@ -79,8 +79,8 @@ from karst_deploy.parity import (
     verify_parity,
 )
 from karst_deploy.precision import convert_precision
+from karst_deploy.progress import progress_console
 from karst_deploy.provenance import read_provenance
-from karst_deploy.report import progress_console
 from karst_deploy.train.transfer import (
     TARGET_DATA,
     TARGET_RECIPE,

@@ -93,3 +93,21 @@ def read_provenance(
             record = parse_object(prop.value, f"{label}: metadata {KEY}")
             return r.validate(record, SCHEMA, f"{label}: provenance", nested=NESTED)
     return None
+
+
+def require_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record of an ONNX file, or a clear error when it has none."""
+    record = read_provenance(path)
+    if record is None:
+        raise InputError(
+            f"'{path}' carries no karst-deploy provenance (metadata key "
+            "'karst_deploy.provenance'); export it with `karst-deploy export` so it records "
+            "the backbone and adapter it was made from."
+        )
+    missing = [key for key in EXPORT_KEYS if key not in record]
+    if missing:
+        raise InputError(
+            f"'{clip(path)}': provenance lacks key '{missing[0]}', which every export records; "
+            "the metadata was edited. Export the model again with `karst-deploy export`."
+        )
+    return record

@@ -1,14 +1,12 @@
-"""What people see: progress bars, rich tables and PNG plots for parity and bench results."""
+"""What people see: rich tables and PNG plots for parity and bench results."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -16,30 +14,6 @@ if TYPE_CHECKING:
     from karst_deploy.bench import BenchResult
     from karst_deploy.export.whitebox import WhiteBoxResult
     from karst_deploy.parity import Comparison, ParityReport
-
-progress_console = Console(stderr=True)
-
-
-@contextlib.contextmanager
-def progress_bar(
-    description: str, total: int, *, enabled: bool = True
-) -> Iterator[Callable[[], None]]:
-    """A transient rich progress bar on stderr; yields a function that advances it by one."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=progress_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
 
 
 def _mark(passed: bool | None) -> str:

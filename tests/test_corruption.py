@@ -32,9 +32,8 @@ from karst_deploy.backends.tensorrt.sidecar import (
     sidecar_path,
 )
 from karst_deploy.errors import KarstDeployError
-from karst_deploy.export.record import require_provenance
 from karst_deploy.files import sha256_file
-from karst_deploy.provenance import KEY, NESTED, SCHEMA
+from karst_deploy.provenance import KEY, NESTED, SCHEMA, require_provenance
 from tests.backends.tensorrt.graphs import tiny_classifier
 
 TIME_LIMIT_S = 5

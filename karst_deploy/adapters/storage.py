@@ -499,3 +499,35 @@ def save_merged_checkpoint(
             + f", checkpoint_path={str(out)!r})"
         ),
     }
+
+
+def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
+    """The PyTorch network an ONNX file was exported from, with fresh random weights.
+
+    The unmerged kind gets its adapters back (the extra arithmetic is the point of timing
+    it); merged and base files are the plain backbone.
+    """
+    from karst_deploy.adapters import add_adapters
+    from karst_deploy.adapters.base import method_for
+    from karst_deploy.provenance import require_provenance
+
+    record = require_provenance(path)
+    spec = BackboneSpec(
+        name=record["backbone"],
+        num_classes=record["num_classes"],
+        img_size=record["img_size"],
+        # Provenance is as hostile as any file: its timm arguments pass the same allow-list.
+        model_kwargs=check_model_kwargs(
+            record.get("model_kwargs") or {}, f"'{path}' provenance", "model_kwargs"
+        ),
+    )
+    model = spec.build()
+    if record.get("kind") == "unmerged" and record.get("method") == "peft":
+        from karst_deploy.adapters.peft_format import peft_architecture
+
+        peft_architecture(model, record["adapter_config"], f"{path} provenance")
+    elif record.get("kind") == "unmerged":
+        method = method_for(record["method"])
+        config = method.config_type.from_hparams(record["adapter_config"], f"{path} provenance")
+        add_adapters(model, config)
+    return model.eval()

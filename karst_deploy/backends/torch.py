@@ -34,7 +34,7 @@ class TorchRunner(Runner):
         For `bench --runner torch` only: the latency of dense fp32 layers does not depend on
         the numbers in them, but the logits of this model are meaningless.
         """
-        from karst_deploy.export.record import architecture_from_onnx
+        from karst_deploy.adapters.storage import architecture_from_onnx
 
         return cls(architecture_from_onnx(path), threads=threads)
 

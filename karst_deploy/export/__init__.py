@@ -9,8 +9,9 @@ from karst_deploy.export.onnx_export import (
     export_model,
     export_onnx,
 )
-from karst_deploy.export.record import architecture_from_onnx, provenance_record
+from karst_deploy.export.record import provenance_record
 from karst_deploy.export.structure import GraphStructure, StructureComparison, compare_structure
+from karst_deploy.export.with_precision import export_with_precision
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -20,9 +21,9 @@ __all__ = [
     "ExportResult",
     "GraphStructure",
     "StructureComparison",
-    "architecture_from_onnx",
     "compare_structure",
     "export_model",
     "export_onnx",
+    "export_with_precision",
     "provenance_record",
 ]

@@ -20,13 +20,11 @@ from typing import Any
 
 import onnx
 import torch
-from torch import nn
 
-from karst_deploy.errors import InputError, clip
+from karst_deploy.errors import InputError
 from karst_deploy.files import sha256_file
 from karst_deploy.graph_precision import precision_evidence
-from karst_deploy.models import BackboneSpec, check_model_kwargs
-from karst_deploy.provenance import EXPORT_KEYS, read_provenance
+from karst_deploy.models import BackboneSpec
 
 KINDS = ("merged", "unmerged", "base")
 
@@ -72,24 +70,6 @@ def provenance_record(
     }
 
 
-def require_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The record of an ONNX file, or a clear error when it has none."""
-    record = read_provenance(path)
-    if record is None:
-        raise InputError(
-            f"'{path}' carries no karst-deploy provenance (metadata key "
-            "'karst_deploy.provenance'); export it with `karst-deploy export` so it records "
-            "the backbone and adapter it was made from."
-        )
-    missing = [key for key in EXPORT_KEYS if key not in record]
-    if missing:
-        raise InputError(
-            f"'{clip(path)}': provenance lacks key '{missing[0]}', which every export records; "
-            "the metadata was edited. Export the model again with `karst-deploy export`."
-        )
-    return record
-
-
 def check_precision_label(
     record: dict[str, Any], model: onnx.ModelProto, onnx_path: str | os.PathLike[str]
 ) -> str:
@@ -107,37 +87,6 @@ def check_precision_label(
             "Export or convert it again with karst-deploy."
         )
     return shown
-
-
-def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
-    """The PyTorch network an ONNX file was exported from, with fresh random weights.
-
-    The unmerged kind gets its adapters back (the extra arithmetic is the point of timing
-    it); merged and base files are the plain backbone.
-    """
-    from karst_deploy.adapters import add_adapters
-    from karst_deploy.adapters.base import method_for
-
-    record = require_provenance(path)
-    spec = BackboneSpec(
-        name=record["backbone"],
-        num_classes=record["num_classes"],
-        img_size=record["img_size"],
-        # Provenance is as hostile as any file: its timm arguments pass the same allow-list.
-        model_kwargs=check_model_kwargs(
-            record.get("model_kwargs") or {}, f"'{path}' provenance", "model_kwargs"
-        ),
-    )
-    model = spec.build()
-    if record.get("kind") == "unmerged" and record.get("method") == "peft":
-        from karst_deploy.adapters.peft_format import peft_architecture
-
-        peft_architecture(model, record["adapter_config"], f"{path} provenance")
-    elif record.get("kind") == "unmerged":
-        method = method_for(record["method"])
-        config = method.config_type.from_hparams(record["adapter_config"], f"{path} provenance")
-        add_adapters(model, config)
-    return model.eval()
 
 
 def _short(sha: str | None) -> str:

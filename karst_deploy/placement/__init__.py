@@ -1,7 +1,7 @@
 """SPT placement: sensitivity scores and the budget allocation they drive (METHODS.md, SPT)."""
 
 from karst_deploy.placement.allocation import add_spt_adapters, allocate, parse_budget
-from karst_deploy.placement.request import SptRequest, training_adapter
+from karst_deploy.placement.request import SptRequest
 from karst_deploy.placement.sensitivity import (
     Sensitivity,
     check_scores_fit,
@@ -22,5 +22,4 @@ __all__ = [
     "parse_budget",
     "save_scores",
     "sensitivity_for_backbone",
-    "training_adapter",
 ]

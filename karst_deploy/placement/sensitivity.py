@@ -84,8 +84,8 @@ def compute_sensitivity(
     `data` yields ``(image, label)`` pairs preprocessed for `model` (e.g. `open_images`).
     The model's training mode and ``requires_grad`` flags are restored afterwards.
     """
-    from karst_deploy.report import progress_bar
-    from karst_deploy.train.loop import training_drop_path
+    from karst_deploy.models import training_drop_path
+    from karst_deploy.progress import progress_bar
 
     if adapter_config(model) is not None:
         raise InputError(

@@ -4,21 +4,19 @@ TensorRT 11 removed the FP16/INT8 builder flags and implicit calibration: precis
 be in the ONNX graph itself. Making it explicit here also lets ONNX Runtime on any CPU
 measure what the reduced-precision model will answer, before a Jetson is involved.
 
-Entry points: `convert_precision` (an fp32 ONNX file → fp16/int8 file; ``karst-deploy
-convert-precision``) and `export_with_precision` (``karst-deploy export --precision``:
-export fp32, then convert). `to_fp16` and `quantize_int8` are the two conversions;
-`graph` reads precision back from a graph; `calibration` opens calibration data and
-locates the cache.
+Entry point: `convert_precision` (an fp32 ONNX file → fp16/int8 file; ``karst-deploy
+convert-precision``; ``export --precision`` is `karst_deploy.export.export_with_precision`).
+`to_fp16` and `quantize_int8` are the two conversions; `graph` reads precision back from a
+graph; `calibration` opens calibration data and locates the cache.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from karst_deploy.errors import InputError
-from karst_deploy.files import refuse_existing, temporary_directory
+from karst_deploy.files import refuse_existing
 from karst_deploy.precision.base import PrecisionResult, open_fp32_source
 from karst_deploy.precision.calibration import (
     CALIBRATION_METHODS,
@@ -30,7 +28,7 @@ from karst_deploy.precision.calibration import (
 from karst_deploy.precision.fp16 import to_fp16
 from karst_deploy.precision.graph import describe_precision, require_precision
 from karst_deploy.precision.int8 import CALIBRATION_BATCH, quantize_int8
-from karst_deploy.report import progress_bar
+from karst_deploy.progress import progress_bar
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -39,7 +37,6 @@ __all__ = [
     "PrecisionResult",
     "convert_precision",
     "describe_precision",
-    "export_with_precision",
     "load_calibration",
     "quantize_int8",
     "require_precision",
@@ -100,43 +97,3 @@ def convert_precision(
             force=force,
             on_batch=advance,
         )
-
-
-def export_with_precision(
-    out: str | os.PathLike[str],
-    precision: str,
-    *,
-    calib: str | os.PathLike[str] | None = None,
-    calib_samples: int = DEFAULT_SAMPLES,
-    calib_method: str = "minmax",
-    use_cache: bool = True,
-    force: bool = False,
-    progress: bool = False,
-    **export_options: Any,
-) -> PrecisionResult:
-    """Export fp32 with `karst_deploy.export.export_onnx(**export_options)`, then convert.
-
-    The fp32 file is an intermediate (deleted); ``result.fp32_export`` describes the export
-    and its checks.
-    """
-    from karst_deploy.export import export_onnx
-
-    check_request(precision, calib, calib_method)
-    out = Path(out)
-    refuse_existing(out, force)
-    with temporary_directory(out) as tmp:
-        exported = export_onnx(tmp / "fp32.onnx", **export_options)
-        result = convert_precision(
-            exported.path,
-            out,
-            precision,
-            calib=calib,
-            calib_samples=calib_samples,
-            calib_method=calib_method,
-            use_cache=use_cache,
-            force=force,
-            progress=progress,
-        )
-    result.source = "fp32 export (intermediate, not kept)"
-    result.fp32_export = {k: v for k, v in exported.to_dict().items() if k != "path"}
-    return result

@@ -56,10 +56,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from karst_deploy.comparison import TOLERANCES
 from karst_deploy.errors import InputError, ToolError, VerificationError, clip
 from karst_deploy.files import refuse_existing, sha256_file, temporary_directory
 from karst_deploy.jsonfile import parse_object
-from karst_deploy.parity import TOLERANCES
 from karst_deploy.precision.base import PrecisionResult, open_fp32_source, write_converted
 from karst_deploy.precision.calibration import CalibrationSet, cache_dir, cache_key, check_method
 from karst_deploy.precision.graph import check_valid, qdq_violations, quantized_nodes

@@ -10,11 +10,9 @@ reports test accuracy once, for information, and writes the adapter directory wi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from karst_deploy.models import (
     classifier_parameter_names,
     create_model,
     norm_parameter_names,
+    training_drop_path,
 )
 from karst_deploy.placement.request import SptRequest
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler, distributed_session
@@ -71,30 +70,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def training_drop_path(model: nn.Module, rate: float) -> Iterator[int]:
-    """Stochastic depth for training only, at linearly increasing rates 0 → `rate` per block.
-
-    timm's ``drop_path_rate`` argument would be recorded in the backbone's model_kwargs and
-    tie the adapter to backbones built that way; instead the blocks' ``drop_path1/2``
-    modules are swapped for ``timm.layers.DropPath`` here and restored on exit, so the
-    recorded backbone, evaluation and merging are untouched. Yields the number of blocks.
-    """
-    from timm.layers import DropPath
-
-    blocks = [m for m in model.modules() if hasattr(m, "drop_path1") and hasattr(m, "drop_path2")]
-    saved = [(block.drop_path1, block.drop_path2) for block in blocks]
-    rates = torch.linspace(0.0, rate, len(blocks)).tolist()
-    try:
-        for block, block_rate in zip(blocks, rates, strict=True):
-            for name in ("drop_path1", "drop_path2"):
-                setattr(block, name, DropPath(block_rate) if block_rate > 0 else nn.Identity())
-        yield len(blocks)
-    finally:
-        for block, (first, second) in zip(blocks, saved, strict=True):
-            block.drop_path1, block.drop_path2 = first, second
 
 
 def _requested_device(requested: str) -> str:

@@ -22,6 +22,7 @@ from karst_deploy.adapters import (
     LinearConfig,
     LoraConfig,
 )
+from karst_deploy.adapters.spt import STRUCTURED_CONFIGS
 from karst_deploy.errors import InputError
 from karst_deploy.placement.request import SptRequest
 
@@ -65,6 +66,57 @@ def adapter_config_for(method: str, **options: Any) -> AdapterConfig:
                 "2,2,4,8."
             ) from None
     return METHOD_CONFIGS[method](**given)
+
+
+def training_adapter(
+    placement: str,
+    method: str,
+    structured: str | None = None,
+    *,
+    budget: str | None = None,
+    sigma: float | None = None,
+    scores: str | os.PathLike[str] | None = None,
+    budget_rule: str | None = None,
+    **options: Any,
+) -> AdapterConfig | SptRequest:
+    """What `train` trains: `method` on every target (``uniform``) or an SPT request (``spt``).
+
+    With ``spt`` the method options (``rank``, ``factor``, …, ``targets``) configure the
+    structured module named by `structured` (karst by default); the SPT-only options are
+    refused with ``uniform`` rather than ignored.
+    """
+    if placement == "uniform":
+        spt_only = {
+            "--budget": budget,
+            "--structured": structured,
+            "--sigma": sigma,
+            "--budget-rule": budget_rule,
+        }
+        given = [flag for flag, value in spt_only.items() if value is not None]
+        if scores is not None:
+            given.append("--scores")
+        if given:
+            raise InputError(f"{given[0]} applies to --placement spt only.")
+        return adapter_config_for(method, **options)
+    if placement != "spt":
+        raise InputError(f"--placement is {placement!r}; expected 'uniform' or 'spt'.")
+    if method != "karst":
+        raise InputError(
+            "--method does not apply with --placement spt; choose the structured module with "
+            "--structured karst|lora."
+        )
+    if budget is None:
+        raise InputError("--placement spt needs --budget, e.g. --budget 0.4M.")
+    structured = structured or "karst"
+    if structured not in STRUCTURED_CONFIGS:
+        raise InputError(f"--structured is {structured!r}; expected 'karst' or 'lora'.")
+    return SptRequest(
+        budget,
+        adapter_config_for(structured, **options),
+        10.0 if sigma is None else sigma,
+        None if scores is None else os.fspath(scores),
+        rule=budget_rule or "sweep",
+    )
 
 
 # Named presets of the official scripts (METHODS.md, KARST recipes): training settings and

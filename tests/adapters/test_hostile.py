@@ -870,7 +870,7 @@ def test_provenance_model_kwargs_pass_the_allow_list(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from karst_deploy.export.record import architecture_from_onnx
+    from karst_deploy.adapters.storage import architecture_from_onnx
     from karst_deploy.provenance import write_provenance
 
     graph = helper.make_graph(

@@ -264,8 +264,9 @@ def test_a_directory_of_ours_is_not_a_peft_directory(tmp_path):
 
 def test_unmerged_export_runs_our_reading_and_rebuilds_for_the_torch_runner(adapter_dirs, tmp_path):
     from karst_deploy.adapters.base import adapted_layers
+    from karst_deploy.adapters.storage import architecture_from_onnx
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
-    from karst_deploy.export import architecture_from_onnx, export_onnx
+    from karst_deploy.export import export_onnx
 
     backbone = PEFT_BACKBONES[0]
     directory = adapter_dirs(backbone, "dora")

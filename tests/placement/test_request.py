@@ -15,11 +15,11 @@ from karst_deploy.placement import (
     SptRequest,
     compute_sensitivity,
     save_scores,
-    training_adapter,
 )
 from karst_deploy.placement.sensitivity import candidate_weights
 from karst_deploy.train import train_adapters
 from karst_deploy.train.loop import build_model
+from karst_deploy.train.recipe import training_adapter
 from tests.cases import BACKBONE_CASES
 from tests.train.tiny import tiny_config
 
