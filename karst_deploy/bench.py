@@ -9,15 +9,27 @@ memory lands, which would otherwise be a fixed bias of exactly the size of the v
 of medians candidate/baseline gets a 95 % bootstrap confidence interval from resampling
 *rounds* (the paired samples), so noise shared within a round cancels.
 
-Verdict "zero added latency" for the candidate (the merged model) needs both halves:
-the interval lies within ±`tolerance` (3 % by default) at every batch size, and the
-structural check passes (`karst_deploy.export.structure`: same operator multiset and
-initializer shapes as the baseline). The verdict applies to models of the same precision
-only; comparing fp32/fp16/int8 files of one network gives the table and ratios alone.
+Verdict "zero added latency" for the candidate (the merged model), one of three outcomes
+(`interval_outcome`, `combine_outcomes`):
 
-Runners are taken by name from the registry; bench builds each with
-``runner_class(name).from_file(path, threads=threads)``, the one classmethod a runner
-needs to be benchmarked.
+- **shown** (exit 0): the structural check passes (`karst_deploy.export.structure`: same
+  operator multiset and initializer shapes as the baseline) and at every batch size the
+  interval lies inside 1 ± `tolerance` (3 % by default);
+- **not shown** (exit 1): the structure differs, or at some batch size the interval lies
+  wholly outside the band — a real difference, not noise;
+- **inconclusive** (exit 75, `InconclusiveError`): otherwise — some interval straddles an
+  edge of the band, so the measurement was too noisy to tell.
+
+Adaptive measurement: after the requested `rounds`, while the outcome is inconclusive and
+`max_seconds` (wall time of the whole measurement) allows another block of the same size,
+another block with fresh sessions is measured and the verdict recomputed
+(`should_measure_more`); `rounds` in the result is the number actually measured. Looking
+again after each block makes the 95 % coverage of the final interval approximate (a
+sequential test would need wider intervals); blocks are large, so looks are few.
+
+The verdict applies to models of the same precision only; comparing fp32/fp16/int8 files
+of one network gives the table and ratios alone. Runners are taken by name from the
+registry and opened with ``Runner.from_file(path, threads=threads, **runner_options)``.
 """
 
 from __future__ import annotations
@@ -25,17 +37,101 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.errors import InconclusiveError, InputError, VerificationError
 
 DEFAULT_TOLERANCE = 0.03
 BOOTSTRAP_RESAMPLES = 2000
+SHOWN, NOT_SHOWN, INCONCLUSIVE = "shown", "not shown", "inconclusive"
+OUTCOMES = (SHOWN, NOT_SHOWN, INCONCLUSIVE)
+
+
+def interval_outcome(low: float, high: float, tolerance: float) -> str:
+    """Whether the interval [low, high] of a ratio shows it within 1 ± `tolerance`.
+
+    Inside the band: shown. Wholly outside: not shown. Straddling an edge: inconclusive.
+    """
+    if 1 - tolerance <= low and high <= 1 + tolerance:
+        return SHOWN
+    if high < 1 - tolerance or low > 1 + tolerance:
+        return NOT_SHOWN
+    return INCONCLUSIVE
+
+
+def combine_outcomes(outcomes: Iterable[str]) -> str:
+    """All shown: shown. Any not shown: not shown (one real difference decides).
+
+    Otherwise inconclusive.
+    """
+    outcomes = list(outcomes)
+    if NOT_SHOWN in outcomes:
+        return NOT_SHOWN
+    return SHOWN if outcomes and all(o == SHOWN for o in outcomes) else INCONCLUSIVE
+
+
+def should_measure_more(
+    outcome: str | None, elapsed: float, block_seconds: float, max_seconds: float
+) -> bool:
+    """Measure another block: the verdict is still inconclusive and one more fits the budget."""
+    return outcome == INCONCLUSIVE and elapsed + block_seconds <= max_seconds
+
+
+@dataclass
+class LatencyVerdict:
+    """ "Zero added latency" for `candidate` against `baseline`, and why."""
+
+    candidate: str
+    baseline: str
+    tolerance: float
+    structure: dict[str, Any]
+    latency: dict[str, dict[str, Any]]  # batch -> outcome, passed, detail
+    outcome: str
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == SHOWN
+
+    @property
+    def failures(self) -> list[str]:
+        """What keeps the outcome from "shown", one line each."""
+        lines = [f"batch {b}: {c['detail']}" for b, c in self.latency.items() if not c["passed"]]
+        if not self.structure["same"]:
+            lines.append(f"structure: {self.structure['summary']}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"passed": self.passed, "failures": self.failures}
+
+
+def latency_verdict(
+    candidate: str,
+    baseline: str,
+    ratios: Mapping[str, Mapping[str, float]],
+    structure: dict[str, Any],
+    tolerance: float,
+) -> LatencyVerdict:
+    """The verdict from the candidate/baseline ratio per batch and the structural comparison."""
+    band = f"±{tolerance:.0%}"
+    relation = {SHOWN: "lies within", NOT_SHOWN: "lies wholly outside", INCONCLUSIVE: "straddles"}
+    checks = {}
+    for batch, ratio in ratios.items():
+        outcome = interval_outcome(ratio["ci_low"], ratio["ci_high"], tolerance)
+        interval = f"{ratio['ratio']:.3f} [95% CI {ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
+        checks[batch] = {
+            "outcome": outcome,
+            "passed": outcome == SHOWN,
+            "detail": f"{candidate}/{baseline} {interval} {relation[outcome]} {band}",
+        }
+    outcomes = [c["outcome"] for c in checks.values()]
+    outcome = combine_outcomes([*outcomes, SHOWN if structure["same"] else NOT_SHOWN])
+    return LatencyVerdict(candidate, baseline, tolerance, structure, checks, outcome)
 
 
 @dataclass
@@ -46,30 +142,48 @@ class BenchResult:
     models: dict[str, str]  # label -> file
     baseline: str
     batches: list[int]
-    rounds: int
+    rounds: int  # measured rounds per batch size, the added ones included
     warmup: int
-    sessions: int
+    sessions: int  # blocks of fresh sessions
     threads: int | None
     latency: dict[str, dict[str, dict[str, float]]]  # label -> batch -> statistics
     samples_ms: dict[str, dict[str, list[float]]]  # label -> batch -> per-round latency
     ratios: dict[str, dict[str, dict[str, float]]]  # label -> batch -> ratio and CI
-    verdict: dict[str, Any] | None
+    verdict: LatencyVerdict | None
     runners: dict[str, dict[str, Any]]
     machine: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    requested_rounds: int = 0  # before adaptive rounds were added
+    max_seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the measurement
+
+    @property
+    def outcome(self) -> str | None:
+        """shown | not shown | inconclusive (None when no verdict applies)."""
+        return None if self.verdict is None else self.verdict.outcome
 
     @property
     def passed(self) -> bool | None:
-        """The verdict (None when no verdict applies)."""
-        return None if self.verdict is None else self.verdict["passed"]
+        """Whether zero added latency is shown (None when no verdict applies)."""
+        return None if self.verdict is None else self.verdict.passed
 
     def raise_if_failed(self) -> None:
-        if self.passed is False:
-            failures = "; ".join(self.verdict["failures"])
+        """VerificationError when not shown (exit 1), InconclusiveError when too noisy (exit 75)."""
+        if self.verdict is None or self.verdict.passed:
+            return
+        failures = "; ".join(self.verdict.failures)
+        if self.verdict.outcome == NOT_SHOWN:
             raise VerificationError(f"Zero added latency is not shown: {failures}.")
+        raise InconclusiveError(
+            f"Zero added latency is inconclusive after {self.rounds} rounds in "
+            f"{self.seconds:.0f} s: {failures}. The interval is too wide to decide; run bench "
+            "again on a quieter machine, with more --rounds or a larger --max-seconds."
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"passed": self.passed}
+        data = dataclasses.asdict(self)
+        data["verdict"] = None if self.verdict is None else self.verdict.to_dict()
+        return data | {"passed": self.passed, "outcome": self.outcome}
 
 
 def latency_statistics(seconds: np.ndarray, batch: int) -> dict[str, float]:
@@ -128,46 +242,41 @@ def _precision(path: Path) -> str:
     return graph_precision(path)
 
 
-def bench(
+@dataclass
+class _Plan:
+    """A checked request: the files, their common image shape, and who is judged."""
+
+    paths: dict[str, Path]
+    image_shape: tuple[int, ...]
+    candidate: str | None
+    notes: list[str]
+
+
+def _check_request(
     models: Mapping[str, str | os.PathLike[str]],
-    *,
     baseline: str,
-    candidate: str | None = None,
-    batches: Sequence[int] = (1, 8),
-    runner: str = "onnxruntime",
-    threads: int | None = None,
-    rounds: int = 50,
-    warmup: int = 5,
-    tolerance: float = DEFAULT_TOLERANCE,
-    sessions: int = 5,
-    seed: int = 0,
-    runner_options: Mapping[str, Any] | None = None,
-    show_progress: bool = True,
-) -> BenchResult:
-    """Time `models` (label → file) interleaved on `runner`; ratios against `baseline`.
-
-    With `candidate`, also decide "zero added latency" for it against `baseline`. The rounds
-    are split over `sessions` blocks, each with freshly created sessions and `warmup` rounds.
-    `runner_options` go to the runner's ``from_file`` (e.g. TensorRT's `copies`, `cuda_graph`).
-    """
-    from karst_deploy.backends import runner_class
-    from karst_deploy.doctor import cpu_model
-    from karst_deploy.export.structure import compare_structure
-    from karst_deploy.progress import progress_bar
-
+    candidate: str | None,
+    batches: Sequence[int],
+    numbers: dict[str, float],
+) -> _Plan:
+    """Refuse a request bench cannot measure (before any session is created)."""
     paths = {label: Path(path) for label, path in models.items()}
     for label in [baseline, candidate]:
         if label is not None and label not in paths:
             raise InputError(f"'{label}' is not one of the models {list(paths)}.")
-    if rounds < 2 or warmup < 0 or sessions < 1:
+    if numbers["rounds"] < 2 or numbers["warmup"] < 0 or numbers["sessions"] < 1:
         raise InputError(
-            f"--rounds must be at least 2, --warmup at least 0 and --sessions at least 1 (got "
-            f"{rounds}, {warmup}, {sessions})."
+            "rounds must be at least 2, warmup at least 0 and sessions at least 1 (got "
+            f"{numbers['rounds']}, {numbers['warmup']}, {numbers['sessions']})."
         )
     if not batches or min(batches) < 1:
-        raise InputError(f"--batch must list positive batch sizes, got {list(batches)}.")
-    if not 0 < tolerance < 1:
-        raise InputError(f"--tolerance must be a fraction between 0 and 1, got {tolerance}.")
+        raise InputError(f"batches must be positive batch sizes, got {list(batches)}.")
+    if not 0 < numbers["tolerance"] < 1:
+        raise InputError(
+            f"tolerance must be a fraction between 0 and 1, got {numbers['tolerance']}."
+        )
+    if not numbers["max_seconds"] >= 0:
+        raise InputError(f"max_seconds must be at least 0, got {numbers['max_seconds']}.")
     for label, path in paths.items():
         if not path.is_file():
             raise InputError(f"Model '{label}': file '{path}' does not exist.")
@@ -176,7 +285,6 @@ def bench(
         raise InputError(
             f"The models take different image shapes: {shapes}; bench compares one network."
         )
-    image_shape = next(iter(shapes.values()))[1:]
     for label, shape in shapes.items():
         fixed = [b for b in batches if isinstance(shape[0], int) and shape[0] != b]
         if fixed:
@@ -191,101 +299,191 @@ def bench(
             f"'{baseline}' is {_precision(paths[baseline])}; the table compares them as measured."
         )
         candidate = None
+    image_shape = next(iter(shapes.values()))[1:]
+    return _Plan(paths, image_shape, candidate, notes)
 
-    factory = runner_class(runner)
-    if not hasattr(factory, "from_file"):
-        raise InputError(f"The '{runner}' runner cannot open model files, so bench cannot use it.")
-    rng = np.random.default_rng(seed)
-    labels = list(paths)
-    inputs = {b: rng.standard_normal((b, *image_shape), dtype=np.float32) for b in batches}
-    measured: dict[str, dict[int, list[float]]] = {
-        label: {b: [] for b in batches} for label in labels
-    }
-    blocks = np.array_split(np.arange(rounds), min(sessions, rounds))
-    steps = len(batches) * (rounds + warmup * len(blocks)) * len(labels)
-    descriptions: dict[str, dict[str, Any]] = {}
-    with progress_bar("bench", steps, enabled=show_progress) as advance:
-        for block_index, block in enumerate(blocks):
-            # Fresh sessions per block, created in rotated order: where a session's memory
-            # lands moves identical graphs by 1-3 %, so it must be noise, not a fixed bias.
-            order = labels[block_index % len(labels) :] + labels[: block_index % len(labels)]
-            with contextlib.ExitStack() as stack:
-                runners = {
-                    label: stack.enter_context(
-                        factory.from_file(paths[label], threads=threads, **(runner_options or {}))
-                    )
-                    for label in order
-                }
-                for batch in batches:
-                    for round_index in range(warmup + len(block)):
-                        shift = round_index % len(labels)
-                        for label in labels[shift:] + labels[:shift]:
-                            runners[label].infer(inputs[batch])
-                            if round_index >= warmup:
-                                measured[label][batch].append(runners[label].last_inference_time)
-                            advance()
-                descriptions = {label: r.describe() for label, r in runners.items()}
-    times = {
-        label: {str(b): np.asarray(measured[label][b], dtype=np.float64) for b in batches}
-        for label in labels
-    }
 
-    latency = {
-        label: {b: latency_statistics(t, int(b)) for b, t in per_batch.items()}
-        for label, per_batch in times.items()
-    }
-    ratios = {
+class _Interleaved:
+    """Interleaved rounds of every model, measured block by block with fresh sessions."""
+
+    def __init__(
+        self,
+        open_runner: Callable[[Path], Any],
+        paths: dict[str, Path],
+        inputs: dict[int, np.ndarray],
+        warmup: int,
+    ) -> None:
+        self.open_runner = open_runner
+        self.paths = paths
+        self.labels = list(paths)
+        self.inputs = inputs
+        self.warmup = warmup
+        self.measured = {label: {b: [] for b in inputs} for label in self.labels}
+        self.blocks = 0
+        self.descriptions: dict[str, dict[str, Any]] = {}
+
+    def steps(self, rounds: int, blocks: int = 1) -> int:
+        """Inferences of `blocks` blocks holding `rounds` measured rounds (for progress)."""
+        return len(self.inputs) * (rounds + self.warmup * blocks) * len(self.labels)
+
+    def measure(self, rounds: int, advance: Callable[[], None]) -> None:
+        """One block: fresh sessions, then per batch `warmup` + `rounds` rotated rounds."""
+        labels = self.labels
+        # Sessions created in rotated order: where a session's memory lands moves identical
+        # graphs by 1-3 %, so it must be noise, not a fixed bias.
+        shift = self.blocks % len(labels)
+        with contextlib.ExitStack() as stack:
+            runners = {
+                label: stack.enter_context(self.open_runner(self.paths[label]))
+                for label in labels[shift:] + labels[:shift]
+            }
+            for batch, images in self.inputs.items():
+                for round_index in range(self.warmup + rounds):
+                    turn = round_index % len(labels)
+                    for label in labels[turn:] + labels[:turn]:
+                        runners[label].infer(images)
+                        if round_index >= self.warmup:
+                            self.measured[label][batch].append(runners[label].last_inference_time)
+                        advance()
+            self.descriptions = {label: r.describe() for label, r in runners.items()}
+        self.blocks += 1
+
+    def times(self) -> dict[str, dict[str, np.ndarray]]:
+        """label -> batch (as text, the JSON key) -> seconds per measured round."""
+        return {
+            label: {str(b): np.asarray(t, dtype=np.float64) for b, t in per_batch.items()}
+            for label, per_batch in self.measured.items()
+        }
+
+
+def _ratios(
+    times: dict[str, dict[str, np.ndarray]], labels: Iterable[str], baseline: str, seed: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    return {
         label: {
-            b: ratio_of_medians(times[label][b], times[baseline][b], seed=seed)
-            for b in times[label]
+            b: ratio_of_medians(t, times[baseline][b], seed=seed) for b, t in times[label].items()
         }
         for label in labels
         if label != baseline
     }
-    verdict = None
-    if candidate is not None:
-        structure = compare_structure(paths[baseline], paths[candidate])
-        checks = {}
-        for b, ratio in ratios[candidate].items():
-            inside = 1 - tolerance <= ratio["ci_low"] and ratio["ci_high"] <= 1 + tolerance
-            interval = (
-                f"{ratio['ratio']:.3f} [95% CI {ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
-            )
-            detail = (
-                f"{candidate}/{baseline} {interval} lies within ±{tolerance:.0%}"
-                if inside
-                else f"{candidate}/{baseline} {interval} reaches beyond ±{tolerance:.0%}"
-            )
-            checks[b] = {"passed": inside, "detail": detail}
-        failures = [f"batch {b}: {c['detail']}" for b, c in checks.items() if not c["passed"]]
-        if not structure.same:
-            failures.append(f"structure: {structure.summary()}")
-        verdict = {
-            "candidate": candidate,
-            "baseline": baseline,
-            "tolerance": tolerance,
-            "structure": structure.to_dict(),
-            "latency": checks,
-            "failures": failures,
-            "passed": not failures,
-        }
+
+
+def _result(
+    timing: _Interleaved,
+    plan: _Plan,
+    verdict: LatencyVerdict | None,
+    runner: str,
+    baseline: str,
+    batches: Sequence[int],
+    threads: int | None,
+    settings: dict[str, Any],
+    *,
+    seconds: float,
+) -> BenchResult:
+    """The statistics, ratios and samples of everything `timing` measured."""
+    from karst_deploy.doctor import cpu_model
+
+    times = timing.times()
     return BenchResult(
         runner=runner,
-        models={label: str(path) for label, path in paths.items()},
+        models={label: str(path) for label, path in plan.paths.items()},
         baseline=baseline,
         batches=list(batches),
-        rounds=rounds,
-        warmup=warmup,
-        sessions=len(blocks),
+        rounds=len(times[baseline][str(batches[0])]),
+        warmup=settings["warmup"],
+        sessions=timing.blocks,
         threads=threads,
-        latency=latency,
+        latency={
+            label: {b: latency_statistics(t, int(b)) for b, t in per_batch.items()}
+            for label, per_batch in times.items()
+        },
         samples_ms={
             label: {b: (t * 1e3).round(4).tolist() for b, t in per_batch.items()}
             for label, per_batch in times.items()
         },
-        ratios=ratios,
+        ratios=_ratios(times, times, baseline, settings["seed"]),
         verdict=verdict,
-        runners=descriptions,
+        runners=timing.descriptions,
         machine={"cpu": cpu_model(), "cpu_count": os.cpu_count()},
-        notes=notes,
+        notes=plan.notes,
+        requested_rounds=settings["rounds"],
+        max_seconds=settings["max_seconds"],
+        seconds=round(seconds, 3),
     )
+
+
+def bench(
+    models: Mapping[str, str | os.PathLike[str]],
+    *,
+    baseline: str,
+    candidate: str | None = None,
+    batches: Sequence[int] = (1, 8),
+    runner: str = "onnxruntime",
+    threads: int | None = None,
+    rounds: int = 50,
+    warmup: int = 5,
+    tolerance: float = DEFAULT_TOLERANCE,
+    sessions: int = 5,
+    max_seconds: float = 0.0,
+    seed: int = 0,
+    runner_options: Mapping[str, Any] | None = None,
+    show_progress: bool = True,
+) -> BenchResult:
+    """Time `models` (label → file) interleaved on `runner`; ratios against `baseline`.
+
+    With `candidate`, also decide "zero added latency" for it against `baseline` (shown,
+    not shown or inconclusive; see the module docstring). `rounds` are split over `sessions`
+    blocks, each with freshly created sessions and `warmup` rounds; while the verdict is
+    inconclusive, blocks of the same size are added until `max_seconds` would be exceeded
+    (0: never). `runner_options` go to the runner's ``from_file`` (e.g. TensorRT's `copies`).
+    """
+    from karst_deploy.backends import runner_class
+    from karst_deploy.export.structure import compare_structure
+    from karst_deploy.progress import progress_bar
+
+    numbers = dict(
+        rounds=rounds, warmup=warmup, sessions=sessions, tolerance=tolerance,
+        max_seconds=max_seconds,
+    )  # fmt: skip
+    plan = _check_request(models, baseline, candidate, batches, numbers)
+    factory = runner_class(runner)
+    options = dict(runner_options or {})
+    rng = np.random.default_rng(seed)
+    inputs = {b: rng.standard_normal((b, *plan.image_shape), dtype=np.float32) for b in batches}
+    timing = _Interleaved(
+        lambda path: factory.from_file(path, threads=threads, **options),
+        plan.paths,
+        inputs,
+        warmup,
+    )
+    structure = None
+    if plan.candidate is not None:
+        structure = compare_structure(plan.paths[baseline], plan.paths[plan.candidate]).to_dict()
+
+    def judge() -> LatencyVerdict | None:
+        if plan.candidate is None:
+            return None
+        ratios = _ratios(timing.times(), [plan.candidate], baseline, seed)[plan.candidate]
+        return latency_verdict(plan.candidate, baseline, ratios, structure, tolerance)
+
+    blocks = np.array_split(np.arange(rounds), min(sessions, rounds))
+    started = time.perf_counter()
+    with progress_bar("bench", timing.steps(rounds, len(blocks)), enabled=show_progress) as advance:
+        for block in blocks:
+            timing.measure(len(block), advance)
+    verdict = judge()
+    more = len(blocks[0])  # added blocks are as large as the first ones
+    while True:
+        elapsed = time.perf_counter() - started
+        outcome = None if verdict is None else verdict.outcome
+        if not should_measure_more(outcome, elapsed, elapsed / timing.blocks, max_seconds):
+            break
+        title = f"bench: inconclusive, {more} more rounds"
+        with progress_bar(title, timing.steps(more), enabled=show_progress) as advance:
+            timing.measure(more, advance)
+        verdict = judge()
+    return _result(
+        timing, plan, verdict, runner, baseline, batches, threads,
+        dict(rounds=rounds, warmup=warmup, max_seconds=max_seconds, seed=seed),
+        seconds=time.perf_counter() - started,
+    )  # fmt: skip

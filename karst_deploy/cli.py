@@ -565,6 +565,12 @@ def verify_parity_command(
     engine: Path | None = typer.Option(
         None, "--engine", help="TensorRT engine built from --onnx: a stage after ONNX Runtime."
     ),
+    stage: list[str] | None = typer.Option(
+        None,
+        "--stage",
+        help="Also run --onnx on this runner, as a stage after ONNX Runtime (repeatable): "
+        "onnxruntime-cuda, onnxruntime-tensorrt or tensorrt (built in memory).",
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the full report here."),
     force: bool = typer.Option(False, "--force", help="Overwrite the --json file."),
 ):
@@ -598,6 +604,7 @@ def verify_parity_command(
         batch_size=batch_size,
         threads=threads,
         engine=engine,
+        runners=stage or (),
     )
     console.print(parity_table(report))
     for note in report.notes:
@@ -644,13 +651,21 @@ def bench_command(
     tolerance: float = typer.Option(
         0.03, "--tolerance", help="Zero added latency: the 95% CI of merged/base within ±this."
     ),
+    max_seconds: float = typer.Option(
+        120.0,
+        "--max-seconds",
+        help="While the verdict is inconclusive, add blocks of interleaved rounds until the "
+        "whole measurement would exceed this many seconds (0: never add).",
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Write every number here."),
     plot: Path | None = typer.Option(None, "--plot", help="Write latency distributions (PNG)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the --json / --plot files."),
 ):
-    """Time base, merged (and unmerged) interleaved; exit 1 unless zero added latency is shown."""
+    """Time base, merged (and unmerged) interleaved and judge zero added latency: exit 0 when
+    shown, 1 when not shown, 75 when inconclusive (too noisy to decide within --max-seconds)."""
     check_flags(threads=threads, rounds=rounds, warmup=warmup, sessions=sessions)
     check_range("--tolerance", tolerance, 0.0, 1.0, low_open=True)
+    check_range("--max-seconds", max_seconds, 0.0)
     from karst_deploy.bench import bench
     from karst_deploy.files import refuse_existing, write_json
     from karst_deploy.report import bench_table, plot_latencies, verdict_lines
@@ -685,6 +700,7 @@ def bench_command(
         warmup=warmup,
         sessions=sessions,
         tolerance=tolerance,
+        max_seconds=max_seconds,
         runner_options=runner_options,
     )
     console.print(bench_table(result))

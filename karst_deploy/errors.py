@@ -20,6 +20,9 @@ code  name                meaning
 70    internal error      a bug in karst-deploy: anything that is not one of the
                           above (one paragraph; the traceback with ``--debug`` or
                           ``KARST_DEPLOY_DEBUG=1``)
+75    inconclusive        a measurement ran but could not decide within its budget
+                          (``bench``: the latency interval straddles the ±band);
+                          sysexits' EX_TEMPFAIL: run it again, or give more time
 130   interrupted         SIGINT (Ctrl-C) or SIGTERM
 ====  ==================  ==========================================================
 
@@ -42,6 +45,7 @@ CHECK_FAILED = 1
 BAD_INPUT = 2
 ENVIRONMENT = 3
 INTERNAL_ERROR = 70
+INCONCLUSIVE = 75
 INTERRUPTED = 130
 
 #: The exit-code policy, code -> (name, meaning); the README's table is this one.
@@ -59,6 +63,11 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
         "file system, permission denied, ONNX Runtime or TensorRT refused",
     ),
     INTERNAL_ERROR: ("internal error", "a bug in karst-deploy (traceback with --debug)"),
+    INCONCLUSIVE: (
+        "inconclusive",
+        "a measurement ran but was too noisy to decide within its budget (bench: the latency "
+        "interval straddles the band); run it again on a quieter machine or with more time",
+    ),
     INTERRUPTED: ("interrupted", "SIGINT or SIGTERM"),
 }
 
@@ -137,6 +146,12 @@ class VerificationError(KarstDeployError):
     """A check ran to completion and the artifact failed it."""
 
     exit_code = CHECK_FAILED
+
+
+class InconclusiveError(KarstDeployError):
+    """A measurement ran to its budget and can neither confirm nor refute the claim."""
+
+    exit_code = INCONCLUSIVE
 
 
 _PATH_ERRNOS = {

@@ -245,6 +245,36 @@ def image_inputs(
     )
 
 
+def _runner_stages(
+    names: Sequence[str], onnx: Path, precision: str, threads: int | None
+) -> list[Stage]:
+    """A stage per registered runner name, each running the ONNX file itself."""
+    from karst_deploy.backends import runner_class, runner_names
+
+    stages = []
+    for name in names:
+        if name == "torch":  # from_file gives the architecture with random weights
+            raise InputError(
+                "runners: 'torch' is not a stage of its own; the PyTorch stages (torch-unmerged, "
+                f"torch-merged) always run. Choose among {', '.join(runner_names())}."
+            )
+        stages.append(Stage(name, runner_class(name).from_file(onnx, threads=threads), precision))
+    return stages
+
+
+def _engine_stage(
+    engine: str | os.PathLike[str] | None, onnx: Path, precision: str, name: str = "tensorrt"
+) -> list[Stage]:
+    """The TensorRT engine's stage; an engine is compared only with the ONNX it was built from."""
+    if engine is None:
+        return []
+    from karst_deploy.backends import runner_class
+    from karst_deploy.backends.tensorrt.sidecar import engine_source_precision
+
+    engine_precision = engine_source_precision(engine, onnx) or precision
+    return [Stage(name, runner_class("tensorrt")(engine), engine_precision)]
+
+
 def verify_parity(
     onnx: str | os.PathLike[str],
     adapter: str | os.PathLike[str],
@@ -262,6 +292,7 @@ def verify_parity(
     threads: int | None = None,
     extra_stages: Sequence[Stage] = (),
     engine: str | os.PathLike[str] | None = None,
+    runners: Sequence[str] = (),
     show_progress: bool = True,
 ) -> ParityReport:
     """Unmerged PyTorch → merged PyTorch → ONNX Runtime (→ `extra_stages`) on the same inputs,
@@ -280,6 +311,9 @@ def verify_parity(
     head. `pretrained` lets timm download the weights the adapter says it was trained on.
     `atol_scale` replaces the table's value for every precision. With `engine`, a
     TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
+    Each name of `runners` (the runner registry, e.g. ``onnxruntime-cuda``, ``tensorrt``)
+    appends a stage that runs `onnx` on that runner (``Runner.from_file``), judged by the
+    tolerance of the graph's precision.
     """
     import onnx as onnx_lib
 
@@ -319,12 +353,14 @@ def verify_parity(
             "exports are single self-contained files, export it again."
         )
     precision = check_precision_label(record, graph, onnx)
-    if engine is not None:  # a TensorRT engine is compared only with the ONNX it was built from
-        from karst_deploy.backends.tensorrt import TensorRTRunner
-        from karst_deploy.backends.tensorrt.sidecar import engine_source_precision
-
-        engine_precision = engine_source_precision(engine, onnx) or precision
-        extra_stages = [Stage("tensorrt", TensorRTRunner(engine), engine_precision), *extra_stages]
+    extra_stages = [
+        *_runner_stages(runners, onnx, precision, threads),
+        # named apart from a `runners` stage "tensorrt" (the ONNX built in memory)
+        *_engine_stage(
+            engine, onnx, precision, "tensorrt-engine" if "tensorrt" in runners else "tensorrt"
+        ),
+        *extra_stages,
+    ]
     notes: list[str] = []
     first: list[Stage] = []
     if is_peft_directory(adapter):  # PEFT's own forward first, when PEFT is installed

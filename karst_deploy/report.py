@@ -103,39 +103,56 @@ def bench_table(result: BenchResult) -> Table:
     return table
 
 
+_OUTCOME_MARKS = {
+    "shown": "[green]shown[/]",
+    "not shown": "[bold red]NOT SHOWN[/]",
+    "inconclusive": "[bold yellow]INCONCLUSIVE[/]",
+}
+
+
 def verdict_lines(result: BenchResult) -> list[str]:
-    """The zero-added-latency verdict and its two halves, as printable lines."""
+    """The zero-added-latency verdict (shown / not shown / inconclusive) and its halves."""
     verdict = result.verdict
     if verdict is None:
         return []
+    rounds = f"{result.rounds} rounds"
+    if result.rounds > result.requested_rounds:
+        rounds += f", {result.rounds - result.requested_rounds} added to decide"
     lines = [
-        f"zero added latency ({verdict['candidate']} vs {verdict['baseline']}): "
-        f"{_mark(verdict['passed'])}",
-        f"  structure: {_mark(verdict['structure']['same'])} {verdict['structure']['summary']}",
+        f"zero added latency ({verdict.candidate} vs {verdict.baseline}): "
+        f"{_OUTCOME_MARKS[verdict.outcome]} ({rounds}, {result.seconds:.1f} s)",
+        f"  structure: {_mark(verdict.structure['same'])} {verdict.structure['summary']}",
     ]
-    for batch, check in verdict["latency"].items():
-        lines.append(f"  batch {batch}: {_mark(check['passed'])} {check['detail']}")
+    for batch, check in verdict.latency.items():
+        lines.append(f"  batch {batch}: {_OUTCOME_MARKS[check['outcome']]} {check['detail']}")
     return lines
 
 
 def plot_latencies(
     result: BenchResult, path: str | os.PathLike[str], *, force: bool = False
 ) -> Path:
-    """A PNG of the latency distribution of every model, one panel per batch size."""
+    """A PNG of the latency distribution of every model, one panel per batch size (to p99)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from karst_deploy.files import atomic_output
 
     batches = result.batches
     figure, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4), squeeze=False)
     for axis, batch in zip(axes[0], batches, strict=True):
-        samples = [result.samples_ms[label][str(batch)] for label in result.models]
-        axis.violinplot(samples, showmedians=True)
+        samples = [np.asarray(result.samples_ms[label][str(batch)]) for label in result.models]
+        # Rounds beyond the 99th percentile (a scheduler hiccup) would squash the violins
+        # into a line: they are left out of the plot (not of the statistics) and counted.
+        limit = max(float(np.percentile(s, 99)) for s in samples)
+        shown = [s[s <= limit] for s in samples]
+        axis.violinplot(shown, showmedians=True)
         axis.set_xticks(range(1, len(result.models) + 1), list(result.models), rotation=15)
-        axis.set_title(f"batch {batch}")
+        hidden = sum(len(s) - len(k) for s, k in zip(samples, shown, strict=True))
+        above = f" ({hidden} round{'s' * (hidden != 1)} above p99 not drawn)" if hidden else ""
+        axis.set_title(f"batch {batch}{above}")
         axis.set_ylabel("latency (ms)")
         axis.grid(axis="y", alpha=0.3)
     figure.suptitle(f"{result.runner} latency, {result.rounds} interleaved rounds")

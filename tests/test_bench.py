@@ -1,17 +1,31 @@
-"""bench: interleaved timing, the documented JSON, and a verdict that needs the structure too.
+"""bench: interleaved timing, the documented JSON, and a three-outcome verdict that needs the
+structure too.
 
-No timing assertions: runs use a few rounds and check fields, shapes and the structural half.
+No timing assertions: runs use a few rounds and check fields, shapes and the structural half;
+the verdict and the adaptive stopping rule are checked on synthetic intervals.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from karst_deploy.bench import bench, ratio_of_medians
-from karst_deploy.errors import InputError
+from karst_deploy.bench import (
+    INCONCLUSIVE,
+    NOT_SHOWN,
+    SHOWN,
+    bench,
+    combine_outcomes,
+    interval_outcome,
+    latency_verdict,
+    ratio_of_medians,
+    should_measure_more,
+)
+from karst_deploy.errors import INCONCLUSIVE as EXIT_INCONCLUSIVE
+from karst_deploy.errors import InconclusiveError, InputError, VerificationError
 from karst_deploy.export import export_onnx
 from karst_deploy.provenance import read_provenance, write_provenance
 from tests.export.artifacts import export_base, save_adapter
@@ -37,16 +51,18 @@ def test_cli_json_has_the_documented_fields(models, tmp_path):
         "bench", "--onnx", str(models["merged"]), "--baseline", str(models["base"]),
         "--unmerged", str(models["unmerged"]), "--batch", "1,2", "--rounds", "4",
         "--warmup", "1", "--sessions", "2", "--threads", "1", "--json", str(report),
-        "--plot", str(plot),
+        "--plot", str(plot), "--max-seconds", "0",
     )  # fmt: skip
-    # Exit 0 or 1 depends on timing noise over 4 rounds; the verdict's fields do not.
-    assert result.returncode in (0, 1), result.stderr
+    # The outcome depends on timing noise over 4 rounds; its exit code and fields do not.
+    outcomes = {0: SHOWN, 1: NOT_SHOWN, EXIT_INCONCLUSIVE: INCONCLUSIVE}
+    assert result.returncode in outcomes, result.stderr
     data = json.loads(report.read_text())
     assert list(data["models"]) == ["base", "merged", "unmerged"]
     assert (data["runner"], data["baseline"], data["batches"], data["rounds"]) == (
         "onnxruntime", "base", [1, 2], 4,
     )  # fmt: skip
-    assert (data["sessions"], data["warmup"]) == (2, 1)
+    assert (data["sessions"], data["warmup"], data["requested_rounds"]) == (2, 1, 4)
+    assert data["outcome"] == data["verdict"]["outcome"] == outcomes[result.returncode]
     for label in data["models"]:
         for batch in ("1", "2"):
             assert set(data["latency"][label][batch]) == STATISTICS
@@ -71,8 +87,11 @@ def test_unmerged_as_candidate_fails_on_structure(models):
         {"base": models["base"], "merged": models["unmerged"]},
         baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, show_progress=False,
     )  # fmt: skip
-    assert result.passed is False
-    assert any(f.startswith("structure: graphs differ") for f in result.verdict["failures"])
+    assert result.passed is False and result.outcome == NOT_SHOWN
+    assert any(f.startswith("structure: graphs differ") for f in result.verdict.failures)
+    with pytest.raises(VerificationError, match="not shown") as error:
+        result.raise_if_failed()
+    assert error.value.exit_code == 1
 
 
 def test_torch_runner_times_the_same_architectures(models):
@@ -126,3 +145,101 @@ def test_ratio_interval_comes_from_paired_rounds():
     assert (
         jitter["ci_low"] < 1.0 < jitter["ci_high"] and jitter["ci_high"] - jitter["ci_low"] < 0.05
     )
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "outcome"),
+    [
+        (0.98, 1.02, SHOWN),
+        (0.97, 1.03, SHOWN),  # the band's edges belong to it
+        (0.95, 1.01, INCONCLUSIVE),  # straddles -3 %: noise, not a verdict
+        (0.90, 1.10, INCONCLUSIVE),
+        (1.02, 1.05, INCONCLUSIVE),
+        (1.05, 1.08, NOT_SHOWN),
+        (0.90, 0.96, NOT_SHOWN),
+    ],
+)
+def test_the_interval_is_judged_against_the_band(low, high, outcome):
+    assert interval_outcome(low, high, 0.03) == outcome
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "combined"),
+    [
+        ([SHOWN, SHOWN], SHOWN),
+        ([SHOWN, INCONCLUSIVE], INCONCLUSIVE),
+        ([INCONCLUSIVE, NOT_SHOWN], NOT_SHOWN),  # one real difference decides
+        ([], INCONCLUSIVE),  # nothing measured shows nothing
+    ],
+)
+def test_outcomes_combine_over_batches(outcomes, combined):
+    assert combine_outcomes(outcomes) == combined
+
+
+@pytest.mark.parametrize(
+    ("outcome", "elapsed", "block", "budget", "more"),
+    [
+        (INCONCLUSIVE, 10.0, 4.0, 20.0, True),
+        (INCONCLUSIVE, 10.0, 4.0, 14.0, True),  # exactly fits
+        (INCONCLUSIVE, 10.0, 4.0, 13.9, False),  # the next block would overrun the budget
+        (INCONCLUSIVE, 0.5, 0.1, 0.0, False),  # --max-seconds 0: never add rounds
+        (SHOWN, 1.0, 1.0, 60.0, False),  # decided: stop
+        (NOT_SHOWN, 1.0, 1.0, 60.0, False),
+        (None, 1.0, 1.0, 60.0, False),  # no verdict applies: nothing to decide
+    ],
+)
+def test_rounds_are_added_only_while_inconclusive_and_within_budget(
+    outcome, elapsed, block, budget, more
+):
+    assert should_measure_more(outcome, elapsed, block, budget) is more
+
+
+def _ratios(*intervals):
+    return {
+        str(b): {"ratio": (low + high) / 2, "ci_low": low, "ci_high": high}
+        for b, (low, high) in zip((1, 8), intervals, strict=False)
+    }
+
+
+SAME = {"same": True, "summary": "identical"}
+
+
+def test_the_verdict_has_three_outcomes_with_their_exit_codes(models):
+    result = bench(
+        {"base": models["base"], "merged": models["merged"]},
+        baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, sessions=1,
+        show_progress=False,
+    )  # fmt: skip
+    judged = {
+        SHOWN: latency_verdict("merged", "base", _ratios((0.99, 1.01), (0.98, 1.02)), SAME, 0.03),
+        NOT_SHOWN: latency_verdict("merged", "base", _ratios((0.99, 1.01), (1.1, 1.2)), SAME, 0.03),
+        INCONCLUSIVE: latency_verdict("merged", "base", _ratios((0.96, 1.01)), SAME, 0.03),
+    }
+    assert {outcome: v.outcome for outcome, v in judged.items()} == {o: o for o in judged}
+    dataclasses.replace(result, verdict=judged[SHOWN]).raise_if_failed()
+    with pytest.raises(VerificationError, match=r"not shown: batch 8: .* lies wholly outside"):
+        dataclasses.replace(result, verdict=judged[NOT_SHOWN]).raise_if_failed()
+    with pytest.raises(InconclusiveError, match=r"inconclusive after 2 rounds.*straddles ±3%"):
+        dataclasses.replace(result, verdict=judged[INCONCLUSIVE]).raise_if_failed()
+    assert InconclusiveError.exit_code == EXIT_INCONCLUSIVE == 75
+    differs = {"same": False, "summary": "graphs differ: +2 MatMul"}
+    structural = latency_verdict("merged", "base", _ratios((0.99, 1.01)), differs, 0.03)
+    assert structural.outcome == NOT_SHOWN and structural.failures == [
+        "structure: graphs differ: +2 MatMul"
+    ]
+
+
+def test_rounds_are_added_while_the_verdict_is_inconclusive(models):
+    """Real sessions: a ±0.0001 % band is almost never decided by a few rounds."""
+    common = dict(
+        baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, sessions=1,
+        show_progress=False,
+    )  # fmt: skip
+    pair = {"base": models["base"], "merged": models["merged"]}
+    fixed = bench(pair, tolerance=1e-6, max_seconds=0, **common)
+    assert (fixed.rounds, fixed.requested_rounds, fixed.sessions) == (2, 2, 1)
+    adaptive = bench(pair, tolerance=1e-6, max_seconds=2, **common)
+    samples = adaptive.samples_ms["merged"]["1"]
+    assert adaptive.rounds == len(samples) == 2 * adaptive.sessions  # whole blocks of 2
+    if adaptive.outcome == INCONCLUSIVE:  # the budget ran out before a decision
+        assert adaptive.rounds > adaptive.requested_rounds

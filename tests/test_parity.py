@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
@@ -160,6 +161,29 @@ def test_extra_stages_are_compared_with_the_previous_one(exports, perturbed):
     }
     with pytest.raises(VerificationError, match="onnxruntime → onnxruntime-perturbed"):
         report.raise_if_failed()
+
+
+def test_a_registered_runner_is_a_stage_by_name(exports):
+    """verify-parity --stage NAME: the registry opens the ONNX on that runner."""
+    adapter, path = exports["lora"]
+    with pytest.raises(InputError, match="'torch' is not a stage of its own"):
+        verify_parity(path, adapter, runners=["torch"], show_progress=False)
+    with pytest.raises(InputError, match="Unknown runner 'tensorflow'; choose one of"):
+        verify_parity(path, adapter, runners=["tensorflow"], show_progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="needs ONNX Runtime's CUDAExecutionProvider (onnxruntime-gpu and a CUDA GPU)",
+)
+def test_an_onnxruntime_cuda_stage_follows_onnx_runtime(exports):
+    adapter, path = exports["lora"]
+    report = verify_parity(
+        path, adapter, samples=8, runners=["onnxruntime-cuda"], show_progress=False
+    )
+    assert [c.candidate for c in report.comparisons][-1] == "onnxruntime-cuda"
+    assert report.passed, report.failures
 
 
 def test_compare_logits_names_the_failed_check_and_by_how_much():

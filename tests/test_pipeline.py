@@ -23,7 +23,7 @@ import pytest
 
 from karst_deploy.adapters import AdapterFile
 from karst_deploy.files import sha256_file
-from karst_deploy.pipeline import QUICK, DemoResult, _interval_state, _verdicts
+from karst_deploy.pipeline import QUICK, DemoResult, _verdicts
 from karst_deploy.provenance import read_provenance
 
 REPORT_FILES = {
@@ -255,17 +255,3 @@ def test_a_failed_hard_check_fails_the_demo(runs, check, change):
     with pytest.raises(VerificationError) as error:
         result.raise_if_failed()
     assert error.value.exit_code == 1 and check in str(error.value)
-
-
-@pytest.mark.parametrize(
-    "low, high, state",
-    [
-        (0.98, 1.02, "pass"),
-        (0.95, 1.01, "inconclusive"),  # reaches beyond -3 %: noise, not a verdict
-        (0.90, 1.10, "inconclusive"),
-        (1.05, 1.08, "not shown"),
-        (0.90, 0.96, "not shown"),
-    ],
-)
-def test_the_latency_interval_is_judged_against_the_band(low, high, state):
-    assert _interval_state(low, high, 0.03) == state
