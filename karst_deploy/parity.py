@@ -256,7 +256,8 @@ def _runner_stages(
         if name == "torch":  # from_file gives the architecture with random weights
             raise InputError(
                 "runners: 'torch' is not a stage of its own; the PyTorch stages (torch-unmerged, "
-                f"torch-merged) always run. Choose among {', '.join(runner_names())}."
+                f"torch-merged) always run. Choose among "
+                f"{', '.join(n for n in runner_names() if n != 'torch')}."
             )
         stages.append(Stage(name, runner_class(name).from_file(onnx, threads=threads), precision))
     return stages

@@ -1,6 +1,12 @@
 """Runtimes behind one `Runner` interface; see `base`."""
 
-from karst_deploy.backends.base import RUNNERS, Runner, register_runner, runner_class
+from karst_deploy.backends.base import (
+    RUNNERS,
+    Runner,
+    register_runner,
+    runner_class,
+    runner_names,
+)
 
 # Registered by name only: a runner's module (and its runtime) is imported when asked for.
 register_runner("torch", "karst_deploy.backends.torch", "TorchRunner")
@@ -13,4 +19,4 @@ register_runner(
 )
 register_runner("tensorrt", "karst_deploy.backends.tensorrt", "TensorRTRunner")
 
-__all__ = ["RUNNERS", "Runner", "register_runner", "runner_class"]
+__all__ = ["RUNNERS", "Runner", "register_runner", "runner_class", "runner_names"]
