@@ -568,6 +568,7 @@ def verify_parity_command(
     stage: list[str] | None = typer.Option(
         None,
         "--stage",
+        metavar="RUNNER",
         help="Also run --onnx on this runner, as a stage after ONNX Runtime (repeatable): "
         "onnxruntime-cuda, onnxruntime-tensorrt or tensorrt (built in memory).",
     ),
@@ -654,6 +655,7 @@ def bench_command(
     max_seconds: float = typer.Option(
         120.0,
         "--max-seconds",
+        metavar="SECONDS",
         help="While the verdict is inconclusive, add blocks of interleaved rounds until the "
         "whole measurement would exceed this many seconds (0: never add).",
     ),
