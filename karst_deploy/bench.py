@@ -142,7 +142,7 @@ def bench(
     sessions: int = 5,
     seed: int = 0,
     runner_options: Mapping[str, Any] | None = None,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> BenchResult:
     """Time `models` (label → file) interleaved on `runner`; ratios against `baseline`.
 
@@ -153,7 +153,7 @@ def bench(
     from karst_deploy.backends import runner_class
     from karst_deploy.doctor import cpu_model
     from karst_deploy.export.structure import compare_structure
-    from karst_deploy.report import progress_bar
+    from karst_deploy.report.progress import progress_bar
 
     paths = {label: Path(path) for label, path in models.items()}
     for label in [baseline, candidate]:
@@ -204,7 +204,7 @@ def bench(
     blocks = np.array_split(np.arange(rounds), min(sessions, rounds))
     steps = len(batches) * (rounds + warmup * len(blocks)) * len(labels)
     descriptions: dict[str, dict[str, Any]] = {}
-    with progress_bar("bench", steps, enabled=show_progress) as advance:
+    with progress_bar("bench", steps, enabled=progress) as advance:
         for block_index, block in enumerate(blocks):
             # Fresh sessions per block, created in rotated order: where a session's memory
             # lands moves identical graphs by 1-3 %, so it must be noise, not a fixed bias.

@@ -278,13 +278,13 @@ def run_stages(
     tolerances: dict[str, Tolerance] | None = None,
     *,
     batch_size: int = 16,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> ParityReport:
     """Run every input set through every stage and compare each stage with the previous one.
 
     `tolerances` overrides the table per precision (e.g. a user's ``--atol``).
     """
-    from karst_deploy.report import progress_bar
+    from karst_deploy.report.progress import progress_bar
 
     if len(stages) < 2:
         raise InputError("Parity needs at least two stages to compare.")
@@ -295,7 +295,7 @@ def run_stages(
     judged_by = [table.get(s.precision) or tolerance_for(s.precision) for s in stages[1:]]
     steps = sum(-(-len(s.images) // batch_size) for s in input_sets) * len(stages)
     outputs: dict[tuple[str, str], np.ndarray] = {}
-    with progress_bar("parity", steps, enabled=show_progress) as advance:
+    with progress_bar("parity", steps, enabled=progress) as advance:
         for stage in stages:
             with stage.runner:
                 for inputs in input_sets:
@@ -396,7 +396,7 @@ def verify_parity(
     threads: int | None = None,
     extra_stages: Sequence[Stage] = (),
     engine: str | os.PathLike[str] | None = None,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> ParityReport:
     """Unmerged PyTorch → merged PyTorch → ONNX Runtime (→ `extra_stages`) on the same inputs,
     and the white-box stage: the ONNX graph against a fresh export of the same model.
@@ -504,7 +504,7 @@ def verify_parity(
     )
     del graph
     report = run_stages(
-        stages, input_sets, overrides, batch_size=batch_size, show_progress=show_progress
+        stages, input_sets, overrides, batch_size=batch_size, progress=progress
     )
     report.white_box = checked
     report.provenance = record

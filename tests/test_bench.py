@@ -69,7 +69,7 @@ def test_cli_json_has_the_documented_fields(models, tmp_path):
 def test_unmerged_as_candidate_fails_on_structure(models):
     result = bench(
         {"base": models["base"], "merged": models["unmerged"]},
-        baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, show_progress=False,
+        baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, progress=False,
     )  # fmt: skip
     assert result.passed is False
     assert any(f.startswith("structure: graphs differ") for f in result.verdict["failures"])
@@ -78,7 +78,7 @@ def test_unmerged_as_candidate_fails_on_structure(models):
 def test_torch_runner_times_the_same_architectures(models):
     result = bench(
         models, baseline="base", batches=[2], runner="torch", rounds=2, warmup=1,
-        show_progress=False,
+        progress=False,
     )  # fmt: skip
     assert result.verdict is None and set(result.ratios) == {"merged", "unmerged"}
     assert result.runners["unmerged"]["runner"] == "torch"
@@ -91,7 +91,7 @@ def test_different_precisions_get_a_table_but_no_verdict(models, tmp_path):
     fp16 = convert_precision(models["merged"], tmp_path / "fp16.onnx", "fp16").path
     result = bench(
         {"fp32": models["merged"], "fp16": fp16},
-        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, show_progress=False,
+        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, progress=False,
     )  # fmt: skip
     assert result.verdict is None and result.passed is None
     assert "fp16" in result.notes[0] and "fp16" in result.ratios
@@ -102,7 +102,7 @@ def test_different_precisions_get_a_table_but_no_verdict(models, tmp_path):
     onnx.save(model, str(tmp_path / "relabelled.onnx"))
     relabelled = bench(
         {"fp32": models["merged"], "fp16": tmp_path / "relabelled.onnx"},
-        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, show_progress=False,
+        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, progress=False,
     )  # fmt: skip
     assert relabelled.verdict is not None  # an fp32 graph is fp32, whatever its label says
 

@@ -53,7 +53,7 @@ def perturbed(exports, tmp_path_factory):
 @method_params
 def test_parity_passes_for_every_method(method, exports):
     adapter, path = exports[method]
-    report = verify_parity(path, adapter, data="digits", samples=24, images=24, show_progress=False)
+    report = verify_parity(path, adapter, data="digits", samples=24, images=24, progress=False)
     assert report.passed, report.failures
     assert [s["name"] for s in report.stages] == ["torch-unmerged", "torch-merged", "onnxruntime"]
     pairs = [(c.reference, c.candidate, c.inputs) for c in report.comparisons]
@@ -151,7 +151,7 @@ def test_extra_stages_are_compared_with_the_previous_one(exports, perturbed):
     """Another runtime (e.g. a TensorRT engine) joins by appending a Stage."""
     adapter, path = exports["karst-channel"]
     extra = Stage("onnxruntime-perturbed", OnnxRuntimeRunner(perturbed))
-    report = verify_parity(path, adapter, samples=8, extra_stages=[extra], show_progress=False)
+    report = verify_parity(path, adapter, samples=8, extra_stages=[extra], progress=False)
     verdicts = {(c.reference, c.candidate): c.passed for c in report.comparisons}
     assert verdicts == {
         ("torch-unmerged", "torch-merged"): True,
@@ -210,7 +210,7 @@ def test_a_fixed_batch_export_is_fed_in_chunks_of_its_batch(exports, tmp_path):
 def test_data_with_another_class_count_is_refused(exports):
     adapter, path = exports["lora"]  # a 10-class head
     with pytest.raises(InputError, match="--data 'digits:0-4' has 5 classes but the model's head"):
-        verify_parity(path, adapter, data="digits:0-4", samples=2, show_progress=False)
+        verify_parity(path, adapter, data="digits:0-4", samples=2, progress=False)
 
 
 def test_an_atol_that_is_not_finite_and_positive_is_refused(exports):

@@ -333,7 +333,7 @@ TAMPERS = [
 def verdict(path: Path, adapter: Path, data: str | None) -> tuple[int, str, dict | None]:
     """What `karst-deploy verify-parity` would do, in process: exit code, message, report."""
     try:
-        report = verify_parity(path, adapter, data=data, samples=4, images=16, show_progress=False)
+        report = verify_parity(path, adapter, data=data, samples=4, images=16, progress=False)
     except KarstDeployError as error:
         return error.exit_code, str(error), None
     return (0 if report.passed else 1), "; ".join(report.failures), report.to_dict()

@@ -84,7 +84,7 @@ def compute_sensitivity(
     `data` yields ``(image, label)`` pairs preprocessed for `model` (e.g. `open_images`).
     The model's training mode and ``requires_grad`` flags are restored afterwards.
     """
-    from karst_deploy.report import progress_bar
+    from karst_deploy.report.progress import progress_bar
     from karst_deploy.train.loop import training_drop_path
 
     if adapter_config(model) is not None:
@@ -301,6 +301,8 @@ def sensitivity_for_backbone(
     )
     save_scores(result, out, force=force)
     if plot is not None:
+        from karst_deploy.report.plots import plot_sensitivity
+
         plot_sensitivity(result, plot, force=force)
     totals = result.matrix_totals()
     grand = sum(totals.values()) or 1.0
@@ -313,35 +315,3 @@ def sensitivity_for_backbone(
         "top_matrices": {name: round(total / grand, 4) for name, total in list(totals.items())[:5]},
         **({"plot": str(plot)} if plot is not None else {}),
     }
-
-
-def plot_sensitivity(
-    sensitivity: Sensitivity, path: str | os.PathLike[str], *, force: bool = False
-) -> Path:
-    """A PNG of each candidate matrix's share of the total sensitivity, in model order.
-
-    Roughly where SPT will spend the budget, at a glance.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    totals = {name: float(s.double().sum()) for name, s in sensitivity.scores.items()}
-    grand = sum(totals.values()) or 1.0
-    names = [name.removesuffix(".weight") for name in totals]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.22 * len(names) + 2), 4.0))
-    axis.bar(range(len(names)), [t / grand for t in totals.values()], color="tab:blue")
-    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    axis.set_ylabel("share of total sensitivity")
-    backbone = sensitivity.metadata.get("backbone", {})
-    axis.set_title(
-        f"SPT sensitivity: {backbone.get('name', '?')} on {sensitivity.metadata.get('data', '?')} "
-        f"({sensitivity.metadata.get('images', '?')} images)",
-        fontsize=9,
-    )
-    figure.tight_layout()
-    with atomic_output(path, force=force) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
-    return Path(path)

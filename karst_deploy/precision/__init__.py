@@ -30,7 +30,7 @@ from karst_deploy.precision.calibration import (
 from karst_deploy.precision.fp16 import to_fp16
 from karst_deploy.precision.graph import describe_precision, require_precision
 from karst_deploy.precision.int8 import CALIBRATION_BATCH, quantize_int8
-from karst_deploy.report import progress_bar
+from karst_deploy.report.progress import progress_bar
 
 __all__ = [
     "CALIBRATION_METHODS",

@@ -42,7 +42,7 @@ def test_parity_and_bench_with_a_tensorrt_engine(tmp_path):
     merged = export_onnx(tmp_path / "merged.onnx", adapter=adapter).path
     engine = tmp_path / "merged.engine"
     build_engine(merged, engine, BuildOptions(), progress=False)
-    report = verify_parity(merged, adapter, engine=engine, samples=8, show_progress=False)
+    report = verify_parity(merged, adapter, engine=engine, samples=8, progress=False)
     assert report.passed and [s["name"] for s in report.stages][-1] == "tensorrt"
 
     base = export_base(tmp_path / "base.onnx").path
@@ -53,7 +53,7 @@ def test_parity_and_bench_with_a_tensorrt_engine(tmp_path):
         runner="tensorrt",
         rounds=3,
         warmup=1,
-        show_progress=False,
+        progress=False,
         runner_options={"copies": False, "cuda_graph": True},
     )
     assert result.runners["merged"]["copies"] is False and result.latency["merged"]["8"]
