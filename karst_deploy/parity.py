@@ -503,9 +503,7 @@ def verify_parity(
         onnx,
     )
     del graph
-    report = run_stages(
-        stages, input_sets, overrides, batch_size=batch_size, progress=progress
-    )
+    report = run_stages(stages, input_sets, overrides, batch_size=batch_size, progress=progress)
     report.white_box = checked
     report.provenance = record
     report.notes = notes

@@ -9,6 +9,7 @@ from karst_deploy.export.onnx_export import (
     export_model,
     export_onnx,
 )
+from karst_deploy.export.options import ExportOptions, parse_onnx_batch
 from karst_deploy.export.record import architecture_from_onnx, provenance_record
 from karst_deploy.export.structure import GraphStructure, StructureComparison, compare_structure
 
@@ -17,6 +18,7 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
     "ExportError",
+    "ExportOptions",
     "ExportResult",
     "GraphStructure",
     "StructureComparison",
@@ -24,5 +26,6 @@ __all__ = [
     "compare_structure",
     "export_model",
     "export_onnx",
+    "parse_onnx_batch",
     "provenance_record",
 ]

@@ -14,8 +14,9 @@ locates the cache.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import refuse_existing, temporary_directory
@@ -32,6 +33,9 @@ from karst_deploy.precision.graph import describe_precision, require_precision
 from karst_deploy.precision.int8 import CALIBRATION_BATCH, quantize_int8
 from karst_deploy.report.progress import progress_bar
 
+if TYPE_CHECKING:
+    from karst_deploy.export import ExportOptions, ExportResult
+
 __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_SAMPLES",
@@ -39,6 +43,7 @@ __all__ = [
     "PrecisionResult",
     "convert_precision",
     "describe_precision",
+    "export_in_precision",
     "export_with_precision",
     "load_calibration",
     "quantize_int8",
@@ -140,3 +145,51 @@ def export_with_precision(
     result.source = "fp32 export (intermediate, not kept)"
     result.fp32_export = {k: v for k, v in exported.to_dict().items() if k != "path"}
     return result
+
+
+@dataclass
+class CalibrationOptions:
+    """int8 calibration: the data (`calib`), how many images, the range method, the cache."""
+
+    calib: str | os.PathLike[str] | None = None
+    samples: int = DEFAULT_SAMPLES
+    method: str = "minmax"
+    use_cache: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        """The calibration keyword arguments of `convert_precision`."""
+        return {
+            "calib": self.calib,
+            "calib_samples": self.samples,
+            "calib_method": self.method,
+            "use_cache": self.use_cache,
+        }
+
+
+def export_in_precision(
+    out: str | os.PathLike[str],
+    options: ExportOptions,
+    precision: str = "fp32",
+    calibration: CalibrationOptions | None = None,
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> ExportResult | PrecisionResult:
+    """``karst-deploy export``: the fp32 export, or (fp16/int8) export then convert."""
+    from karst_deploy.export import export_onnx
+    from karst_deploy.report.progress import status
+
+    calibration = calibration or CalibrationOptions()
+    if precision != "fp32":
+        return export_with_precision(
+            out,
+            precision,
+            force=force,
+            progress=progress,
+            **calibration.kwargs(),
+            **options.export_kwargs(),
+        )
+    if calibration.calib is not None:
+        raise InputError("--calib applies to --precision int8 only.")
+    with status("exporting and checking", enabled=progress):
+        return export_onnx(out, force=force, **options.export_kwargs())

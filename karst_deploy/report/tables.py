@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -250,3 +250,15 @@ def demo_tables(result: DemoResult) -> list[Table]:
         name = verdict.name if verdict.hard else f"{verdict.name} (soft)"
         verdicts.add_row(name, _STATES[verdict.state], escape(verdict.detail))
     return [run, by_stage, table, verdicts]
+
+
+def trtexec_lines(commands: list[dict[str, Any]]) -> list[str]:
+    """The trtexec build and timing commands per TensorRT line, ready to paste (plain text)."""
+    lines: list[str] = []
+    for entry in commands:
+        lines.append(f"# ---- TensorRT {entry['tensorrt']} ----")
+        if entry["build"]:
+            lines += ["# build on the device", entry["build"]]
+        lines += ["# time it (GPU compute, as trtexec 11 measures by default)", entry["timing"]]
+        lines += [f"# note: {note}" for note in entry["notes"]]
+    return lines
