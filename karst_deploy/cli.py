@@ -229,17 +229,21 @@ def emit(
         print_json(data)
 
 
-def show(*renderables: Any) -> None:
+def show(*renderables: Any, console: Any = None) -> None:
     from karst_deploy.report.render import show as render
 
-    render(*renderables)
+    render(*renderables, console=console)
 
 
-def wrote(what: str, *paths: Path | None) -> None:
-    """The closing line: what was written where."""
+def wrote(as_json: bool, *paths: Path | str | None) -> None:
+    """The closing line, what was written where (on stderr under --json: stdout is JSON)."""
+    from karst_deploy.report.progress import stderr_console
+    from karst_deploy.report.render import stdout_console
+
     written = ", ".join(str(p) for p in paths if p is not None)
     if written:
-        show(f"[green]{escape(what)}[/]: {escape(written)}")
+        console = stderr_console() if as_json else stdout_console()
+        show(f"[green]wrote[/] {escape(written)}", console=console)
 
 
 #: Old spellings kept for one release, hidden from --help: (command, old) -> new.
@@ -354,6 +358,7 @@ def merge_command(
     emit(result, as_json, json_out, force)
     if not as_json:
         show(key_value_table("merged checkpoint", result))
+    wrote(as_json, out, json_out)
 
 
 BUILD_EXAMPLES = (
@@ -424,6 +429,7 @@ def build_engine_command(
     if not as_json:
         table, fallbacks = engine_table(result)
         show(table, *fallbacks)
+    wrote(as_json, result["engine"], result["sidecar"], json_out)
 
 
 def build_options(
@@ -608,6 +614,7 @@ def export_command(
     if not as_json:
         rows = result.summary() if hasattr(result, "summary") else result.to_dict()
         show(key_value_table(f"exported {precision} model", rows))
+    wrote(as_json, out, json_out)
 
 
 @command(
@@ -675,6 +682,7 @@ def verify_parity_command(
             note(text)
         if report.white_box is not None:
             show(white_box_table(report.white_box))
+    wrote(as_json, json_out)
     report.raise_if_failed()
     if not as_json:
         show("[green]parity: every check passed[/]")
@@ -747,7 +755,7 @@ def bench_command(
         show(bench_table(result), *verdict_lines(result))
         for text in result.notes:
             note(text)
-        wrote("wrote", json_out, plot)
+    wrote(as_json, json_out, plot)
     result.raise_if_failed()
 
 
@@ -877,6 +885,7 @@ def train_command(
     if not as_json:
         tables, warnings = train_tables(result, f"{method} on {data}")
         show(*tables, *warnings)
+    wrote(as_json, result.out, json_out)
 
 
 @command(
@@ -929,6 +938,7 @@ def sensitivity_command(
     emit(summary, as_json, json_out, force)
     if not as_json:
         show(key_value_table("sensitivity scores", summary))
+    wrote(as_json, out, plot, json_out)
 
 
 @command(
@@ -962,6 +972,7 @@ def convert_precision_command(
     emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
         show(key_value_table(f"{precision} model", result.summary()))
+    wrote(as_json, out, json_out)
 
 
 @command("demo", "karst-deploy demo", "karst-deploy demo --quick --threads 1 --out /tmp/demo")

@@ -14,8 +14,8 @@ from karst_deploy.bench import bench, ratio_of_medians
 from karst_deploy.errors import InputError
 from karst_deploy.export import export_onnx
 from karst_deploy.provenance import read_provenance, write_provenance
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import export_base, save_adapter
-from tests.test_cli import run_cli
 
 STATISTICS = {"median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput"}
 
@@ -35,8 +35,8 @@ def test_cli_json_has_the_documented_fields(models, tmp_path):
     report, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     result = run_cli(
         "bench", "--onnx", str(models["merged"]), "--baseline", str(models["base"]),
-        "--unmerged", str(models["unmerged"]), "--batch", "1,2", "--rounds", "4",
-        "--warmup", "1", "--sessions", "2", "--threads", "1", "--json", str(report),
+        "--unmerged", str(models["unmerged"]), "--batch-sizes", "1,2", "--rounds", "4",
+        "--warmup", "1", "--sessions", "2", "--threads", "1", "--json-out", str(report),
         "--plot", str(plot),
     )  # fmt: skip
     # Exit 0 or 1 depends on timing noise over 4 rounds; the verdict's fields do not.

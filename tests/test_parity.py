@@ -21,8 +21,8 @@ from karst_deploy.parity import (
 )
 from karst_deploy.provenance import read_provenance, write_provenance
 from tests.cases import METHOD_CASES, method_params
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import export_base, save_adapter
-from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path)
     report_path = tmp_path / "report.json"
     result = run_cli(
         "verify-parity", "--adapter", str(adapter), "--onnx", str(perturbed),
-        "--samples", "16", "--json", str(report_path),
+        "--samples", "16", "--json-out", str(report_path),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "torch-merged → onnxruntime" in result.stderr and "max abs diff" in result.stderr
@@ -110,10 +110,16 @@ def test_cli_passes_with_exit_0(exports, tmp_path):
     adapter, path = exports["lora"]
     result = run_cli(
         "verify-parity", "--adapter", str(adapter), "--onnx", str(path), "--samples", "8",
-        "--data", "digits", "--json", str(tmp_path / "ok.json"),
+        "--data", "digits", "--json-out", str(tmp_path / "ok.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "ok.json").read_text())["passed"] is True
+    # stdout is not a terminal here (as in CI or `| tee`): the table takes the width it needs
+    # instead of 80 columns, so no stage name is cut ("torch-unmerg…") or split over lines.
+    for stage in ("torch-unmerged", "torch-merged", "onnxruntime"):
+        assert stage in result.stdout
+    assert "…" not in result.stdout
+    assert str(tmp_path / "ok.json") in result.stdout  # the closing line names the file
 
 
 def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):

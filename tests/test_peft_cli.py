@@ -11,7 +11,7 @@ import torch
 from karst_deploy.adapters import peft_format
 from karst_deploy.parity import verify_parity
 from tests.cases import PEFT_BACKBONES, images, peft_adapter, peft_backbone_args
-from tests.test_cli import run_cli
+from tests.cli_helpers import run_cli
 
 pytest.importorskip("peft", reason="the PEFT tests need Hugging Face PEFT (the test extra)")
 

@@ -25,8 +25,8 @@ from karst_deploy.graph_precision import graph_precision
 from karst_deploy.parity import verify_parity
 from karst_deploy.precision import convert_precision
 from karst_deploy.provenance import read_provenance, write_provenance
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import save_adapter
-from tests.test_cli import run_cli
 
 Edit = Callable[[onnx.ModelProto], None]
 

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from karst_deploy.engine import BuildOptions, build_engine
+from tests.cli_helpers import run_cli
 from tests.engine.needs import needs_tensorrt_gpu
 
 
 def test_bench_refuses_tensorrt_flags_for_other_runners(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "karst_deploy",
-            "bench",
-            "--onnx",
-            str(tmp_path / "m.onnx"),
-            "--baseline",
-            str(tmp_path / "b.onnx"),
-            "--runner",
-            "onnxruntime",
-            "--cuda-graph",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(
+        "bench", "--onnx", tmp_path / "m.onnx", "--baseline", tmp_path / "b.onnx",
+        "--runner", "onnxruntime", "--cuda-graph",
+    )  # fmt: skip
     assert result.returncode == 2 and "--runner tensorrt only" in result.stderr
 
 
