@@ -3,7 +3,8 @@
 Progress goes to stderr so that ``--json`` on stdout stays clean. When stderr is not a
 terminal (CI logs, ``| tee``) a bar would print nothing useful, so the helper writes a plain
 line with the count, the elapsed time and an estimate of the time left at most every
-`LINE_INTERVAL` seconds, plus one line at the start and one at the end. This module imports
+`LINE_INTERVAL` seconds and one at the end. Nothing is printed before the first interval: a
+step that fails at once leaves only its one-paragraph error on stderr. This module imports
 only rich, so any layer may use it.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -66,7 +68,6 @@ class _Lines(Progress):
         self.console, self.description, self.total = console, description, max(total, 1)
         self.done, self.printed = 0, ""
         self.started = self.last = time.perf_counter()
-        self._print(f"{description}: 0/{total} …")
 
     def _print(self, text: str) -> None:
         if text == self.printed:
@@ -111,7 +112,7 @@ def progress_bar(
     console = console or stderr_console()
     if not console.is_terminal:
         lines = _Lines(console, description, total)
-        yield lines
+        yield lines  # on an error, no closing line: the error paragraph follows
         lines._print(lines.line())
         return
     from rich.progress import (
@@ -147,7 +148,16 @@ def status(text: str, *, enabled: bool = True, console: Console | None = None) -
             yield spinner
         return
     started = time.perf_counter()
-    console.print(f"{text} …", highlight=False, markup=False)
-    yield None
+    # A step that is still running after LINE_INTERVAL says so; a quick one (or a quick
+    # failure) prints only its outcome.
+    still = threading.Timer(
+        LINE_INTERVAL, lambda: console.print(f"{text} …", highlight=False, markup=False)
+    )
+    still.daemon = True
+    still.start()
+    try:
+        yield None
+    finally:
+        still.cancel()
     done = f"{text}: done in {duration(time.perf_counter() - started)}"
     console.print(done, highlight=False, markup=False)

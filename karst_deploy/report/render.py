@@ -39,8 +39,13 @@ def show(*renderables: RenderableType, console: Console | None = None) -> None:
         if console.is_terminal or not isinstance(renderable, Table):
             console.print(renderable, highlight=False, soft_wrap=not console.is_terminal)
             continue
-        width = console.measure(renderable, options=console.options.update_width(MAX_LOG_WIDTH))
-        console.print(renderable, width=max(console.width, width.maximum), highlight=False)
+        needed = console.measure(renderable, options=console.options.update_width(MAX_LOG_WIDTH))
+        width = console.width
+        console.width = max(width, needed.maximum)  # print() caps its width= at the console's
+        try:
+            console.print(renderable, highlight=False)
+        finally:
+            console.width = width
 
 
 def note(text: str, *, label: str = "note", console: Console | None = None) -> None:
