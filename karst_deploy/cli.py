@@ -263,20 +263,14 @@ def renamed(argv: list[str]) -> list[str]:
     """
     command = next((a for a in argv if not a.startswith("-")), None)
     out: list[str] = []
-    index = 0
-    while index < len(argv):
-        arg = argv[index]
+    for arg, after in zip(argv, [*argv[1:], "-"], strict=True):
         flag, eq, value = arg.partition("=")
         new = RENAMED_FLAGS.get((command, flag))
-        has_value = bool(eq) or (index + 1 < len(argv) and not argv[index + 1].startswith("-"))
-        if new is not None and (flag != "--json" or has_value):
-            print_warning(
-                f"{command} {flag} is now {new}; the old spelling goes in the next release."
-            )
-            out.append(f"{new}={value}" if eq else new)
-        else:
+        if new is None or (flag == "--json" and not eq and after.startswith("-")):
             out.append(arg)
-        index += 1
+            continue
+        print_warning(f"{command} {flag} is now {new}; the old spelling goes in the next release.")
+        out.append(f"{new}={value}" if eq else new)
     return out
 
 
@@ -361,75 +355,46 @@ def merge_command(
     wrote(as_json, out, json_out)
 
 
-BUILD_EXAMPLES = (
-    "karst-deploy build-engine --onnx merged-fp16.onnx --out merged.engine",
-    "karst-deploy build-engine --onnx merged.onnx --out merged.engine --batch 1,8,32 --fp16",
-)
-
-
-@command("build-engine", *BUILD_EXAMPLES)
-def build_engine_command(
-    onnx: Path = typer.Option(..., "--onnx", help="ONNX file (fp32, fp16 or QDQ-int8)."),
-    out: Path = typer.Option(..., "--out", help="Engine to write; its sidecar goes to OUT.json."),
-    batch: str | None = typer.Option(
-        None, "--batch", help="N or MIN,OPT,MAX batch profile (default: the ONNX's, else 1,1,8)."
+# The engine options, shared by `build-engine` and `emit-trtexec`.
+Onnx = Annotated[Path, typer.Option("--onnx", help="ONNX file (fp32, fp16 or QDQ-int8).")]
+Profile = Annotated[
+    str | None,
+    typer.Option(
+        "--batch", help="N or MIN,OPT,MAX batch profile (default: the ONNX's, else 1,1,8)."
     ),
-    workspace: int | None = typer.Option(None, "--workspace", help="Workspace limit in MiB."),
-    timing_cache: Path | None = typer.Option(
-        None, "--timing-cache", help="TensorRT timing cache file, loaded and saved."
-    ),
-    builder_opt_level: int | None = typer.Option(
-        None, "--builder-opt-level", help="Builder optimization level 0-5 (TensorRT's: 3)."
-    ),
-    dla_core: int | None = typer.Option(
-        None, "--dla-core", help="Jetson DLA core; unsupported layers fall back to the GPU."
-    ),
-    hardware_compat: str = typer.Option(
-        "none", "--hardware-compat", help="none | ampere+ (desktop Ampere-or-newer portable)."
-    ),
-    version_compat: bool = typer.Option(
-        False, "--version-compat", help="Runs on later TensorRT versions too (slower)."
-    ),
-    fp16: bool = typer.Option(
-        False, "--fp16", help="TensorRT 10.x only: build an fp32 ONNX in fp16 (weak typing)."
-    ),
-    no_precision_check: bool = typer.Option(
-        False,
+]
+Workspace = Annotated[int | None, typer.Option("--workspace", help="Workspace limit in MiB.")]
+TimingCache = Annotated[
+    Path | None,
+    typer.Option("--timing-cache", help="TensorRT timing cache file, loaded and saved."),
+]
+OptLevel = Annotated[
+    int | None,
+    typer.Option("--builder-opt-level", help="Builder optimization level 0-5 (TensorRT's: 3)."),
+]
+DlaCore = Annotated[
+    int | None,
+    typer.Option("--dla-core", help="Jetson DLA core; unsupported layers fall back to the GPU."),
+]
+HardwareCompat = Annotated[
+    str,
+    typer.Option("--hardware-compat", help="none | ampere+ (desktop Ampere-or-newer portable)."),
+]
+VersionCompat = Annotated[
+    bool, typer.Option("--version-compat", help="Runs on later TensorRT versions too (slower).")
+]
+Fp16 = Annotated[
+    bool,
+    typer.Option("--fp16", help="TensorRT 10.x only: build an fp32 ONNX in fp16 (weak typing)."),
+]
+NoPrecisionCheck = Annotated[
+    bool,
+    typer.Option(
         "--no-precision-check",
         help="Write the engine even if its layers' precision differs from the request "
         "(recorded in the sidecar).",
     ),
-    emit_trtexec: bool = typer.Option(
-        False, "--emit-trtexec", hidden=True, help="Old spelling of the emit-trtexec command."
-    ),
-    tensorrt_version: int | None = typer.Option(None, "--tensorrt-version", hidden=True),
-    force: Force = False,
-    as_json: AsJson = False,
-    json_out: JsonOut = None,
-):
-    """Build a TensorRT engine, check its layers run in the requested precision, add a sidecar."""
-    check_flags(workspace=workspace, builder_opt_level=builder_opt_level, dla_core=dla_core)
-    if emit_trtexec:  # the old spelling of `emit-trtexec`, kept for one release
-        print_warning("build-engine --emit-trtexec is now the emit-trtexec command.")
-        return emit_trtexec_command(
-            onnx, out, batch, workspace, timing_cache, builder_opt_level, dla_core,
-            hardware_compat, version_compat, fp16, no_precision_check, tensorrt_version,
-            as_json, json_out, force,
-        )  # fmt: skip
-    from karst_deploy.engine import build_engine
-    from karst_deploy.report.tables import engine_table
-
-    refuse_outputs(force, json_out)
-    options = build_options(
-        batch, workspace, timing_cache, builder_opt_level, dla_core, hardware_compat,
-        version_compat, fp16, no_precision_check,
-    )  # fmt: skip
-    result = build_engine(onnx, out, options, force=force, progress=True)
-    emit(result, as_json, json_out, force)
-    if not as_json:
-        table, fallbacks = engine_table(result)
-        show(table, *fallbacks)
-    wrote(as_json, result["engine"], result["sidecar"], json_out)
+]
 
 
 def build_options(
@@ -443,6 +408,8 @@ def build_options(
     fp16: bool,
     no_precision_check: bool,
 ) -> Any:
+    """The flags as `BuildOptions`, numbers range-checked."""
+    check_flags(workspace=workspace, builder_opt_level=builder_opt_level, dla_core=dla_core)
     from karst_deploy.engine import BuildOptions, parse_batch_profile
 
     return BuildOptions(
@@ -459,35 +426,72 @@ def build_options(
 
 
 @command(
+    "build-engine",
+    "karst-deploy build-engine --onnx merged-fp16.onnx --out merged.engine",
+    "karst-deploy build-engine --onnx merged.onnx --out merged.engine --batch 1,8,32 --fp16",
+)
+def build_engine_command(
+    onnx: Onnx,
+    out: Path = typer.Option(..., "--out", help="Engine to write; its sidecar goes to OUT.json."),
+    batch: Profile = None,
+    workspace: Workspace = None,
+    timing_cache: TimingCache = None,
+    builder_opt_level: OptLevel = None,
+    dla_core: DlaCore = None,
+    hardware_compat: HardwareCompat = "none",
+    version_compat: VersionCompat = False,
+    fp16: Fp16 = False,
+    no_precision_check: NoPrecisionCheck = False,
+    emit_trtexec: bool = typer.Option(False, "--emit-trtexec", hidden=True),  # old spelling
+    tensorrt_version: int | None = typer.Option(None, "--tensorrt-version", hidden=True),
+    force: Force = False,
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
+):
+    """Build a TensorRT engine, check its layers run in the requested precision, add a sidecar."""
+    if emit_trtexec:  # the old spelling of `emit-trtexec`, kept for one release
+        print_warning("build-engine --emit-trtexec is now the emit-trtexec command.")
+        return emit_trtexec_command(
+            onnx, out, batch, workspace, timing_cache, builder_opt_level, dla_core,
+            hardware_compat, version_compat, fp16, tensorrt_version, as_json, json_out, force,
+        )  # fmt: skip
+    if tensorrt_version is not None:
+        from karst_deploy.errors import InputError
+
+        raise InputError("--tensorrt-version applies to emit-trtexec only.")
+    from karst_deploy.engine import build_engine
+    from karst_deploy.report.tables import engine_table
+
+    refuse_outputs(force, json_out)
+    options = build_options(
+        batch, workspace, timing_cache, builder_opt_level, dla_core, hardware_compat,
+        version_compat, fp16, no_precision_check,
+    )  # fmt: skip
+    result = build_engine(onnx, out, options, force=force, progress=True)
+    emit(result, as_json, json_out, force)
+    if not as_json:
+        table, fallbacks = engine_table(result)
+        show(table, *fallbacks)
+    wrote(as_json, result["engine"], result["sidecar"], json_out)
+
+
+@command(
     "emit-trtexec",
     "karst-deploy emit-trtexec --onnx merged-fp16.onnx --out merged.engine",
     "karst-deploy emit-trtexec --onnx merged.onnx --out merged.engine --batch 1,8,32 "
     "--tensorrt-version 10",
 )
 def emit_trtexec_command(
-    onnx: Path = typer.Option(..., "--onnx", help="ONNX file (fp32, fp16 or QDQ-int8)."),
+    onnx: Onnx,
     out: Path = typer.Option(..., "--out", help="Engine the commands would write."),
-    batch: str | None = typer.Option(
-        None, "--batch", help="N or MIN,OPT,MAX batch profile (default: the ONNX's, else 1,1,8)."
-    ),
-    workspace: int | None = typer.Option(None, "--workspace", help="Workspace limit in MiB."),
-    timing_cache: Path | None = typer.Option(
-        None, "--timing-cache", help="TensorRT timing cache file."
-    ),
-    builder_opt_level: int | None = typer.Option(
-        None, "--builder-opt-level", help="Builder optimization level 0-5 (TensorRT's: 3)."
-    ),
-    dla_core: int | None = typer.Option(None, "--dla-core", help="Jetson DLA core."),
-    hardware_compat: str = typer.Option(
-        "none", "--hardware-compat", help="none | ampere+ (desktop Ampere-or-newer portable)."
-    ),
-    version_compat: bool = typer.Option(
-        False, "--version-compat", help="Runs on later TensorRT versions too (slower)."
-    ),
-    fp16: bool = typer.Option(
-        False, "--fp16", help="TensorRT 10.x only: build an fp32 ONNX in fp16 (weak typing)."
-    ),
-    no_precision_check: bool = typer.Option(False, "--no-precision-check", hidden=True),
+    batch: Profile = None,
+    workspace: Workspace = None,
+    timing_cache: TimingCache = None,
+    builder_opt_level: OptLevel = None,
+    dla_core: DlaCore = None,
+    hardware_compat: HardwareCompat = "none",
+    version_compat: VersionCompat = False,
+    fp16: Fp16 = False,
     tensorrt_version: int | None = typer.Option(
         None, "--tensorrt-version", help="10 or 11 (default: both)."
     ),
@@ -497,19 +501,14 @@ def emit_trtexec_command(
 ):
     """Print the trtexec commands that build and time the engine on the device (no TensorRT
     needed here): the Jetson route, where the engine must be built on the device itself."""
-    check_flags(
-        workspace=workspace,
-        builder_opt_level=builder_opt_level,
-        dla_core=dla_core,
-        tensorrt_version=tensorrt_version,
-    )
+    check_flags(tensorrt_version=tensorrt_version)
     from karst_deploy.engine import trtexec_commands
     from karst_deploy.report.tables import trtexec_lines
 
     refuse_outputs(force, json_out)
     options = build_options(
         batch, workspace, timing_cache, builder_opt_level, dla_core, hardware_compat,
-        version_compat, fp16, no_precision_check,
+        version_compat, fp16, False,
     )  # fmt: skip
     majors = (tensorrt_version,) if tensorrt_version is not None else (10, 11)
     commands = [c.to_dict() for c in trtexec_commands(onnx, out, options, majors=majors)]
@@ -517,6 +516,7 @@ def emit_trtexec_command(
     if not as_json:
         for line in trtexec_lines(commands):
             typer.echo(line)
+    wrote(as_json, json_out)
 
 
 # int8 calibration options, shared by `export --precision int8` and `convert-precision`.
