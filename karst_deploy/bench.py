@@ -427,7 +427,7 @@ def bench(
     max_seconds: float = 0.0,
     seed: int = 0,
     runner_options: Mapping[str, Any] | None = None,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> BenchResult:
     """Time `models` (label → file) interleaved on `runner`; ratios against `baseline`.
 
@@ -468,7 +468,7 @@ def bench(
 
     blocks = np.array_split(np.arange(rounds), min(sessions, rounds))
     started = time.perf_counter()
-    with progress_bar("bench", timing.steps(rounds, len(blocks)), enabled=show_progress) as advance:
+    with progress_bar("bench", timing.steps(rounds, len(blocks)), enabled=progress) as advance:
         for block in blocks:
             timing.measure(len(block), advance)
     verdict = judge()
@@ -479,7 +479,7 @@ def bench(
         if not should_measure_more(outcome, elapsed, elapsed / timing.blocks, max_seconds):
             break
         title = f"bench: inconclusive, {more} more rounds"
-        with progress_bar(title, timing.steps(more), enabled=show_progress) as advance:
+        with progress_bar(title, timing.steps(more), enabled=progress) as advance:
             timing.measure(more, advance)
         verdict = judge()
     return _result(
@@ -487,3 +487,81 @@ def bench(
         dict(rounds=rounds, warmup=warmup, max_seconds=max_seconds, seed=seed),
         seconds=time.perf_counter() - started,
     )  # fmt: skip
+
+
+#: The largest batch size bench times (larger is a typo, not a plan).
+MAX_BATCH = 4096
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``1,8`` -> [1, 8]: the batch sizes to time, each from 1 to `MAX_BATCH`."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_BATCH for part in parts):
+        raise InputError(
+            f"--batch-sizes must be integers from 1 to {MAX_BATCH} separated by commas, got "
+            f"'{text[:80]}'."
+        )
+    return [int(part) for part in parts]
+
+
+@dataclass
+class BenchRequest:
+    """``karst-deploy bench``: the merged model against the plain backbone, with optional
+    unmerged / fp16 / int8 variants side by side, timed on one runner."""
+
+    merged: str | os.PathLike[str]
+    base: str | os.PathLike[str]
+    unmerged: str | os.PathLike[str] | None = None
+    fp16: str | os.PathLike[str] | None = None
+    int8: str | os.PathLike[str] | None = None
+    batches: Sequence[int] = (1, 8)
+    runner: str = "onnxruntime"
+    copies: bool = True
+    cuda_graph: bool = False
+    threads: int | None = None
+    rounds: int = 50
+    warmup: int = 5
+    sessions: int = 5
+    tolerance: float = DEFAULT_TOLERANCE
+    max_seconds: float = 0.0
+
+    def models(self) -> dict[str, str | os.PathLike[str]]:
+        """label -> file; the fp16 / int8 files must hold the precision their label says."""
+        from karst_deploy.precision import require_precision
+
+        models = {"base": self.base, "merged": self.merged}
+        if self.unmerged is not None:
+            models["unmerged"] = self.unmerged
+        for precision, path in (("fp16", self.fp16), ("int8", self.int8)):
+            if path is not None:
+                require_precision(path, precision)
+                models[f"merged-{precision}"] = path
+        return models
+
+    def runner_options(self) -> dict[str, Any] | None:
+        """TensorRT's copy and CUDA-graph options; refused for any other runner."""
+        if self.runner == "tensorrt":
+            return {"copies": self.copies, "cuda_graph": self.cuda_graph}
+        if self.cuda_graph or not self.copies:
+            raise InputError("--no-copies and --cuda-graph apply to --runner tensorrt only.")
+        return None
+
+
+def run_bench(request: BenchRequest, *, progress: bool = True) -> BenchResult:
+    """Time the request's models interleaved and decide zero added latency (merged vs base)."""
+    runner_options = request.runner_options()
+    return bench(
+        request.models(),
+        baseline="base",
+        candidate="merged",
+        batches=request.batches,
+        runner=request.runner,
+        threads=request.threads,
+        rounds=request.rounds,
+        warmup=request.warmup,
+        sessions=request.sessions,
+        tolerance=request.tolerance,
+        max_seconds=request.max_seconds,
+        runner_options=runner_options,
+        progress=progress,
+    )

@@ -12,7 +12,6 @@ anything else is an internal error (exit 70), with its traceback only under ``--
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import traceback
@@ -21,9 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from typer.core import TyperCommand
 from typer.exceptions import Abort, Exit, TyperException
 
 from karst_deploy import __version__
@@ -46,10 +44,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich markup would eat bracketed text such as "[lr/10]".
+    rich_markup_mode=None,
 )
-console = Console()
-# soft_wrap: error paragraphs are never hard-wrapped (a wrapped path cannot be copied).
-error_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,7 +60,9 @@ def debug_enabled() -> bool:
 
 def print_error(message: str) -> None:
     """One unwrapped paragraph on stderr."""
-    error_console.print(f"[bold red]error:[/] {escape(clip_words(message))}", highlight=False)
+    from karst_deploy.progress import stderr_console
+
+    stderr_console().print(f"[bold red]error:[/] {escape(clip_words(message))}", highlight=False)
 
 
 def _where(error: BaseException) -> str:
@@ -101,8 +100,38 @@ def handle_error(error: Exception) -> int:
     return INTERNAL_ERROR
 
 
-def command(name: str | None = None) -> Callable[[F], F]:
-    """Register a command whose errors print as one paragraph with their exit code."""
+def metavar(param: Any) -> str | None:
+    """``--out PATH``, ``--rounds N``, ``--lr X``, ``--backbone BACKBONE``; flags get none."""
+    if param.is_flag or param.metavar is not None or not param.opts:
+        return param.metavar
+    described = getattr(param, "type_descriptor", None)
+    if described is not None and described.is_path:
+        return "PATH"
+    annotation = getattr(described, "annotation", None)
+    if annotation is int:
+        return "N"
+    if annotation is float:
+        return "X"
+    return max(param.opts, key=len).lstrip("-").upper().replace("-", "_")
+
+
+class Command(TyperCommand):
+    """A command whose --help reads like the ecosystem's: ``--force``, ``--out PATH``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            param.metavar = metavar(param)
+
+
+def examples(*lines: str) -> str:
+    """An epilog of real example command lines, printed as written (click's \\b marker)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def command(name: str, *example_lines: str) -> Callable[[F], F]:
+    """Register a command whose errors print as one paragraph with their exit code, and
+    whose --help ends with `example_lines`."""
 
     def decorate(function: F) -> F:
         @functools.wraps(function)
@@ -114,7 +143,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
             except Exception as error:  # the exit-code table: every exception gets its code
                 raise typer.Exit(handle_error(error)) from None
 
-        app.command(name)(wrapper)
+        app.command(name, cls=Command, epilog=examples(*example_lines))(wrapper)
         return function
 
     return decorate
@@ -160,7 +189,6 @@ FLAG_RANGES: dict[str, tuple[float, float]] = {
     "--min-lr": (0.0, 10.0),
 }
 _OPEN_LOW = {"--lr"}  # must be > low
-MAX_BATCH = 4096
 
 
 def check_flags(**values: float | None) -> None:
@@ -171,17 +199,85 @@ def check_flags(**values: float | None) -> None:
         check_range(flag, value, low, high, low_open=flag in _OPEN_LOW)
 
 
-def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+JsonOut = Annotated[
+    Path | None, typer.Option("--json-out", help="Also write the result as JSON to this file.")
+]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite the output files if they exist.")]
 
 
-def key_value_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
-    return table
+def refuse_outputs(force: bool, *paths: Path | None) -> None:
+    """Refuse existing output files before any work starts (not after minutes of it)."""
+    from karst_deploy.files import refuse_existing
+
+    for path in paths:
+        if path is not None:
+            refuse_existing(path, force)
+
+
+def emit(
+    data: dict[str, Any] | list[Any], as_json: bool, json_out: Path | None, force: bool
+) -> None:
+    """``--json``: the result on stdout; ``--json-out PATH``: the same JSON, written atomically."""
+    from karst_deploy.report.render import print_json
+
+    if json_out is not None:
+        from karst_deploy.files import write_json
+
+        write_json(json_out, data, force=force)
+    if as_json:
+        print_json(data)
+
+
+def show(*renderables: Any, console: Any = None) -> None:
+    from karst_deploy.report.render import show as render
+
+    render(*renderables, console=console)
+
+
+def wrote(as_json: bool, *paths: Path | str | None) -> None:
+    """The closing line, what was written where (on stderr under --json: stdout is JSON)."""
+    from karst_deploy.progress import stderr_console
+    from karst_deploy.report.render import stdout_console
+
+    written = ", ".join(str(p) for p in paths if p is not None)
+    if written:
+        console = stderr_console() if as_json else stdout_console()
+        show(f"[green]wrote[/] {escape(written)}", console=console)
+
+
+#: Old spellings kept for one release, hidden from --help: (command, old) -> new.
+RENAMED_FLAGS = {
+    ("verify-parity", "--json"): "--json-out",
+    ("bench", "--json"): "--json-out",
+    ("bench", "--batch"): "--batch-sizes",
+}
+
+
+def renamed(argv: list[str]) -> list[str]:
+    """Rewrite a renamed flag to its new name, with a warning on stderr.
+
+    ``--json PATH`` of verify-parity and bench became ``--json-out PATH`` (``--json`` now
+    prints to stdout in every command): the old form is recognised by the value after it,
+    since neither command takes a positional argument.
+    """
+    command = next((a for a in argv if not a.startswith("-")), None)
+    out: list[str] = []
+    for arg, after in zip(argv, [*argv[1:], "-"], strict=True):
+        flag, eq, value = arg.partition("=")
+        new = RENAMED_FLAGS.get((command, flag))
+        if new is None or (flag == "--json" and not eq and after.startswith("-")):
+            out.append(arg)
+            continue
+        print_warning(f"{command} {flag} is now {new}; the old spelling goes in the next release.")
+        out.append(f"{new}={value}" if eq else new)
+    return out
+
+
+def print_warning(message: str) -> None:
+    from karst_deploy.progress import stderr_console
+
+    stderr_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def _version_callback(value: bool) -> None:
@@ -204,25 +300,26 @@ def _root(
     _debug = debug
 
 
-@command("doctor")
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+@command("doctor", "karst-deploy doctor", "karst-deploy doctor --json")
+def doctor(as_json: AsJson = False, json_out: JsonOut = None, force: Force = False):
     """Versions, CUDA, ONNX Runtime providers, TensorRT (and why not), CPU."""
     from karst_deploy.doctor import diagnose
+    from karst_deploy.report.tables import doctor_table
 
     report = diagnose()
-    if as_json:
-        print_json(report)
-        return
-    trt = report.pop("tensorrt")
-    missing = report.pop("missing")
-    rows = dict(report)
-    rows["tensorrt"] = trt["version"] if trt["available"] else f"not available ({trt['reason']})"
-    console.print(key_value_table("karst-deploy doctor", rows))
-    for what, hint in missing.items():
-        console.print(f"[yellow]{escape(what)}:[/] {escape(hint)}")
+    emit(report, as_json, json_out, force)
+    if not as_json:
+        table, hints = doctor_table(report)
+        show(table, *hints)
 
 
-@command("merge")
+@command(
+    "merge",
+    "karst-deploy merge --adapter runs/karst --checkpoint backbone.safetensors "
+    "--out merged.safetensors",
+    "karst-deploy merge --adapter peft-lora/ --backbone vit_base_patch16_224 "
+    "--out merged.safetensors",
+)
 def merge_command(
     adapter: Path = typer.Option(
         ..., "--adapter", help="Adapter directory (adapter_config.json + adapter.safetensors)."
@@ -241,97 +338,81 @@ def merge_command(
         None, "--model-kwargs", help="PEFT adapter only: extra timm arguments as JSON."
     ),
     pretrained: Pretrained = False,
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    force: Force = False,
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
 ):
     """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint."""
-    from karst_deploy.adapters.peft_format import is_peft_directory, write_merged_peft_checkpoint
-    from karst_deploy.adapters.storage import write_merged_checkpoint
+    from karst_deploy.adapters.merging import MergeOptions, merge_adapter_directory
+    from karst_deploy.report.tables import key_value_table
 
-    if is_peft_directory(adapter):
-        result = write_merged_peft_checkpoint(
-            adapter,
-            out,
-            backbone=backbone,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            img_size=img_size,
-            model_kwargs=_parse_model_kwargs(model_kwargs),
-            force=force,
-        )
-    elif img_size is not None or model_kwargs is not None:
-        from karst_deploy.errors import InputError
-
-        raise InputError(
-            "--img-size and --model-kwargs apply to PEFT adapters only; our adapter directory "
-            "records its backbone."
-        )
-    else:
-        result = write_merged_checkpoint(
-            adapter,
-            out,
-            checkpoint=checkpoint,
-            backbone=backbone,
-            pretrained=pretrained,
-            force=force,
-        )
-    if as_json:
-        print_json(result)
-    else:
-        console.print(key_value_table("merged checkpoint", result))
+    refuse_outputs(force, json_out)
+    options = MergeOptions(backbone, checkpoint, pretrained, img_size, parse_kwargs(model_kwargs))
+    result = merge_adapter_directory(adapter, out, options, force=force)
+    emit(result, as_json, json_out, force)
+    if not as_json:
+        show(key_value_table("merged checkpoint", result))
+    wrote(as_json, out, json_out)
 
 
-@command("build-engine")
-def build_engine_command(
-    onnx: Path = typer.Option(..., "--onnx", help="ONNX file (fp32, fp16 or QDQ-int8)."),
-    out: Path = typer.Option(..., "--out", help="Engine to write; its sidecar goes to OUT.json."),
-    batch: str | None = typer.Option(
-        None, "--batch", help="N or MIN,OPT,MAX batch profile [default: the ONNX's, else 1,1,8]."
+# The engine options, shared by `build-engine` and `emit-trtexec`.
+Onnx = Annotated[Path, typer.Option("--onnx", help="ONNX file (fp32, fp16 or QDQ-int8).")]
+Profile = Annotated[
+    str | None,
+    typer.Option(
+        "--batch", help="N or MIN,OPT,MAX batch profile (default: the ONNX's, else 1,1,8)."
     ),
-    workspace: int | None = typer.Option(None, "--workspace", help="Workspace limit in MiB."),
-    timing_cache: Path | None = typer.Option(
-        None, "--timing-cache", help="TensorRT timing cache file, loaded and saved."
-    ),
-    builder_opt_level: int | None = typer.Option(
-        None, "--builder-opt-level", help="Builder optimization level 0-5 [TensorRT's: 3]."
-    ),
-    dla_core: int | None = typer.Option(
-        None, "--dla-core", help="Jetson DLA core; unsupported layers fall back to the GPU."
-    ),
-    hardware_compat: str = typer.Option(
-        "none", "--hardware-compat", help="none | ampere+ (desktop Ampere-or-newer portable)."
-    ),
-    version_compat: bool = typer.Option(
-        False, "--version-compat", help="Runs on later TensorRT versions too (slower)."
-    ),
-    fp16: bool = typer.Option(
-        False, "--fp16", help="TensorRT 10.x only: build an fp32 ONNX in fp16 (weak typing)."
-    ),
-    no_precision_check: bool = typer.Option(
-        False,
+]
+Workspace = Annotated[int | None, typer.Option("--workspace", help="Workspace limit in MiB.")]
+TimingCache = Annotated[
+    Path | None,
+    typer.Option("--timing-cache", help="TensorRT timing cache file, loaded and saved."),
+]
+OptLevel = Annotated[
+    int | None,
+    typer.Option("--builder-opt-level", help="Builder optimization level 0-5 (TensorRT's: 3)."),
+]
+DlaCore = Annotated[
+    int | None,
+    typer.Option("--dla-core", help="Jetson DLA core; unsupported layers fall back to the GPU."),
+]
+HardwareCompat = Annotated[
+    str,
+    typer.Option("--hardware-compat", help="none | ampere+ (desktop Ampere-or-newer portable)."),
+]
+VersionCompat = Annotated[
+    bool, typer.Option("--version-compat", help="Runs on later TensorRT versions too (slower).")
+]
+Fp16 = Annotated[
+    bool,
+    typer.Option("--fp16", help="TensorRT 10.x only: build an fp32 ONNX in fp16 (weak typing)."),
+]
+NoPrecisionCheck = Annotated[
+    bool,
+    typer.Option(
         "--no-precision-check",
         help="Write the engine even if its layers' precision differs from the request "
         "(recorded in the sidecar).",
     ),
-    emit_trtexec: bool = typer.Option(
-        False, "--emit-trtexec", help="Print the equivalent trtexec commands instead of building."
-    ),
-    tensorrt_version: int | None = typer.Option(
-        None, "--tensorrt-version", help="With --emit-trtexec: 10 or 11 [default: both]."
-    ),
-    force: bool = typer.Option(False, "--force", help="Overwrite OUT and OUT.json if they exist."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-):
-    """Build a TensorRT engine, check its layers run in the requested precision, add a sidecar."""
-    check_flags(
-        workspace=workspace,
-        builder_opt_level=builder_opt_level,
-        dla_core=dla_core,
-        tensorrt_version=tensorrt_version,
-    )
+]
+
+
+def build_options(
+    batch: str | None,
+    workspace: int | None,
+    timing_cache: Path | None,
+    builder_opt_level: int | None,
+    dla_core: int | None,
+    hardware_compat: str,
+    version_compat: bool,
+    fp16: bool,
+    no_precision_check: bool,
+) -> Any:
+    """The flags as `BuildOptions`, numbers range-checked."""
+    check_flags(workspace=workspace, builder_opt_level=builder_opt_level, dla_core=dla_core)
     from karst_deploy.backends.tensorrt import BuildOptions, parse_batch_profile
 
-    options = BuildOptions(
+    return BuildOptions(
         batch=parse_batch_profile(batch) if batch is not None else None,
         workspace_mib=workspace,
         timing_cache=timing_cache,
@@ -342,52 +423,100 @@ def build_engine_command(
         fp16=fp16,
         precision_check=not no_precision_check,
     )
-    if tensorrt_version is not None and not emit_trtexec:
+
+
+@command(
+    "build-engine",
+    "karst-deploy build-engine --onnx merged-fp16.onnx --out merged.engine",
+    "karst-deploy build-engine --onnx merged.onnx --out merged.engine --batch 1,8,32 --fp16",
+)
+def build_engine_command(
+    onnx: Onnx,
+    out: Path = typer.Option(..., "--out", help="Engine to write; its sidecar goes to OUT.json."),
+    batch: Profile = None,
+    workspace: Workspace = None,
+    timing_cache: TimingCache = None,
+    builder_opt_level: OptLevel = None,
+    dla_core: DlaCore = None,
+    hardware_compat: HardwareCompat = "none",
+    version_compat: VersionCompat = False,
+    fp16: Fp16 = False,
+    no_precision_check: NoPrecisionCheck = False,
+    emit_trtexec: bool = typer.Option(False, "--emit-trtexec", hidden=True),  # old spelling
+    tensorrt_version: int | None = typer.Option(None, "--tensorrt-version", hidden=True),
+    force: Force = False,
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
+):
+    """Build a TensorRT engine, check its layers run in the requested precision, add a sidecar."""
+    if emit_trtexec:  # the old spelling of `emit-trtexec`, kept for one release
+        print_warning("build-engine --emit-trtexec is now the emit-trtexec command.")
+        return emit_trtexec_command(
+            onnx, out, batch, workspace, timing_cache, builder_opt_level, dla_core,
+            hardware_compat, version_compat, fp16, tensorrt_version, as_json, json_out, force,
+        )  # fmt: skip
+    if tensorrt_version is not None:
         from karst_deploy.errors import InputError
 
-        raise InputError("--tensorrt-version applies only with --emit-trtexec.")
-    if emit_trtexec:
-        from karst_deploy.backends.tensorrt import trtexec_commands
-
-        majors = (tensorrt_version,) if tensorrt_version is not None else (10, 11)
-        commands = [c.to_dict() for c in trtexec_commands(onnx, out, options, majors=majors)]
-        if as_json:
-            print_json(commands)
-            return
-        for entry in commands:
-            console.rule(f"TensorRT {entry['tensorrt']}")
-            if entry["build"]:
-                console.print("[bold]# build on the device[/]")
-                typer.echo(entry["build"])
-            console.print("[bold]# time it (GPU compute, as trtexec 11 measures by default)[/]")
-            typer.echo(entry["timing"])
-            for note in entry["notes"]:
-                console.print(f"[yellow]note:[/] {escape(note)}")
-        return
+        raise InputError("--tensorrt-version applies to emit-trtexec only.")
     from karst_deploy.backends.tensorrt import build_engine
+    from karst_deploy.report.tables import engine_table
 
-    result = build_engine(onnx, out, options, force=force, progress=not as_json)
-    if as_json:
-        print_json(result)
-        return
-    precision, builder, gpu = result["precision"], result["builder"], result["gpu"]
-    rows = {
-        "engine": result["engine"],
-        "sidecar": result["sidecar"],
-        "TensorRT": result["tensorrt_version"],
-        "GPU": f"{gpu['name']} (compute capability {gpu['compute_capability']})",
-        "precision": f"{precision['requested']}: {precision['matching_layers']} of "
-        f"{precision['compute_layers']} GEMM/conv layers verified"
-        + ("" if precision["checked"] else " (check skipped: --no-precision-check)"),
-        "profile": {k: result["profile"][k] for k in ("min", "opt", "max")},
-        "build time": f"{builder['build_seconds']} s",
-    }
-    if builder["dla_core"] is not None:
-        fallback = builder["dla_fallback_layers"]
-        rows["DLA"] = f"core {builder['dla_core']}; {len(fallback)} layer(s) fall back to the GPU"
-    console.print(key_value_table("TensorRT engine", rows))
-    for layer in builder["dla_fallback_layers"]:
-        console.print(f"  GPU fallback: {escape(layer)}")
+    refuse_outputs(force, json_out)
+    options = build_options(
+        batch, workspace, timing_cache, builder_opt_level, dla_core, hardware_compat,
+        version_compat, fp16, no_precision_check,
+    )  # fmt: skip
+    result = build_engine(onnx, out, options, force=force, progress=True)
+    emit(result, as_json, json_out, force)
+    if not as_json:
+        table, fallbacks = engine_table(result)
+        show(table, *fallbacks)
+    wrote(as_json, result["engine"], result["sidecar"], json_out)
+
+
+@command(
+    "emit-trtexec",
+    "karst-deploy emit-trtexec --onnx merged-fp16.onnx --out merged.engine",
+    "karst-deploy emit-trtexec --onnx merged.onnx --out merged.engine --batch 1,8,32 "
+    "--tensorrt-version 10",
+)
+def emit_trtexec_command(
+    onnx: Onnx,
+    out: Path = typer.Option(..., "--out", help="Engine the commands would write."),
+    batch: Profile = None,
+    workspace: Workspace = None,
+    timing_cache: TimingCache = None,
+    builder_opt_level: OptLevel = None,
+    dla_core: DlaCore = None,
+    hardware_compat: HardwareCompat = "none",
+    version_compat: VersionCompat = False,
+    fp16: Fp16 = False,
+    tensorrt_version: int | None = typer.Option(
+        None, "--tensorrt-version", help="10 or 11 (default: both)."
+    ),
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
+    force: Force = False,
+):
+    """Print the trtexec commands that build and time the engine on the device (no TensorRT
+    needed here): the Jetson route, where the engine must be built on the device itself."""
+    check_flags(tensorrt_version=tensorrt_version)
+    from karst_deploy.backends.tensorrt import trtexec_commands
+    from karst_deploy.report.tables import trtexec_lines
+
+    refuse_outputs(force, json_out)
+    options = build_options(
+        batch, workspace, timing_cache, builder_opt_level, dla_core, hardware_compat,
+        version_compat, fp16, False,
+    )  # fmt: skip
+    majors = (tensorrt_version,) if tensorrt_version is not None else (10, 11)
+    commands = [c.to_dict() for c in trtexec_commands(onnx, out, options, majors=majors)]
+    emit(commands, as_json, json_out, force)
+    if not as_json:
+        for line in trtexec_lines(commands):
+            typer.echo(line)
+    wrote(as_json, json_out)
 
 
 # int8 calibration options, shared by `export --precision int8` and `convert-precision`.
@@ -405,33 +534,8 @@ CalibCache = Annotated[
 ]
 
 
-def _parse_batch(text: str) -> int | None:
-    """``dynamic`` -> None, else a positive integer."""
-    from karst_deploy.errors import InputError
-
-    if text == "dynamic":
-        return None
-    if not (text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= MAX_BATCH:
-        raise InputError(
-            f"--batch must be 'dynamic' or an integer from 1 to {MAX_BATCH}, got '{clip(text)}'."
-        )
-    return int(text)
-
-
-def _parse_batches(text: str) -> list[int]:
-    """``1,8`` -> [1, 8]."""
-    from karst_deploy.errors import InputError
-
-    parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_BATCH for part in parts):
-        raise InputError(
-            f"--batch must be integers from 1 to {MAX_BATCH} separated by commas, got "
-            f"'{clip(text)}'."
-        )
-    return [int(part) for part in parts]
-
-
-def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
+def parse_kwargs(text: str | None) -> dict[str, Any] | None:
+    """``--model-kwargs`` JSON -> the allow-listed timm keyword arguments."""
     from karst_deploy.jsonfile import parse_object
 
     if text is None:
@@ -442,7 +546,14 @@ def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
     return check_model_kwargs(value, "--model-kwargs", "", allow_img_size=True)
 
 
-@command("export")
+@command(
+    "export",
+    "karst-deploy export --adapter runs/karst --checkpoint backbone.safetensors --out merged.onnx",
+    "karst-deploy export --no-adapter --backbone vit_base_patch16_224 --checkpoint "
+    "backbone.safetensors --num-classes 10 --out base.onnx",
+    "karst-deploy export --adapter runs/karst --checkpoint backbone.safetensors --precision int8 "
+    "--calib digits --out merged-int8.onnx",
+)
 def export_command(
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
     backbone: str | None = typer.Option(
@@ -460,11 +571,11 @@ def export_command(
         False, "--unmerged", help="Keep the adapter arithmetic in the graph (no merge)."
     ),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
-    batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
+    batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size N."),
     num_classes: int | None = typer.Option(
         None,
         "--num-classes",
-        help="With --no-adapter or a PEFT adapter: classifier size [PEFT: the stored head's].",
+        help="With --no-adapter or a PEFT adapter: classifier size (PEFT: the stored head's).",
     ),
     img_size: int | None = typer.Option(
         None, "--img-size", help="With --no-adapter or a PEFT adapter: input size."
@@ -482,62 +593,37 @@ def export_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    force: Force = False,
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
 ):
     """Merge an adapter into its backbone and export one checked ONNX file with provenance."""
     check_flags(num_classes=num_classes, img_size=img_size, calib_samples=calib_samples)
-    from karst_deploy.errors import InputError
+    from karst_deploy.export import ExportOptions, export_in_precision, parse_onnx_batch
+    from karst_deploy.precision import CalibrationOptions
+    from karst_deploy.report.tables import key_value_table
 
-    if (adapter is None) != no_adapter:
-        raise InputError(
-            "Pass exactly one of --adapter DIR (export the adapted model) and --no-adapter "
-            "(export the plain backbone)."
-        )
-    from karst_deploy.export import export_onnx
-
-    options = dict(
-        backbone=backbone,
-        adapter=adapter,
-        checkpoint=checkpoint,
-        pretrained=pretrained,
-        unmerged=unmerged,
-        num_classes=num_classes,
-        img_size=img_size,
-        model_kwargs=_parse_model_kwargs(model_kwargs),
-        opset=opset,
-        batch=_parse_batch(batch),
-    )
-    if precision != "fp32":  # export fp32, then convert (karst_deploy.precision)
-        from karst_deploy.export import export_with_precision
-
-        converted = export_with_precision(
-            out,
-            precision,
-            calib=calib,
-            calib_samples=calib_samples,
-            calib_method=calib_method,
-            use_cache=calib_cache,
-            force=force,
-            progress=not as_json,
-            **options,
-        )
-        if as_json:
-            print_json(converted.to_dict())
-        else:
-            console.print(key_value_table(f"exported {precision} model", converted.summary()))
-        return
-    if calib is not None:
-        raise InputError("--calib applies to --precision int8 only.")
-    with error_console.status("exporting and checking…"):
-        result = export_onnx(out, force=force, **options)
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        console.print(key_value_table(f"exported {result.kind} model", result.to_dict()))
+    refuse_outputs(force, json_out)
+    options = ExportOptions(
+        adapter, no_adapter, backbone, checkpoint, pretrained, unmerged, num_classes, img_size,
+        parse_kwargs(model_kwargs), opset, parse_onnx_batch(batch),
+    )  # fmt: skip
+    calibration = CalibrationOptions(calib, calib_samples, calib_method, calib_cache)
+    result = export_in_precision(out, options, precision, calibration, force=force, progress=True)
+    emit(result.to_dict(), as_json, json_out, force)
+    if not as_json:
+        rows = result.summary() if hasattr(result, "summary") else result.to_dict()
+        show(key_value_table(f"exported {precision} model", rows))
+    wrote(as_json, out, json_out)
 
 
-@command("verify-parity")
+@command(
+    "verify-parity",
+    "karst-deploy verify-parity --adapter runs/karst --checkpoint backbone.safetensors "
+    "--onnx merged.onnx",
+    "karst-deploy verify-parity --adapter runs/karst --checkpoint backbone.safetensors "
+    "--onnx merged-int8.onnx --data my_images/ --json-out parity.json",
+)
 def verify_parity_command(
     adapter: Path = typer.Option(
         ..., "--adapter", help="Adapter directory the ONNX came from (ours, or a PEFT one)."
@@ -550,7 +636,7 @@ def verify_parity_command(
         None, "--data", help="Labelled images too: digits, digits:A-B, an image folder or VTAB dir."
     ),
     split: str | None = typer.Option(
-        None, "--split", help="Split of --data [default: test if present, else val]."
+        None, "--split", help="Split of --data (default: test if present, else val)."
     ),
     samples: int = typer.Option(64, "--samples", help="Seeded random inputs."),
     images: int = typer.Option(
@@ -572,8 +658,9 @@ def verify_parity_command(
         help="Also run --onnx on this runner, as a stage after ONNX Runtime (repeatable): "
         "onnxruntime-cuda, onnxruntime-tensorrt or tensorrt (built in memory).",
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the full report here."),
-    force: bool = typer.Option(False, "--force", help="Overwrite the --json file."),
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
+    force: Force = False,
 ):
     """Run the same inputs through unmerged, merged and ONNX Runtime, and compare the graph
     with a fresh export of the same model; exit 1 if any check fails."""
@@ -582,43 +669,38 @@ def verify_parity_command(
     from karst_deploy.errors import InputError
 
     check_flags(samples=samples, images=images, seed=seed, batch_size=batch_size, threads=threads)
-    from karst_deploy.files import refuse_existing, write_json
     from karst_deploy.parity import verify_parity
-    from karst_deploy.report import parity_table, white_box_table
+    from karst_deploy.report.tables import parity_table, white_box_table
 
     if atol is not None and not (math.isfinite(atol) and atol > 0):
         raise InputError(f"--atol must be a finite positive number, got {atol}.")
-    if json_path is not None:
-        refuse_existing(json_path, force)
+    refuse_outputs(force, json_out)
     report = verify_parity(
-        onnx,
-        adapter,
-        backbone=backbone,
-        checkpoint=checkpoint,
-        pretrained=pretrained,
-        data=data,
-        split=split,
-        samples=samples,
-        images=images,
-        seed=seed,
-        atol_scale=atol,
-        batch_size=batch_size,
-        threads=threads,
-        engine=engine,
-        runners=stage or (),
-    )
-    console.print(parity_table(report))
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    if report.white_box is not None:
-        console.print(white_box_table(report.white_box))
-    if json_path is not None:
-        write_json(json_path, report.to_dict(), force=force)
+        onnx, adapter, backbone=backbone, checkpoint=checkpoint, pretrained=pretrained,
+        data=data, split=split, samples=samples, images=images, seed=seed, atol_scale=atol,
+        batch_size=batch_size, threads=threads, engine=engine, runners=stage or (),
+    )  # fmt: skip
+    emit(report.to_dict(), as_json, json_out, force)
+    if not as_json:
+        from karst_deploy.report.render import note
+
+        show(parity_table(report))
+        for text in report.notes:
+            note(text)
+        if report.white_box is not None:
+            show(white_box_table(report.white_box))
+    wrote(as_json, json_out)
     report.raise_if_failed()
-    console.print("[green]parity: every check passed[/]")
+    if not as_json:
+        show("[green]parity: every check passed[/]")
 
 
-@command("bench")
+@command(
+    "bench",
+    "karst-deploy bench --onnx merged.onnx --baseline base.onnx",
+    "karst-deploy bench --onnx merged.onnx --baseline base.onnx --unmerged unmerged.onnx "
+    "--batch-sizes 1,8 --plot bench.png --json-out bench.json",
+)
 def bench_command(
     onnx: Path = typer.Option(..., "--onnx", help="The merged model."),
     baseline: Path = typer.Option(..., "--baseline", help="The plain backbone (--no-adapter)."),
@@ -629,7 +711,9 @@ def bench_command(
     int8: Path | None = typer.Option(
         None, "--int8", help="The merged model in int8 QDQ (convert-precision), side by side."
     ),
-    batch: str = typer.Option("1,8", "--batch", help="Batch sizes, comma-separated."),
+    batch_sizes: str = typer.Option(
+        "1,8", "--batch-sizes", help="Batch sizes to time, comma-separated."
+    ),
     runner: str = typer.Option(
         "onnxruntime",
         "--runner",
@@ -659,65 +743,47 @@ def bench_command(
         help="While the verdict is inconclusive, add blocks of interleaved rounds until the "
         "whole measurement would exceed this many seconds (0: never add).",
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write every number here."),
     plot: Path | None = typer.Option(None, "--plot", help="Write latency distributions (PNG)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite the --json / --plot files."),
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
+    force: Force = False,
 ):
     """Time base, merged (and unmerged) interleaved and judge zero added latency: exit 0 when
     shown, 1 when not shown, 75 when inconclusive (too noisy to decide within --max-seconds)."""
     check_flags(threads=threads, rounds=rounds, warmup=warmup, sessions=sessions)
     check_range("--tolerance", tolerance, 0.0, 1.0, low_open=True)
     check_range("--max-seconds", max_seconds, 0.0)
-    from karst_deploy.bench import bench
-    from karst_deploy.files import refuse_existing, write_json
-    from karst_deploy.report import bench_table, plot_latencies, verdict_lines
+    from karst_deploy.bench import BenchRequest, parse_batch_sizes, run_bench
+    from karst_deploy.report.plots import plot_latencies
+    from karst_deploy.report.render import note
+    from karst_deploy.report.tables import bench_table, verdict_lines
 
-    for path in (json_path, plot):
-        if path is not None:
-            refuse_existing(path, force)
-    runner_options = None
-    if runner == "tensorrt":
-        runner_options = {"copies": copies, "cuda_graph": cuda_graph}
-    elif cuda_graph or not copies:
-        from karst_deploy.errors import InputError
-
-        raise InputError("--no-copies and --cuda-graph apply to --runner tensorrt only.")
-    models = {"base": baseline, "merged": onnx}
-    if unmerged is not None:
-        models["unmerged"] = unmerged
-    for label, path in (("merged-fp16", fp16), ("merged-int8", int8)):
-        if path is not None:
-            from karst_deploy.precision import require_precision
-
-            require_precision(path, label.split("-")[1])
-            models[label] = path
-    result = bench(
-        models,
-        baseline="base",
-        candidate="merged",
-        batches=_parse_batches(batch),
-        runner=runner,
-        threads=threads,
-        rounds=rounds,
-        warmup=warmup,
-        sessions=sessions,
-        tolerance=tolerance,
-        max_seconds=max_seconds,
-        runner_options=runner_options,
-    )
-    console.print(bench_table(result))
-    for line in verdict_lines(result):
-        console.print(line, highlight=False)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    if json_path is not None:
-        write_json(json_path, result.to_dict(), force=force)
+    refuse_outputs(force, json_out, plot)
+    request = BenchRequest(
+        onnx, baseline, unmerged, fp16, int8, parse_batch_sizes(batch_sizes), runner, copies,
+        cuda_graph, threads, rounds, warmup, sessions, tolerance, max_seconds,
+    )  # fmt: skip
+    result = run_bench(request)
+    emit(result.to_dict(), as_json, json_out, force)
     if plot is not None:
         plot_latencies(result, plot, force=force)
+    if not as_json:
+        show(bench_table(result), *verdict_lines(result))
+        for text in result.notes:
+            note(text)
+    wrote(as_json, json_out, plot)
     result.raise_if_failed()
 
 
-@command("train")
+@command(
+    "train",
+    "karst-deploy train --backbone vit_base_patch16_224 --checkpoint backbone.safetensors "
+    "--data my_images/ --out runs/karst",
+    "karst-deploy train --backbone vit_tiny_patch16_224 --data digits:5-9 --method lora "
+    "--epochs 20 --out runs/lora",
+    "torchrun --nproc_per_node 2 -m karst_deploy train --backbone vit_base_patch16_224 "
+    "--data my_images/ --placement spt --budget 0.4M --out runs/spt",
+)
 def train_command(
     backbone: str = typer.Option(..., "--backbone", help="timm model name."),
     data: str = typer.Option(
@@ -804,113 +870,47 @@ def train_command(
     strict_images: bool = typer.Option(
         False, "--strict-images", help="Fail on an unreadable image instead of skipping it."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print the training log as JSON."),
+    force: Force = False,
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
 ):
     """Train adapters (and the head) on labelled images with the KARST recipe.
 
     Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel).
     """
     check_flags(
-        img_size=img_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        warmup_lr=warmup_lr,
-        min_lr=min_lr,
-        drop_path=drop_path,
-        seed=seed,
-        num_workers=num_workers,
-    )
-    from karst_deploy.train import TrainConfig, train_adapters
-    from karst_deploy.train.recipe import apply_recipe, training_adapter
+        img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr, drop_path=drop_path,
+        seed=seed, num_workers=num_workers,
+    )  # fmt: skip
+    from karst_deploy.report.tables import train_tables
+    from karst_deploy.train.options import TrainOptions, train_with_options
 
-    method_options = dict(
-        factor=factor,
-        rank=rank,
-        kernels=kernels,
-        alpha=alpha,
-        rescale=rescale,
-        scale=scale,
-        stage_ranks=stage_ranks,
-        targets=targets,
-    )
-    karst_modules = method if placement != "spt" else (structured or "karst")
-    method_options, schedule, applied = apply_recipe(
-        recipe,
-        karst_modules,
-        method_options,
-        dict(epochs=epochs, warmup_epochs=warmup_epochs, cooldown_epochs=cooldown_epochs),
-    )
-    adapter = training_adapter(
-        placement,
-        method,
-        structured,
-        budget=budget,
-        sigma=sigma,
-        scores=scores,
-        budget_rule=budget_rule,
-        **method_options,
-    )
-    config = TrainConfig(
-        backbone=backbone,
-        data=data,
-        adapter=adapter,
-        checkpoint=None if checkpoint is None else str(checkpoint),
-        model_kwargs=_parse_model_kwargs(model_kwargs) or {},
-        img_size=img_size,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_lr=warmup_lr,
-        min_lr=min_lr,
-        drop_path=drop_path,
-        seed=seed,
-        num_workers=num_workers,
-        device=device,
-        amp=amp,
-        strict_images=strict_images,
-        recipe={"name": recipe, "set": applied},
-        **schedule,
-    )
-    result = train_adapters(config, out, force=force)
+    refuse_outputs(force, json_out)
+    options = TrainOptions(
+        backbone, data, checkpoint, method, factor, rank, kernels, alpha, rescale, scale,
+        stage_ranks, targets, recipe, placement, budget, structured, sigma, budget_rule, scores,
+        img_size, parse_kwargs(model_kwargs) or {}, epochs, batch_size, lr, weight_decay,
+        warmup_epochs, cooldown_epochs, warmup_lr, min_lr, drop_path, seed, num_workers, device,
+        amp, strict_images,
+    )  # fmt: skip
+    result = train_with_options(options, out, force=force)
     if not result.is_main:
         return
-    log = result.log
-    if as_json:
-        print_json({"out": str(result.out), **log})
-        return
-    table = Table(title=f"{method} on {data}", title_justify="left")
-    for column in ("epoch", "train loss", "val loss", "val acc", "lr", "seconds"):
-        table.add_column(column, justify="right")
-    for row in log["epochs"]:
-        mark = " *" if row["epoch"] == log["best_epoch"] else ""
-        table.add_row(
-            f"{row['epoch']}{mark}",
-            f"{row['train_loss']:.4f}",
-            f"{row['val_loss']:.4f}",
-            f"{row['val_accuracy']:.4f}",
-            f"{row['lr']:.2e}",
-            f"{row['seconds']:.1f}",
-        )
-    console.print(table)
-    test = log["test_accuracy"]
-    summary = {
-        "adapter directory": str(result.out),
-        "best epoch (on val)": f"{log['best_epoch']} (* above)",
-        "val accuracy": f"{log['best_val_accuracy']:.4f}",
-        "test accuracy": "no test split" if test is None else f"{test:.4f} (reported only)",
-        "trainable parameters": log["trainable_parameters"],
-        "skipped images": log["data"]["skipped_images"],
-    }
-    console.print(key_value_table("trained", summary))
-    for warning in log["warnings"]:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    emit({"out": str(result.out), **result.log}, as_json, json_out, force)
+    if not as_json:
+        tables, warnings = train_tables(result, f"{method} on {data}")
+        show(*tables, *warnings)
+    wrote(as_json, result.out, json_out)
 
 
-@command("sensitivity")
+@command(
+    "sensitivity",
+    "karst-deploy sensitivity --backbone vit_base_patch16_224 --checkpoint backbone.safetensors "
+    "--data my_images/ --out scores.safetensors",
+    "karst-deploy sensitivity --backbone vit_tiny_patch16_224 --data digits:5-9 "
+    "--out scores.safetensors --plot scores.png",
+)
 def sensitivity_command(
     backbone: str = typer.Option(..., "--backbone", help="timm model name."),
     data: str = typer.Option(
@@ -924,7 +924,7 @@ def sensitivity_command(
     shuffle_seed: int | None = typer.Option(
         None,
         "--shuffle-seed",
-        help="Take the batches from a seeded permutation [official: the first K·B images].",
+        help="Take the batches from a seeded permutation (official: the first K·B images).",
     ),
     img_size: int | None = typer.Option(None, "--img-size", help="Backbone input size."),
     model_kwargs: str | None = typer.Option(
@@ -934,7 +934,8 @@ def sensitivity_command(
         None, "--plot", help="Also write a PNG of each matrix's share of the sensitivity."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite --out (and --plot)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
 ):
     """SPT sensitivity: summed squared gradients of every qkv/proj/fc1/fc2 weight on --data.
 
@@ -942,29 +943,31 @@ def sensitivity_command(
     """
     check_flags(batches=batches, batch_size=batch_size, seed=seed, img_size=img_size)
     from karst_deploy.placement import sensitivity_for_backbone
+    from karst_deploy.report.tables import key_value_table
 
+    refuse_outputs(force, json_out, plot)
     summary = sensitivity_for_backbone(
-        backbone,
-        data,
-        out,
-        checkpoint=checkpoint,
-        img_size=img_size,
-        model_kwargs=_parse_model_kwargs(model_kwargs),
-        batches=batches,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle_seed=shuffle_seed,
-        force=force,
-        progress=not as_json,
-        plot=plot,
-    )
-    if as_json:
-        print_json(summary)
-    else:
-        console.print(key_value_table("sensitivity scores", summary))
+        backbone, data, out, checkpoint=checkpoint, img_size=img_size,
+        model_kwargs=parse_kwargs(model_kwargs), batches=batches, batch_size=batch_size,
+        seed=seed, shuffle_seed=shuffle_seed, force=force, progress=True,
+    )  # fmt: skip
+    if plot is not None:  # drawn from the scores file just written
+        from karst_deploy.placement import load_scores
+        from karst_deploy.report.plots import plot_sensitivity
+
+        summary["plot"] = str(plot_sensitivity(load_scores(out), plot, force=force))
+    emit(summary, as_json, json_out, force)
+    if not as_json:
+        show(key_value_table("sensitivity scores", summary))
+    wrote(as_json, out, plot, json_out)
 
 
-@command("convert-precision")
+@command(
+    "convert-precision",
+    "karst-deploy convert-precision --onnx merged.onnx --precision fp16 --out merged-fp16.onnx",
+    "karst-deploy convert-precision --onnx merged.onnx --precision int8 --calib my_images/ "
+    "--out merged-int8.onnx",
+)
 def convert_precision_command(
     onnx: Path = typer.Option(..., "--onnx", help="fp32 ONNX file (from karst-deploy export)."),
     precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
@@ -973,31 +976,27 @@ def convert_precision_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    force: Force = False,
+    as_json: AsJson = False,
+    json_out: JsonOut = None,
 ):
     """Convert an fp32 ONNX to fp16, or calibrate it to symmetric int8 QDQ (for TensorRT)."""
     check_flags(calib_samples=calib_samples)
-    from karst_deploy.precision import convert_precision
+    from karst_deploy.precision import CalibrationOptions, convert_precision
+    from karst_deploy.report.tables import key_value_table
 
+    refuse_outputs(force, json_out)
+    calibration = CalibrationOptions(calib, calib_samples, calib_method, calib_cache)
     result = convert_precision(
-        onnx,
-        out,
-        precision,
-        calib=calib,
-        calib_samples=calib_samples,
-        calib_method=calib_method,
-        use_cache=calib_cache,
-        force=force,
-        progress=not as_json,
+        onnx, out, precision, force=force, progress=True, **calibration.kwargs()
     )
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        console.print(key_value_table(f"{precision} model", result.summary()))
+    emit(result.to_dict(), as_json, json_out, force)
+    if not as_json:
+        show(key_value_table(f"{precision} model", result.summary()))
+    wrote(as_json, out, json_out)
 
 
-@command("demo")
+@command("demo", "karst-deploy demo", "karst-deploy demo --quick --threads 1 --out /tmp/demo")
 def demo_command(
     out: Path = typer.Option(
         Path("karst-deploy-demo"), "--out", help="Report directory to write (must not exist)."
@@ -1007,26 +1006,28 @@ def demo_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seeds adapter training, parity and bench inputs."),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for PyTorch and ONNX Runtime [default: theirs]."
+        None, "--threads", help="CPU threads for PyTorch and ONNX Runtime (default: theirs)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of tables."),
+    json_out: JsonOut = None,
 ):
     """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
     check_flags(seed=seed, threads=threads)
-    from karst_deploy.pipeline import run_demo, summary_tables
+    from karst_deploy.pipeline import run_demo
+    from karst_deploy.report.render import note
+    from karst_deploy.report.tables import demo_tables
 
+    refuse_outputs(force, json_out)
     result = run_demo(out, quick=quick, seed=seed, force=force, threads=threads)
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        for table in summary_tables(result):
-            console.print(table)
+    emit(result.to_dict(), as_json, json_out, force)
+    if not as_json:
+        show(*demo_tables(result))
         if result.settings.note:
-            console.print(f"[yellow]note:[/] {escape(result.settings.note)}")
+            note(result.settings.note)
     result.raise_if_failed()
     if not as_json:
-        console.print(f"[green]demo passed[/]: report in {escape(str(out))}")
+        show(f"[green]demo passed[/]: report in {escape(str(out))}")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -1038,7 +1039,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     global _debug
     _debug = False
     try:
-        code = app(args=list(sys.argv[1:] if argv is None else argv), standalone_mode=False)
+        arguments = renamed(list(sys.argv[1:] if argv is None else argv))
+        code = app(args=arguments, standalone_mode=False)
     except TyperException as error:  # usage errors: click's plain message, no box
         show = getattr(error, "show", None)
         if show is not None:

@@ -144,7 +144,7 @@ def run_stages(
     tolerances: dict[str, Tolerance] | None = None,
     *,
     batch_size: int = 16,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> ParityReport:
     """Run every input set through every stage and compare each stage with the previous one.
 
@@ -161,7 +161,7 @@ def run_stages(
     judged_by = [table.get(s.precision) or tolerance_for(s.precision) for s in stages[1:]]
     steps = sum(-(-len(s.images) // batch_size) for s in input_sets) * len(stages)
     outputs: dict[tuple[str, str], np.ndarray] = {}
-    with progress_bar("parity", steps, enabled=show_progress) as advance:
+    with progress_bar("parity", steps, enabled=progress) as advance:
         for stage in stages:
             with stage.runner:
                 for inputs in input_sets:
@@ -294,7 +294,7 @@ def verify_parity(
     extra_stages: Sequence[Stage] = (),
     engine: str | os.PathLike[str] | None = None,
     runners: Sequence[str] = (),
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> ParityReport:
     """Unmerged PyTorch → merged PyTorch → ONNX Runtime (→ `extra_stages`) on the same inputs,
     and the white-box stage: the ONNX graph against a fresh export of the same model.
@@ -403,9 +403,7 @@ def verify_parity(
         onnx,
     )
     del graph
-    report = run_stages(
-        stages, input_sets, overrides, batch_size=batch_size, show_progress=show_progress
-    )
+    report = run_stages(stages, input_sets, overrides, batch_size=batch_size, progress=progress)
     report.white_box = checked
     report.provenance = record
     report.notes = notes

@@ -28,8 +28,8 @@ from karst_deploy.errors import INCONCLUSIVE as EXIT_INCONCLUSIVE
 from karst_deploy.errors import InconclusiveError, InputError, VerificationError
 from karst_deploy.export import export_onnx
 from karst_deploy.provenance import read_provenance, write_provenance
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import export_base, save_adapter
-from tests.test_cli import run_cli
 
 STATISTICS = {"median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput"}
 
@@ -49,8 +49,8 @@ def test_cli_json_has_the_documented_fields(models, tmp_path):
     report, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     result = run_cli(
         "bench", "--onnx", str(models["merged"]), "--baseline", str(models["base"]),
-        "--unmerged", str(models["unmerged"]), "--batch", "1,2", "--rounds", "4",
-        "--warmup", "1", "--sessions", "2", "--threads", "1", "--json", str(report),
+        "--unmerged", str(models["unmerged"]), "--batch-sizes", "1,2", "--rounds", "4",
+        "--warmup", "1", "--sessions", "2", "--threads", "1", "--json-out", str(report),
         "--plot", str(plot), "--max-seconds", "0",
     )  # fmt: skip
     # The outcome depends on timing noise over 4 rounds; its exit code and fields do not.
@@ -85,7 +85,7 @@ def test_cli_json_has_the_documented_fields(models, tmp_path):
 def test_unmerged_as_candidate_fails_on_structure(models):
     result = bench(
         {"base": models["base"], "merged": models["unmerged"]},
-        baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, show_progress=False,
+        baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, progress=False,
     )  # fmt: skip
     assert result.passed is False and result.outcome == NOT_SHOWN
     assert any(f.startswith("structure: graphs differ") for f in result.verdict.failures)
@@ -97,7 +97,7 @@ def test_unmerged_as_candidate_fails_on_structure(models):
 def test_torch_runner_times_the_same_architectures(models):
     result = bench(
         models, baseline="base", batches=[2], runner="torch", rounds=2, warmup=1,
-        show_progress=False,
+        progress=False,
     )  # fmt: skip
     assert result.verdict is None and set(result.ratios) == {"merged", "unmerged"}
     assert result.runners["unmerged"]["runner"] == "torch"
@@ -110,7 +110,7 @@ def test_different_precisions_get_a_table_but_no_verdict(models, tmp_path):
     fp16 = convert_precision(models["merged"], tmp_path / "fp16.onnx", "fp16").path
     result = bench(
         {"fp32": models["merged"], "fp16": fp16},
-        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, show_progress=False,
+        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, progress=False,
     )  # fmt: skip
     assert result.verdict is None and result.passed is None
     assert "fp16" in result.notes[0] and "fp16" in result.ratios
@@ -121,7 +121,7 @@ def test_different_precisions_get_a_table_but_no_verdict(models, tmp_path):
     onnx.save(model, str(tmp_path / "relabelled.onnx"))
     relabelled = bench(
         {"fp32": models["merged"], "fp16": tmp_path / "relabelled.onnx"},
-        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, show_progress=False,
+        baseline="fp32", candidate="fp16", batches=[1], rounds=2, warmup=0, progress=False,
     )  # fmt: skip
     assert relabelled.verdict is not None  # an fp32 graph is fp32, whatever its label says
 
@@ -208,7 +208,7 @@ def test_the_verdict_has_three_outcomes_with_their_exit_codes(models):
     result = bench(
         {"base": models["base"], "merged": models["merged"]},
         baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, sessions=1,
-        show_progress=False,
+        progress=False,
     )  # fmt: skip
     judged = {
         SHOWN: latency_verdict("merged", "base", _ratios((0.99, 1.01), (0.98, 1.02)), SAME, 0.03),
@@ -233,7 +233,7 @@ def test_rounds_are_added_while_the_verdict_is_inconclusive(models):
     """Real sessions: a ±0.0001 % band is almost never decided by a few rounds."""
     common = dict(
         baseline="base", candidate="merged", batches=[1], rounds=2, warmup=0, sessions=1,
-        show_progress=False,
+        progress=False,
     )  # fmt: skip
     pair = {"base": models["base"], "merged": models["merged"]}
     fixed = bench(pair, tolerance=1e-6, max_seconds=0, **common)

@@ -1,10 +1,15 @@
-"""The command line: exit codes, JSON output, one-paragraph errors (run as a real process)."""
+"""The command line: exit codes, JSON output, one-paragraph errors, help, piped output.
+
+Commands run in-process (`tests.cli_helpers.run_cli`); each entry point (`karst-deploy`,
+`python -m karst_deploy`, `python cli.py`) starts one real process.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -12,17 +17,14 @@ import torch
 from safetensors.torch import save_file
 
 import karst_deploy as kd
+from karst_deploy import cli
 from tests.cases import METHOD_CASES, adapted, images, randomize_adapters
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "karst_deploy", *args], capture_output=True, text=True, timeout=300
-    )
+from tests.cli_helpers import run_cli, run_cli_process
 
 
 def test_doctor_json_reports_the_runtimes():
-    result = run_cli("doctor", "--json")
+    """``python -m karst_deploy``, as a real process."""
+    result = run_cli_process("-m", "karst_deploy", "doctor", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert "CPUExecutionProvider" in report["onnxruntime_providers"]
@@ -103,9 +105,7 @@ def test_merge_without_the_training_checkpoint_is_refused(tiny_case, tmp_path):
     ],
 )
 def test_bad_input_exits_2_without_traceback(args, message, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "karst_deploy", *args], capture_output=True, text=True, cwd=tmp_path
-    )
+    result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.safetensors").exists()
@@ -126,5 +126,61 @@ def test_merge_backbone_mismatch_is_named(tiny_case, tmp_path):
 
 
 def test_root_shim_runs_the_cli():
-    result = subprocess.run([sys.executable, "cli.py", "--version"], capture_output=True, text=True)
+    result = run_cli_process("cli.py", "--version")
     assert result.returncode == 0 and result.stdout.startswith("karst-deploy ")
+
+
+def test_the_console_script_runs_the_cli():
+    script = shutil.which("karst-deploy", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("karst-deploy is not installed next to this interpreter (pip install -e .)")
+    result = run_cli_process(script, "--version")
+    assert result.returncode == 0 and result.stdout.startswith("karst-deploy ")
+
+
+COMMANDS = sorted(
+    info.name for info in cli.app.registered_commands if not info.hidden and info.name
+)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_reads_like_the_ecosystem_and_ends_with_examples(name):
+    result = run_cli(name, "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for noise in ("<bool>", "<str>", "<int>", "<float>", "<path>"):
+        assert noise not in text
+    assert "--force" in text
+    assert "--json " in text and "--json-out PATH" in text
+    examples = text.split("Examples:")[1].strip().splitlines()
+    assert 2 <= len(examples) <= 3
+    assert all(line.strip().split()[0] in ("karst-deploy", "torchrun") for line in examples)
+    assert all(f" {name}" in line for line in examples)
+
+
+def test_bracketed_defaults_survive_in_help():
+    """Rich markup used to swallow "[lr/10]" ("AdamW weight decay .")."""
+    text = " ".join(run_cli("train", "--help").stdout.split())
+    assert "AdamW weight decay [lr/10]." in text and "(train/ val/ [test/])" in text
+    assert "--out PATH" in text and "--epochs N" in text and "--lr X" in text
+
+
+def test_json_prints_and_json_out_writes_the_same(tmp_path):
+    out = tmp_path / "doctor.json"
+    result = run_cli("doctor", "--json", "--json-out", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == json.loads(out.read_text())
+    again = run_cli("doctor", "--json-out", out)
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert run_cli("doctor", "--json-out", out, "--force").returncode == 0
+
+
+def test_renamed_flags_keep_their_old_spelling_for_one_release(capsys):
+    assert cli.renamed(["bench", "--onnx", "m", "--json", "b.json", "--batch", "1,8"]) == [
+        "bench", "--onnx", "m", "--json-out", "b.json", "--batch-sizes", "1,8",
+    ]  # fmt: skip
+    assert cli.renamed(["verify-parity", "--json=r.json"]) == ["verify-parity", "--json-out=r.json"]
+    assert "now --json-out" in capsys.readouterr().err
+    for unchanged in (["bench", "--json"], ["verify-parity", "--json", "--samples", "4"],
+                      ["export", "--batch", "4"]):  # fmt: skip
+        assert cli.renamed(unchanged) == unchanged

@@ -19,21 +19,20 @@ import numpy as np
 import onnx
 import pytest
 
-from karst_deploy import cli
 from karst_deploy.errors import EXIT_CODES, REPORT_URL
 from karst_deploy.export import export_onnx
 from karst_deploy.provenance import KEY
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import CASE, save_adapter
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = CASE.name
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
+def run(*args: str) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of the CLI run in-process."""
-    code = cli.run(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+    result = run_cli(*args)
+    return result.returncode, result.stdout, result.stderr
 
 
 def one_paragraph(err: str) -> bool:
@@ -70,15 +69,15 @@ def test_the_readme_states_the_same_table():
     }
 
 
-def test_0_success(capsys):
-    code, out, err = run(capsys, "doctor", "--json")
+def test_0_success():
+    code, out, err = run("doctor", "--json")
     assert code == 0 and "onnxruntime_providers" in json.loads(out), err
 
 
-def test_1_a_verification_ran_and_failed(capsys, artifacts):
+def test_1_a_verification_ran_and_failed(artifacts):
     adapter, _, tampered = artifacts
     code, out, err = run(
-        capsys, "verify-parity", "--adapter", str(adapter), "--onnx", str(tampered),
+        "verify-parity", "--adapter", str(adapter), "--onnx", str(tampered),
         "--samples", "4",
     )  # fmt: skip
     assert code == 1 and "Traceback" not in err
@@ -109,9 +108,9 @@ def test_1_a_verification_ran_and_failed(capsys, artifacts):
           "--out", "OUT"], "--calib-samples"),
     ],
 )  # fmt: skip
-def test_2_out_of_range_numbers_name_their_flag(capsys, tmp_path, args, flag):
+def test_2_out_of_range_numbers_name_their_flag(tmp_path, args, flag):
     out = tmp_path / "out"
-    code, _, err = run(capsys, *[str(out) if a == "OUT" else a for a in args])
+    code, _, err = run(*[str(out) if a == "OUT" else a for a in args])
     assert code == 2 and flag in err and "Traceback" not in err, err
     assert not out.exists()
 
@@ -124,17 +123,17 @@ def test_2_out_of_range_numbers_name_their_flag(capsys, tmp_path, args, flag):
         ("[6]", "must be a JSON object"),
     ],
 )
-def test_2_hostile_model_kwargs(capsys, tmp_path, text, message):
+def test_2_hostile_model_kwargs(tmp_path, text, message):
     code, _, err = run(
-        capsys, "export", "--no-adapter", "--backbone", TINY, "--model-kwargs", text,
+        "export", "--no-adapter", "--backbone", TINY, "--model-kwargs", text,
         "--out", str(tmp_path / "m.onnx"),
     )  # fmt: skip
     assert code == 2 and "--model-kwargs" in err and message in err and one_paragraph(err), err
 
 
-def test_2_out_is_a_directory(capsys, tmp_path):
+def test_2_out_is_a_directory(tmp_path):
     code, _, err = run(
-        capsys, "export", "--no-adapter", "--backbone", TINY, "--out", str(tmp_path), "--force"
+        "export", "--no-adapter", "--backbone", TINY, "--out", str(tmp_path), "--force"
     )
     assert code == 2 and f"'{tmp_path}' is a directory" in err and one_paragraph(err)
 
@@ -151,26 +150,26 @@ def test_2_out_is_a_directory(capsys, tmp_path):
         ('{"backbone": ["vit"]}', "provenance key 'backbone'"),
     ],
 )
-def test_2_hostile_provenance(capsys, artifacts, tmp_path, text, message):
+def test_2_hostile_provenance(artifacts, tmp_path, text, message):
     adapter, merged, _ = artifacts
     onnx_file = with_provenance(merged, tmp_path / "m.onnx", text)
-    code, _, err = run(capsys, "verify-parity", "--adapter", str(adapter), "--onnx", str(onnx_file))
+    code, _, err = run("verify-parity", "--adapter", str(adapter), "--onnx", str(onnx_file))
     assert code == 2 and message in err and str(onnx_file) in err and one_paragraph(err), err
 
 
-def test_2_a_sidecar_that_is_a_list(capsys, artifacts, tmp_path):
+def test_2_a_sidecar_that_is_a_list(artifacts, tmp_path):
     adapter, merged, _ = artifacts
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     Path(f"{engine}.json").write_text("[]")
     code, _, err = run(
-        capsys, "verify-parity", "--adapter", str(adapter), "--onnx", str(merged),
+        "verify-parity", "--adapter", str(adapter), "--onnx", str(merged),
         "--engine", str(engine),
     )  # fmt: skip
     assert code == 2 and "must be a JSON object" in err and f"{engine}.json" in err, err
 
 
-def test_2_a_decompression_bomb_is_refused_from_its_header(capsys, artifacts, tmp_path):
+def test_2_a_decompression_bomb_is_refused_from_its_header(artifacts, tmp_path):
     from PIL import Image
 
     adapter, merged, _ = artifacts
@@ -181,17 +180,17 @@ def test_2_a_decompression_bomb_is_refused_from_its_header(capsys, artifacts, tm
     bomb = tmp_path / "data" / "val" / "a" / "bomb.png"
     Image.new("1", (15_000, 15_000)).save(bomb)  # about 30 KB on disk, 675 MB as RGB
     code, _, err = run(
-        capsys, "verify-parity", "--adapter", str(adapter), "--onnx", str(merged),
+        "verify-parity", "--adapter", str(adapter), "--onnx", str(merged),
         "--data", str(tmp_path / "data"), "--samples", "2",
     )  # fmt: skip
     assert code == 2 and str(bomb) in err and "too large" in err and one_paragraph(err), err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
-def test_3_a_missing_runtime(capsys, artifacts):
+def test_3_a_missing_runtime(artifacts):
     _, merged, _ = artifacts
     code, _, err = run(
-        capsys, "bench", "--onnx", str(merged), "--baseline", str(merged), "--runner", "tensorrt",
+        "bench", "--onnx", str(merged), "--baseline", str(merged), "--runner", "tensorrt",
         "--rounds", "2", "--sessions", "1",
     )  # fmt: skip
     assert code == 3 and "TensorRT" in err and one_paragraph(err), err
@@ -205,7 +204,7 @@ def test_3_a_missing_runtime(capsys, artifacts):
         (errno.EACCES, "Permission denied (EACCES)"),
     ],
 )
-def test_3_disk_full_read_only_or_denied(capsys, monkeypatch, tmp_path, number, words):
+def test_3_disk_full_read_only_or_denied(monkeypatch, tmp_path, number, words):
     """The first write of an output fails as the operating system would make it fail."""
     import karst_deploy.files
 
@@ -214,7 +213,7 @@ def test_3_disk_full_read_only_or_denied(capsys, monkeypatch, tmp_path, number, 
 
     monkeypatch.setattr(karst_deploy.files, "_make_temp", refuse)
     code, _, err = run(
-        capsys, "export", "--no-adapter", "--backbone", TINY, "--num-classes", "3",
+        "export", "--no-adapter", "--backbone", TINY, "--num-classes", "3",
         "--img-size", "32", "--model-kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 2}',
         "--out", str(tmp_path / "m.onnx"),
     )  # fmt: skip
@@ -231,21 +230,21 @@ def _break_doctor(monkeypatch):
     monkeypatch.setattr(karst_deploy.doctor, "diagnose", broken)
 
 
-def test_70_an_internal_error_is_one_paragraph(capsys, monkeypatch):
+def test_70_an_internal_error_is_one_paragraph(monkeypatch):
     monkeypatch.delenv("KARST_DEPLOY_DEBUG", raising=False)
     _break_doctor(monkeypatch)
-    code, _, err = run(capsys, "doctor")
+    code, _, err = run("doctor")
     assert code == 70 and one_paragraph(err), err
     assert "internal error: KeyError" in err and REPORT_URL in err and "--debug" in err
     assert "test_exit_codes.py" in err  # where it happened
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
-def test_70_debug_adds_the_traceback(capsys, monkeypatch, how):
+def test_70_debug_adds_the_traceback(monkeypatch, how):
     _break_doctor(monkeypatch)
     if how == "environment":
         monkeypatch.setenv("KARST_DEPLOY_DEBUG", "1")
-    code, _, err = run(capsys, *(["--debug"] if how == "flag" else []), "doctor")
+    code, _, err = run(*(["--debug"] if how == "flag" else []), "doctor")
     assert code == 70 and "Traceback (most recent call last)" in err and "KeyError" in err
 
 
@@ -266,7 +265,7 @@ def test_70_and_debug_in_a_real_process():
     assert debug.returncode == 70 and "Traceback (most recent call last)" in debug.stderr
 
 
-def test_130_is_the_interrupted_code(capsys, monkeypatch):
+def test_130_is_the_interrupted_code(monkeypatch):
     """Ctrl-C (KeyboardInterrupt) exits 130; signal clean-up itself is tested elsewhere."""
     import karst_deploy.doctor
 
@@ -274,25 +273,18 @@ def test_130_is_the_interrupted_code(capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(karst_deploy.doctor, "diagnose", interrupted)
-    code, _, _ = run(capsys, "doctor")
+    code, _, _ = run("doctor")
     assert code == 130 and EXIT_CODES[130][0] == "interrupted"
 
 
 def test_messages_are_not_wrapped_and_long_names_are_clipped(tmp_path):
     """stderr is a pipe here: a long path stays on one line; a 100,000-character name is cut."""
     deep = tmp_path / ("d" * 60) / ("e" * 60) / "adapter"
-    result = subprocess.run(
-        [sys.executable, "-m", "karst_deploy", "merge", "--adapter", str(deep), "--out", "x"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    result = run_cli("merge", "--adapter", str(deep), "--out", "x", cwd=tmp_path)
     assert result.returncode == 2 and str(deep) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     name = "v" * 100_000
-    result = subprocess.run(
-        [sys.executable, "-m", "karst_deploy", "export", "--no-adapter", "--backbone", name,
-         "--out", str(tmp_path / "m.onnx")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    result = run_cli("export", "--no-adapter", "--backbone", name, "--out", tmp_path / "m.onnx")
     assert (
         result.returncode == 2
         and len(result.stderr) < 1000

@@ -22,8 +22,8 @@ from karst_deploy.parity import (
 )
 from karst_deploy.provenance import read_provenance, write_provenance
 from tests.cases import METHOD_CASES, method_params
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import export_base, save_adapter
-from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def perturbed(exports, tmp_path_factory):
 @method_params
 def test_parity_passes_for_every_method(method, exports):
     adapter, path = exports[method]
-    report = verify_parity(path, adapter, data="digits", samples=24, images=24, show_progress=False)
+    report = verify_parity(path, adapter, data="digits", samples=24, images=24, progress=False)
     assert report.passed, report.failures
     assert [s["name"] for s in report.stages] == ["torch-unmerged", "torch-merged", "onnxruntime"]
     pairs = [(c.reference, c.candidate, c.inputs) for c in report.comparisons]
@@ -92,7 +92,7 @@ def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path)
     report_path = tmp_path / "report.json"
     result = run_cli(
         "verify-parity", "--adapter", str(adapter), "--onnx", str(perturbed),
-        "--samples", "16", "--json", str(report_path),
+        "--samples", "16", "--json-out", str(report_path),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "torch-merged → onnxruntime" in result.stderr and "max abs diff" in result.stderr
@@ -111,10 +111,16 @@ def test_cli_passes_with_exit_0(exports, tmp_path):
     adapter, path = exports["lora"]
     result = run_cli(
         "verify-parity", "--adapter", str(adapter), "--onnx", str(path), "--samples", "8",
-        "--data", "digits", "--json", str(tmp_path / "ok.json"),
+        "--data", "digits", "--json-out", str(tmp_path / "ok.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "ok.json").read_text())["passed"] is True
+    # stdout is not a terminal here (as in CI or `| tee`): the table takes the width it needs
+    # instead of 80 columns, so no stage name is cut ("torch-unmerg…") or split over lines.
+    for stage in ("torch-unmerged", "torch-merged", "onnxruntime"):
+        assert stage in result.stdout
+    assert "…" not in result.stdout
+    assert str(tmp_path / "ok.json") in result.stdout  # the closing line names the file
 
 
 def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):
@@ -152,7 +158,7 @@ def test_extra_stages_are_compared_with_the_previous_one(exports, perturbed):
     """Another runtime (e.g. a TensorRT engine) joins by appending a Stage."""
     adapter, path = exports["karst-channel"]
     extra = Stage("onnxruntime-perturbed", OnnxRuntimeRunner(perturbed))
-    report = verify_parity(path, adapter, samples=8, extra_stages=[extra], show_progress=False)
+    report = verify_parity(path, adapter, samples=8, extra_stages=[extra], progress=False)
     verdicts = {(c.reference, c.candidate): c.passed for c in report.comparisons}
     assert verdicts == {
         ("torch-unmerged", "torch-merged"): True,
@@ -167,9 +173,9 @@ def test_a_registered_runner_is_a_stage_by_name(exports):
     """verify-parity --stage NAME: the registry opens the ONNX on that runner."""
     adapter, path = exports["lora"]
     with pytest.raises(InputError, match="'torch' is not a stage of its own"):
-        verify_parity(path, adapter, runners=["torch"], show_progress=False)
+        verify_parity(path, adapter, runners=["torch"], progress=False)
     with pytest.raises(InputError, match="Unknown runner 'tensorflow'; choose one of"):
-        verify_parity(path, adapter, runners=["tensorflow"], show_progress=False)
+        verify_parity(path, adapter, runners=["tensorflow"], progress=False)
 
 
 @pytest.mark.gpu
@@ -179,9 +185,7 @@ def test_a_registered_runner_is_a_stage_by_name(exports):
 )
 def test_an_onnxruntime_cuda_stage_follows_onnx_runtime(exports):
     adapter, path = exports["lora"]
-    report = verify_parity(
-        path, adapter, samples=8, runners=["onnxruntime-cuda"], show_progress=False
-    )
+    report = verify_parity(path, adapter, samples=8, runners=["onnxruntime-cuda"], progress=False)
     assert [c.candidate for c in report.comparisons][-1] == "onnxruntime-cuda"
     assert report.passed, report.failures
 
@@ -234,7 +238,7 @@ def test_a_fixed_batch_export_is_fed_in_chunks_of_its_batch(exports, tmp_path):
 def test_data_with_another_class_count_is_refused(exports):
     adapter, path = exports["lora"]  # a 10-class head
     with pytest.raises(InputError, match="--data 'digits:0-4' has 5 classes but the model's head"):
-        verify_parity(path, adapter, data="digits:0-4", samples=2, show_progress=False)
+        verify_parity(path, adapter, data="digits:0-4", samples=2, progress=False)
 
 
 def test_an_atol_that_is_not_finite_and_positive_is_refused(exports):

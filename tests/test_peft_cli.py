@@ -11,7 +11,7 @@ import torch
 from karst_deploy.adapters import peft_format
 from karst_deploy.parity import verify_parity
 from tests.cases import PEFT_BACKBONES, images, peft_adapter, peft_backbone_args
-from tests.test_cli import run_cli
+from tests.cli_helpers import run_cli
 
 pytest.importorskip("peft", reason="the PEFT tests need Hugging Face PEFT (the test extra)")
 
@@ -58,7 +58,7 @@ def test_verify_parity_starts_with_peft_and_passes(exported, tmp_path):
 def test_verify_parity_without_peft_says_so_and_starts_at_our_reading(exported, monkeypatch):
     adapter, onnx = exported
     monkeypatch.setattr(peft_format, "peft_available", lambda: False)
-    report = verify_parity(onnx, adapter, samples=4, show_progress=False)
+    report = verify_parity(onnx, adapter, samples=4, progress=False)
     assert report.stages[0]["name"] == "torch-unmerged"
     assert report.passed and "PEFT is not installed" in report.notes[0]
 

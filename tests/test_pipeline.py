@@ -177,7 +177,7 @@ def test_the_report_is_self_contained(runs):
         checkpoint=out / "backbone.safetensors",
         data="digits:5-9",
         samples=8,
-        show_progress=False,
+        progress=False,
     )
     assert report.passed, report.failures
 

@@ -25,8 +25,8 @@ from karst_deploy.graph_precision import graph_precision
 from karst_deploy.parity import verify_parity
 from karst_deploy.precision import convert_precision
 from karst_deploy.provenance import read_provenance, write_provenance
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import save_adapter
-from tests.test_cli import run_cli
 
 Edit = Callable[[onnx.ModelProto], None]
 
@@ -333,7 +333,7 @@ TAMPERS = [
 def verdict(path: Path, adapter: Path, data: str | None) -> tuple[int, str, dict | None]:
     """What `karst-deploy verify-parity` would do, in process: exit code, message, report."""
     try:
-        report = verify_parity(path, adapter, data=data, samples=4, images=16, show_progress=False)
+        report = verify_parity(path, adapter, data=data, samples=4, images=16, progress=False)
     except KarstDeployError as error:
         return error.exit_code, str(error), None
     return (0 if report.passed else 1), "; ".join(report.failures), report.to_dict()

@@ -9,11 +9,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from karst_deploy.errors import InputError
 from karst_deploy.export.onnx_export import export_onnx
 from karst_deploy.files import refuse_existing, temporary_directory
 
 if TYPE_CHECKING:
-    from karst_deploy.precision import PrecisionResult
+    from karst_deploy.export.onnx_export import ExportResult
+    from karst_deploy.export.options import ExportOptions
+    from karst_deploy.precision import CalibrationOptions, PrecisionResult
 
 
 def export_with_precision(
@@ -54,3 +57,32 @@ def export_with_precision(
     result.source = "fp32 export (intermediate, not kept)"
     result.fp32_export = {k: v for k, v in exported.to_dict().items() if k != "path"}
     return result
+
+
+def export_in_precision(
+    out: str | os.PathLike[str],
+    options: ExportOptions,
+    precision: str = "fp32",
+    calibration: CalibrationOptions | None = None,
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> ExportResult | PrecisionResult:
+    """``karst-deploy export``: the fp32 export, or (fp16/int8) export then convert."""
+    from karst_deploy.precision import CalibrationOptions
+    from karst_deploy.progress import status
+
+    calibration = calibration or CalibrationOptions()
+    if precision != "fp32":
+        return export_with_precision(
+            out,
+            precision,
+            force=force,
+            progress=progress,
+            **calibration.kwargs(),
+            **options.export_kwargs(),
+        )
+    if calibration.calib is not None:
+        raise InputError("--calib applies to --precision int8 only.")
+    with status("exporting and checking", enabled=progress):
+        return export_onnx(out, force=force, **options.export_kwargs())

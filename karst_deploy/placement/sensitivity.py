@@ -267,20 +267,17 @@ def sensitivity_for_backbone(
     shuffle_seed: int | None = None,
     force: bool = False,
     progress: bool = False,
-    plot: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Build `backbone` for `data`'s classes, compute its sensitivity, write the scores file.
 
     Returns a summary (what the CLI prints): the output, the run's metadata and the share of
-    the total sensitivity held by the top matrices. `plot` also writes `plot_sensitivity`'s PNG.
+    the total sensitivity held by the top matrices.
     """
     from karst_deploy.data import open_images
     from karst_deploy.files import refuse_existing
     from karst_deploy.models import create_model
 
-    for path in (out, plot):
-        if path is not None:
-            refuse_existing(Path(path), force)
+    refuse_existing(Path(out), force)
     images = open_images(data, "train", 224)
     kwargs = dict(model_kwargs or {})
     kwargs.setdefault("img_size", img_size)
@@ -300,8 +297,6 @@ def sensitivity_for_backbone(
         progress=progress,
     )
     save_scores(result, out, force=force)
-    if plot is not None:
-        plot_sensitivity(result, plot, force=force)
     totals = result.matrix_totals()
     grand = sum(totals.values()) or 1.0
     return {
@@ -311,37 +306,4 @@ def sensitivity_for_backbone(
         "matrices": len(result.scores),
         "entries": sum(s.numel() for s in result.scores.values()),
         "top_matrices": {name: round(total / grand, 4) for name, total in list(totals.items())[:5]},
-        **({"plot": str(plot)} if plot is not None else {}),
     }
-
-
-def plot_sensitivity(
-    sensitivity: Sensitivity, path: str | os.PathLike[str], *, force: bool = False
-) -> Path:
-    """A PNG of each candidate matrix's share of the total sensitivity, in model order.
-
-    Roughly where SPT will spend the budget, at a glance.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    totals = {name: float(s.double().sum()) for name, s in sensitivity.scores.items()}
-    grand = sum(totals.values()) or 1.0
-    names = [name.removesuffix(".weight") for name in totals]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.22 * len(names) + 2), 4.0))
-    axis.bar(range(len(names)), [t / grand for t in totals.values()], color="tab:blue")
-    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    axis.set_ylabel("share of total sensitivity")
-    backbone = sensitivity.metadata.get("backbone", {})
-    axis.set_title(
-        f"SPT sensitivity: {backbone.get('name', '?')} on {sensitivity.metadata.get('data', '?')} "
-        f"({sensitivity.metadata.get('images', '?')} images)",
-        fontsize=9,
-    )
-    figure.tight_layout()
-    with atomic_output(path, force=force) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
-    return Path(path)

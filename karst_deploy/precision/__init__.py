@@ -13,7 +13,9 @@ graph; `calibration` opens calibration data and locates the cache.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import refuse_existing
@@ -33,6 +35,7 @@ from karst_deploy.progress import progress_bar
 __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_SAMPLES",
+    "CalibrationOptions",
     "CalibrationSet",
     "PrecisionResult",
     "convert_precision",
@@ -97,3 +100,22 @@ def convert_precision(
             force=force,
             on_batch=advance,
         )
+
+
+@dataclass
+class CalibrationOptions:
+    """int8 calibration: the data (`calib`), how many images, the range method, the cache."""
+
+    calib: str | os.PathLike[str] | None = None
+    samples: int = DEFAULT_SAMPLES
+    method: str = "minmax"
+    use_cache: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        """The calibration keyword arguments of `convert_precision`."""
+        return {
+            "calib": self.calib,
+            "calib_samples": self.samples,
+            "calib_method": self.method,
+            "use_cache": self.use_cache,
+        }

@@ -34,6 +34,7 @@ from karst_deploy.models import (
     training_drop_path,
 )
 from karst_deploy.placement.request import SptRequest
+from karst_deploy.progress import progress_bar
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler, distributed_session
 from karst_deploy.train.recipe import TrainConfig
 from karst_deploy.train.schedule import learning_rate, make_optimizer, set_learning_rate
@@ -158,29 +159,6 @@ def evaluate(
     return loss_sum / len(data), correct_total / len(data)
 
 
-def progress_bar(enabled: bool):
-    """A rich progress bar on stderr (so ``--json`` output on stdout stays clean)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def train_adapters(
     config: TrainConfig,
     out: str | os.PathLike[str] | None = None,
@@ -225,7 +203,7 @@ def _run(
     splits: dict[str, LabelledImages],
     place: Distributed,
     device: torch.device,
-    show_progress: bool,
+    progress: bool,
 ) -> TrainResult:
     amp_dtype = _amp_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -262,9 +240,8 @@ def _run(
     step = 0
     with (
         training_drop_path(model, config.drop_path) as drop_path_blocks,
-        progress_bar(show_progress and place.is_main) as bar,
+        progress_bar("training", total_steps, enabled=progress and place.is_main) as bar,
     ):
-        task = bar.add_task("training", total=total_steps)
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
             sampler.set_epoch(epoch)
@@ -301,7 +278,7 @@ def _run(
                 correct += int((logits.argmax(-1) == labels).sum())
                 seen += len(labels)
                 step += 1
-                bar.advance(task)
+                bar()
             loss_sum, correct, seen = place.sum([loss_sum, correct, seen], device)
             val_loss, val_accuracy = evaluate(
                 model, datasets["val"], eval_batch, device, place, amp_dtype
@@ -319,12 +296,10 @@ def _run(
             if not best or (val_accuracy, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
                 best = record
                 best_state = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}
-            bar.update(
-                task,
-                description=(
-                    f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
-                    f"val acc {val_accuracy:.3f}  best {best['val_accuracy']:.3f}"
-                ),
+            bar.describe(
+                f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
+                f"val acc {val_accuracy:.3f}  best {best['val_accuracy']:.3f}  "
+                f"{record['seconds']:.1f} s/epoch"
             )
 
     with torch.no_grad():

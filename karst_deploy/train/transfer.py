@@ -29,7 +29,8 @@ from karst_deploy.data import open_images
 from karst_deploy.errors import InputError
 from karst_deploy.files import atomic_directory, cache_root, write_json
 from karst_deploy.models import create_model
-from karst_deploy.train.loop import TrainResult, progress_bar, seed_everything, train_adapters
+from karst_deploy.progress import progress_bar
+from karst_deploy.train.loop import TrainResult, seed_everything, train_adapters
 from karst_deploy.train.recipe import TrainConfig
 from karst_deploy.train.schedule import learning_rate, make_optimizer, set_learning_rate
 
@@ -151,8 +152,9 @@ def pretrain_source_backbone(
     total = steps_per_epoch * recipe.epochs
     optimizer = make_optimizer(model.parameters(), recipe.lr, recipe.weight_decay)
     model.train()
-    with progress_bar(progress) as bar:
-        task = bar.add_task("pretraining the source backbone (digits 0-4)", total=total)
+    with progress_bar(
+        "pretraining the source backbone (digits 0-4)", total, enabled=progress
+    ) as advance:
         for step, index in enumerate(
             _batches(len(images), recipe.batch_size, recipe.epochs, generator)
         ):
@@ -165,7 +167,7 @@ def pretrain_source_backbone(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            bar.advance(task)
+            advance()
     model.eval()
     with atomic_directory(path.parent, force=True, cache=True) as staging:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -18,8 +18,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from karst_deploy.adapters import AdapterFile, adapter_config, adapter_state_dic
 from karst_deploy.errors import AdapterFileError
 from karst_deploy.models import MODEL_KWARGS, backbone_spec
 from tests.cases import BACKBONE_CASES, METHOD_CASES, SPT_CASES, adapted, randomize_adapters
+from tests.cli_helpers import run_cli
 
 CASE = BACKBONE_CASES[0]  # vit-192: 2 blocks on 32×32 inputs
 METHODS = [*METHOD_CASES, *SPT_CASES, "linear"]
@@ -802,21 +801,7 @@ def test_checkpoint_path_injection_is_refused_and_nothing_is_unpickled(planted_p
     assert not marker.exists()
     # The command line: exit 2, one paragraph naming the file and key, no traceback.
     out = tmp_path / "merged.safetensors"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "karst_deploy",
-            "merge",
-            "--adapter",
-            str(directory),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("merge", "--adapter", directory, "--out", out)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     flat = "".join(result.stderr.split())  # however the paragraph is wrapped
@@ -827,26 +812,10 @@ def test_checkpoint_path_injection_is_refused_and_nothing_is_unpickled(planted_p
 def test_model_kwargs_on_the_command_line_pass_the_same_allow_list(planted_pickle, tmp_path):
     evil, marker = planted_pickle
     kwargs = json.dumps({"patch_size": 8, "depth": 2, "checkpoint_path": str(evil)})
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "karst_deploy",
-            "export",
-            "--no-adapter",
-            "--backbone",
-            CASE.name,
-            "--img-size",
-            "32",
-            "--model-kwargs",
-            kwargs,
-            "--out",
-            str(tmp_path / "x.onnx"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli(
+        "export", "--no-adapter", "--backbone", CASE.name, "--img-size", "32",
+        "--model-kwargs", kwargs, "--out", tmp_path / "x.onnx",
+    )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "--model-kwargs:key'checkpoint_path'isrefused" in "".join(result.stderr.split())

@@ -19,8 +19,8 @@ from karst_deploy.export.onnx_export import check_export
 from karst_deploy.files import sha256_file
 from karst_deploy.provenance import read_provenance
 from tests.cases import adapted, method_params
+from tests.cli_helpers import run_cli
 from tests.export.artifacts import CASE, export_base, save_adapter
-from tests.test_cli import run_cli
 
 RECORD_KEYS = {
     "version", "backbone", "img_size", "num_classes", "mean", "std", "model_kwargs", "method",

@@ -1,24 +1,17 @@
-"""`karst-deploy sensitivity` as a real process: output, JSON, plot, exit codes."""
+"""`karst-deploy sensitivity` on the command line: output, JSON, plot, exit codes."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from karst_deploy.errors import OutputExistsError
 from karst_deploy.placement import load_scores, sensitivity_for_backbone
+from tests.cli_helpers import run_cli
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--img-size", "16"]
 TINY_KWARGS = '{"patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 3}'
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "karst_deploy", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 def test_sensitivity_command_writes_scores_plot_and_json(tmp_path):

@@ -37,7 +37,7 @@ def _parity(digits_model, onnx_path):
         samples=8,
         images=len(digits_model.test_labels),
         threads=1,
-        show_progress=False,
+        progress=False,
     )
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from karst_deploy.cli import app
+from tests.cli_helpers import run_cli
 from tests.train.tiny import TINY_BACKBONE, TINY_KWARGS
 
 
 def _train(*extra: str):
     arguments = ["train", "--backbone", TINY_BACKBONE, "--model-kwargs", json.dumps(TINY_KWARGS)]
-    return CliRunner().invoke(app, [*arguments, *extra])
+    return run_cli(*arguments, *extra)
 
 
 @pytest.mark.parametrize(
@@ -34,13 +33,13 @@ def _train(*extra: str):
 )
 def test_bad_input_exits_2_with_one_paragraph(extra, message, tmp_path):
     result = _train("--data", "digits", "--out", str(tmp_path / "run"), *extra)
-    assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.split())
-    assert "Traceback" not in result.output
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_an_existing_output_exits_2(tmp_path):
     (tmp_path / "run").mkdir()
     result = _train("--data", "digits", "--out", str(tmp_path / "run"))
-    assert result.exit_code == 2 and "--force" in result.output
+    assert result.returncode == 2 and "--force" in result.stderr

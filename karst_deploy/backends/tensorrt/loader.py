@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from karst_deploy.backends.tensorrt.util import (
 )
 from karst_deploy.errors import InputError, KarstDeployError, VerificationError
 from karst_deploy.files import atomic_output, refuse_existing, write_json
+from karst_deploy.progress import status
 
 #: Share of GEMM/convolution layers that must run in their expected precision. A strongly
 #: typed network must obey its types exactly; under explicit int8 quantization and the
@@ -159,15 +159,6 @@ def sidecar_dla_core(record: dict[str, Any], engine: Path) -> int | None:
             "build-engine`."
         )
     return core
-
-
-def _status(progress: bool, text: str) -> AbstractContextManager[Any]:
-    """A spinner on stderr (stdout stays clean for --json) while a phase runs."""
-    if not progress:
-        return nullcontext()
-    from rich.console import Console
-
-    return Console(stderr=True).status(text)
 
 
 def _parse(
@@ -330,10 +321,10 @@ def _build(
     refuse_unsupported_target(options, environment)
     logger = make_logger(trt)
     started = time.perf_counter()
-    with _status(progress, f"Parsing {summary.path.name} with TensorRT {trt.__version__}"):
+    with status(f"Parsing {summary.path.name} with TensorRT {trt.__version__}", enabled=progress):
         builder, network, _parser = _parse(trt, summary, request, logger)
     config, fallback = _configure(trt, builder, network, summary, options, request)
-    with _status(progress, f"Building the {request.precision} engine (minutes for a ViT-B)"):
+    with status(f"Building the {request.precision} engine (minutes for a ViT-B)", enabled=progress):
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(
@@ -345,7 +336,7 @@ def _build(
     if cache is not None:  # accepted by _use_timing_cache: updated in place, atomically
         with atomic_output(options.timing_cache, force=True, cache=True) as tmp:
             tmp.write_bytes(bytes(memoryview(cache.serialize())))
-    with _status(progress, "Inspecting the engine's layer precisions"):
+    with status("Inspecting the engine's layer precisions", enabled=progress):
         report = _inspect(trt, data, summary, request, logger, options)
     if options.precision_check and not report.passed:
         raise VerificationError(

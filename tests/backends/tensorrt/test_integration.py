@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from karst_deploy.backends.tensorrt import BuildOptions, build_engine
 from tests.backends.tensorrt.needs import needs_tensorrt_gpu
+from tests.cli_helpers import run_cli
 
 
 def test_bench_refuses_tensorrt_flags_for_other_runners(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "karst_deploy",
-            "bench",
-            "--onnx",
-            str(tmp_path / "m.onnx"),
-            "--baseline",
-            str(tmp_path / "b.onnx"),
-            "--runner",
-            "onnxruntime",
-            "--cuda-graph",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(
+        "bench", "--onnx", tmp_path / "m.onnx", "--baseline", tmp_path / "b.onnx",
+        "--runner", "onnxruntime", "--cuda-graph",
+    )  # fmt: skip
     assert result.returncode == 2 and "--runner tensorrt only" in result.stderr
 
 
@@ -42,7 +26,7 @@ def test_parity_and_bench_with_a_tensorrt_engine(tmp_path):
     merged = export_onnx(tmp_path / "merged.onnx", adapter=adapter).path
     engine = tmp_path / "merged.engine"
     build_engine(merged, engine, BuildOptions(), progress=False)
-    report = verify_parity(merged, adapter, engine=engine, samples=8, show_progress=False)
+    report = verify_parity(merged, adapter, engine=engine, samples=8, progress=False)
     assert report.passed and [s["name"] for s in report.stages][-1] == "tensorrt"
 
     base = export_base(tmp_path / "base.onnx").path
@@ -53,7 +37,7 @@ def test_parity_and_bench_with_a_tensorrt_engine(tmp_path):
         runner="tensorrt",
         rounds=3,
         warmup=1,
-        show_progress=False,
+        progress=False,
         runner_options={"copies": False, "cuda_graph": True},
     )
     assert result.runners["merged"]["copies"] is False and result.latency["merged"]["8"]

@@ -4,8 +4,6 @@ emits trtexec commands anywhere, and (with TensorRT and a GPU) builds verified e
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,15 +13,11 @@ from karst_deploy.errors import InputError, OutputExistsError
 from karst_deploy.files import sha256_file
 from tests.backends.tensorrt.graphs import save, tiny_classifier
 from tests.backends.tensorrt.needs import needs_tensorrt_gpu, without_tensorrt
+from tests.cli_helpers import run_cli
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "karst_deploy", "build-engine", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def build_engine_cli(*args: object):
+    return run_cli("build-engine", *args)
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def fp16_onnx(tmp_path):
 
 @without_tensorrt
 def test_without_tensorrt_it_exits_3_saying_how_to_get_it(fp16_onnx, tmp_path):
-    result = run_cli("--onnx", fp16_onnx, "--out", tmp_path / "model.engine")
+    result = build_engine_cli("--onnx", fp16_onnx, "--out", tmp_path / "model.engine")
     assert result.returncode == 3 and "Traceback" not in result.stderr  # environment
     assert "JetPack" in result.stderr and "karst-deploy[tensorrt]" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -57,7 +51,9 @@ def test_bad_input_is_refused_before_tensorrt(kwargs, message, tmp_path):
 
 
 def test_the_cli_names_the_bad_flag_and_exits_2(fp16_onnx, tmp_path):
-    result = run_cli("--onnx", fp16_onnx, "--out", tmp_path / "m.engine", "--batch", "8,1,4")
+    result = build_engine_cli(
+        "--onnx", fp16_onnx, "--out", tmp_path / "m.engine", "--batch", "8,1,4"
+    )
     assert result.returncode == 2 and "--batch" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "m.engine").exists()
 
@@ -73,7 +69,7 @@ def test_an_existing_engine_is_not_overwritten(fp16_onnx, tmp_path):
 def test_emit_trtexec_needs_no_tensorrt(fp16_onnx, tmp_path):
     out = tmp_path / "model.engine"
     result = run_cli(
-        "--onnx", fp16_onnx, "--out", out, "--batch", "1,4,8", "--emit-trtexec", "--json"
+        "emit-trtexec", "--onnx", fp16_onnx, "--out", out, "--batch", "1,4,8", "--json"
     )
     assert result.returncode == 0, result.stderr
     ten, eleven = json.loads(result.stdout)
@@ -82,11 +78,16 @@ def test_emit_trtexec_needs_no_tensorrt(fp16_onnx, tmp_path):
     assert "--maxShapes=images:8x3x8x8" in eleven["build"]
     assert "--useCudaGraph" in ten["timing"] and "--useCudaGraph" not in eleven["timing"]
     only = run_cli(
-        "--onnx", fp16_onnx, "--out", out, "--emit-trtexec", "--tensorrt-version", "11", "--json"
+        "emit-trtexec", "--onnx", fp16_onnx, "--out", out, "--tensorrt-version", "11", "--json"
     )
     assert [c["tensorrt"] for c in json.loads(only.stdout)] == ["11.x"]
-    text = run_cli("--onnx", fp16_onnx, "--out", out, "--emit-trtexec")
+    text = run_cli("emit-trtexec", "--onnx", fp16_onnx, "--out", out)
     assert text.returncode == 0 and "trtexec \\" in text.stdout and not out.exists()
+    # The old spelling, `build-engine --emit-trtexec`, still works for one release.
+    new = run_cli("emit-trtexec", "--onnx", fp16_onnx, "--out", out, "--json")
+    old = build_engine_cli("--onnx", fp16_onnx, "--out", out, "--emit-trtexec", "--json")
+    assert old.returncode == 0 and json.loads(old.stdout) == json.loads(new.stdout)
+    assert "emit-trtexec command" in old.stderr and not out.exists()
 
 
 # -- with TensorRT and a GPU ------------------------------------------------------------------
