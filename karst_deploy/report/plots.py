@@ -16,7 +16,6 @@ from karst_deploy.files import atomic_output
 
 if TYPE_CHECKING:
     from karst_deploy.bench import BenchResult
-    from karst_deploy.pipeline import DemoResult
     from karst_deploy.placement.sensitivity import Sensitivity
 
 
@@ -97,7 +96,7 @@ STAGE_LABELS = {
 
 
 def plot_demo(
-    result: DemoResult,
+    result: Any,
     samples_ms: dict[str, dict[str, list[float]]],
     path: str | os.PathLike[str],
     *,

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from karst_deploy.bench import BenchResult
     from karst_deploy.export.whitebox import WhiteBoxResult
     from karst_deploy.parity import Comparison, ParityReport
-    from karst_deploy.pipeline import DemoResult
     from karst_deploy.train import TrainResult
 
 
@@ -215,7 +214,7 @@ _STATES = {
 }
 
 
-def demo_tables(result: DemoResult) -> list[Table]:
+def demo_tables(result: Any) -> list[Table]:
     """The demo's result as rich tables: run, accuracy per stage, latency, verdicts."""
     run = Table(title=f"karst-deploy demo ({result.settings.mode})", title_justify="left")
     for column in ("step", "seconds", "what happened"):
