@@ -8,8 +8,8 @@ deltas. Each SPT method runs in two forms: ``old`` (the candidates before issue 
 candidate per fused weight matrix, no vectors, no cls token, the exact-budget top-up) and
 ``official`` (ziplab/SPT: q, k, v separate, every bias and LayerNorm vector, the cls token,
 the τ-grid sweep); both take their sensitivity from the first 16 × 32 training images in
-order with drop-path active. Per method and seed: held-out (test split) accuracy and trainable entries; per SPT
-run the seconds its sensitivity took (16 batches of 32, on the fly); then, for the first
+order with drop-path active. Per method and seed: held-out (test split) accuracy and
+trainable entries; per SPT run the seconds its sensitivity took (16 batches of 32, on the fly); then, for the first
 SPT-KARST model, that merging adds nothing: the merged state dict has the backbone's keys and
 shapes, and eager PyTorch latency of merged vs plain backbone (and unmerged vs plain) as
 medians over interleaved rounds. Writes JSON.
