@@ -9,10 +9,10 @@ candidate per fused weight matrix, no vectors, no cls token, the exact-budget to
 ``official`` (ziplab/SPT: q, k, v separate, every bias and LayerNorm vector, the cls token,
 the τ-grid sweep); both take their sensitivity from the first 16 × 32 training images in
 order with drop-path active. Per method and seed: held-out (test split) accuracy and
-trainable entries; per SPT run the seconds its sensitivity took (16 batches of 32, on the fly); then, for the first
-SPT-KARST model, that merging adds nothing: the merged state dict has the backbone's keys and
-shapes, and eager PyTorch latency of merged vs plain backbone (and unmerged vs plain) as
-medians over interleaved rounds. Writes JSON.
+trainable entries; per SPT run the seconds its sensitivity took (16 batches of 32, on the
+fly); then, for the first SPT-KARST model, that merging adds nothing: the merged state dict
+has the backbone's keys and shapes, and eager PyTorch latency of merged vs plain backbone
+(and unmerged vs plain) as medians over interleaved rounds. Writes JSON.
 
     python benchmarks/spt_transfer.py [--seeds 0,1,2] [--epochs 30] [--rounds 200]
     python benchmarks/spt_transfer.py --seeds 0 --epochs 1 --rounds 5   # smoke run

@@ -144,8 +144,10 @@ def _units(
         module_path, _, leaf = key.rpartition(".")
         linear = _linear(model, module_path)
         is_matrix = linear is not None and leaf == "weight"
-        allowed = is_matrix if candidates == "matrices" else (
-            (linear is not None and leaf in ("weight", "bias")) or key in norms
+        allowed = (
+            is_matrix
+            if candidates == "matrices"
+            else ((linear is not None and leaf in ("weight", "bias")) or key in norms)
         )
         if not allowed or key in excluded or key.startswith("patch_embed."):
             raise InputError(
@@ -257,9 +259,7 @@ def allocate(
             vectors.append(VectorPlacement(name, rows, decision, count, spent, block))
         if not count:
             continue
-        chosen = (
-            np.arange(rows, dtype=np.int64) if crossed else _top_entries(unit.values, count)
-        )
+        chosen = np.arange(rows, dtype=np.int64) if crossed else _top_entries(unit.values, count)
         key = name if candidates == "matrices" else unit.parameter
         previous = indices.get(key)
         chosen = torch.from_numpy(chosen + offset)
