@@ -1,12 +1,19 @@
 """SPT budget allocation (METHODS.md, SPT steps 2–4).
 
+Candidates (``candidates``): ``official`` — every scored parameter, the fused qkv weight and
+bias split into q, k and v blocks; a matrix (or block) *crosses* when its selected count
+reaches P_struct/σ and then spends P_struct (a structured module), a vector when its count
+reaches len/β (β = 5) and then spends len (tuned whole); otherwise each keeps its selected
+entries as a sparse delta; the cls token (if any) adds its size to every total.
+``matrices`` — the layout before the official candidates: one unit per fused weight matrix.
+
 Two rules meet a budget. ``sweep`` (the default, the official ``engine.get_sensitivity``):
 τ, the number of globally most sensitive entries selected, runs over a grid τ_j = ⌈j·step⌉,
 j = 1..79 (the official step is 0.02 M entries for budgets of 0.05–1 M; here ``tau_step``
-defaults to budget/20, the same ratio at 0.4 M); at each τ every matrix is structured when its count
-reaches P_struct/σ and otherwise keeps its selected entries as a sparse delta; the τ whose
-total is closest to the budget is kept (ties: the larger τ, as the official ``<=``). The
-total may overshoot and is never refused; placement.json reports it beside the budget.
+defaults to budget/20, the same ratio at 0.4 M); at each τ every unit is decided as above;
+the τ whose total is closest to the budget is kept (ties: the larger τ, as the official
+``<=``). The total may overshoot and is never refused; placement.json reports it beside the
+budget.
 
 ``exact`` (an explicit option) meets the budget within `tolerance` by bisection and a
 top-up, as follows:
@@ -322,7 +329,8 @@ def _sweep(units: list[_Unit], budget: int, fixed: int, tau_step: int | None):
 
 
 def _exact(units: list[_Unit], budget: int, tolerance: float, sigma: float):
-    """The exact-budget rule (module docstring): bisection, then the capped top-up."""
+    """The exact-budget rule (module docstring, "matrix" read as "unit"): bisection, then the
+    capped top-up."""
     ascending = [np.sort(u.values) for u in units]
 
     def counts(threshold: float) -> list[int]:
