@@ -10,7 +10,7 @@ candidate per fused weight matrix, no vectors, no cls token, the exact-budget to
 the τ-grid sweep); both take their sensitivity from the first 16 × 32 training images in
 order with drop-path active. Per method and seed: held-out (test split) accuracy and
 trainable entries; per SPT run the seconds its sensitivity took (16 batches of 32, on the
-fly); then, for the first SPT-KARST model, that merging adds nothing: the merged state dict
+fly); then, for the first SPT model, that merging adds nothing: the merged state dict
 has the backbone's keys and shapes, and eager PyTorch latency of merged vs plain backbone
 (and unmerged vs plain) as medians over interleaved rounds. Writes JSON.
 
@@ -99,7 +99,7 @@ def main() -> None:
             parser.error(f"--methods: unknown {unknown}; expected some of {list(methods)}")
         methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
 
-    runs, first_spt_karst = [], None
+    runs, first_spt = [], None
     for name, adapter in methods.items():
         for seed in seeds:
             result = train_transfer_target(
@@ -123,8 +123,8 @@ def main() -> None:
                 run["sensitivity_seconds"] = config.placement.scores["seconds"]
             runs.append(run)
             print(json.dumps(run))
-            if name.startswith("spt-karst") and first_spt_karst is None:
-                first_spt_karst = result.model
+            if isinstance(config, kd.adapters.SptConfig) and first_spt is None:
+                first_spt = result.model
 
     summary = {}
     for name in methods:
@@ -142,14 +142,14 @@ def main() -> None:
     base = kd.create_model(
         recipe.backbone, num_classes=5, checkpoint=checkpoint, **recipe.model_kwargs
     )
-    merged = kd.merge(first_spt_karst)
+    merged = kd.merge(first_spt)
     same_structure = {k: v.shape for k, v in merged.state_dict().items()} == {
         k: v.shape for k, v in base.state_dict().items()
     }
     size = base.patch_embed.img_size[0]
     images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     latency = interleaved_latency(
-        {"base": base.eval(), "merged": merged, "unmerged": first_spt_karst.eval()},
+        {"base": base.eval(), "merged": merged, "unmerged": first_spt.eval()},
         images,
         args.rounds,
     )
