@@ -97,23 +97,36 @@ def randomize_adapters(model: torch.nn.Module, seed: int = 1, std: float = 0.1) 
 
 
 def spt_config(model: torch.nn.Module, structured: AdapterConfig) -> kd.adapters.SptConfig:
-    """An SPT placement for `model` holding structured and sparse matrices (synthetic scores).
+    """An official-layout SPT placement for `model` exercising every kind of part.
 
-    The first candidate matrix is uniformly the most sensitive, so it crosses P_struct/σ and
-    becomes structured; the others hold lower random scores and share a small sparse budget.
+    Synthetic scores: the k block of the first qkv is uniformly the most sensitive, so it
+    alone crosses P_struct/σ (a structured module on a single block of the fused qkv); the
+    first LayerNorm weight too, so it is tuned whole; everything else holds lower random
+    scores and shares a small sparse budget (matrices and vectors). The cls token, where
+    the backbone has one, is trained. The exact rule spends the budget within 2 %.
     """
+    from karst_deploy.adapters.spt import block_linear
     from karst_deploy.placement import allocate
     from karst_deploy.placement.allocation import structured_size
-    from karst_deploy.placement.sensitivity import candidate_weights
+    from karst_deploy.placement.sensitivity import candidate_parameters
 
     generator = torch.Generator().manual_seed(0)
-    weights = candidate_weights(model)
-    scores = {name: torch.rand(w.shape, generator=generator) for name, w in weights.items()}
-    first = next(iter(scores))
-    scores[first] += 1.0
-    path = first.removesuffix(".weight")
-    budget = structured_size(path, model.get_submodule(path), structured) + 20 * len(scores)
-    # The exact rule spends this budget within 2 % (the official sweep may overshoot it).
+    candidates = candidate_parameters(model)
+    scores = {name: torch.rand(p.shape, generator=generator) for name, p in candidates.items()}
+    qkv = next(name for name in scores if name.endswith("attn.qkv.weight"))
+    rows = scores[qkv].shape[0] // 3
+    scores[qkv][rows : 2 * rows] += 1.0
+    norm = next(name for name in scores if name.endswith("norm1.weight"))
+    scores[norm] += 1.0
+    path = qkv.removesuffix(".weight")
+    block = block_linear(model.get_submodule(path), 3)
+    token = dict(model.named_parameters()).get("cls_token")
+    budget = (
+        structured_size(path, block, structured)
+        + scores[norm].numel()
+        + (0 if token is None else token.numel())
+        + 20 * len(scores)
+    )
     return allocate(model, scores, budget, structured=structured, rule="exact")
 
 

@@ -207,6 +207,26 @@ class AdaptedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+class AdaptedNorm(nn.Module):
+    """A LayerNorm with an adapter (SPT's entry deltas): like `AdaptedLinear`, the frozen
+    ``weight``/``bias`` keep their names; merging puts back a copy of the original module."""
+
+    def __init__(self, norm: nn.LayerNorm, method: str, adapter: LayerAdapter) -> None:
+        super().__init__()
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.method = method
+        self.add_module(method, adapter)
+        self.original = (norm,)  # a tuple: kept, not registered (its tensors are ours)
+
+    @property
+    def adapter(self) -> LayerAdapter:
+        return getattr(self, self.method)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter.adapted_forward(x, self.weight, self.bias)
+
+
 class AdapterMethod:
     """A registered method: its config type and how it builds layer adapters."""
 
@@ -216,6 +236,16 @@ class AdapterMethod:
     def module_targets(self, config: AdapterConfig) -> tuple[str, ...]:
         """The Linear layers (short names or path suffixes) this config adapts."""
         return config.targets
+
+    def resolve(self, config: AdapterConfig, model: nn.Module) -> dict[str, nn.Module]:
+        """The layers this config adapts, by module path (Linear layers by their targets)."""
+        names = self.module_targets(config)
+        # A method with no target layers (the linear probe) trains only the classifier head.
+        return resolve_targets(model, names) if names else {}
+
+    def extra_parameters(self, config: AdapterConfig, model: nn.Module) -> list[str]:
+        """Backbone parameters trained whole besides the head (SPT's cls token)."""
+        return []
 
     def validate(self, config: AdapterConfig, targets: dict[str, nn.Linear]) -> None:
         """Refuse a config that does not fit the model's target layers (before any is built)."""
@@ -292,9 +322,9 @@ def adapter_config(model: nn.Module) -> AdapterConfig | None:
     return getattr(model, CONFIG_ATTRIBUTE, None)
 
 
-def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
+def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear | AdaptedNorm]]:
     for path, module in model.named_modules():
-        if isinstance(module, AdaptedLinear):
+        if isinstance(module, (AdaptedLinear, AdaptedNorm)):
             yield path, module
 
 
@@ -314,10 +344,9 @@ class AdapterPlan:
             )
         self.config = config
         method = method_for(config.method)
-        names = method.module_targets(config)
-        # A method with no target layers (the linear probe) trains only the classifier head.
-        targets = resolve_targets(model, names) if names else {}
+        targets = method.resolve(config, model)
         method.validate(config, targets)
+        self.extra = method.extra_parameters(config, model)
         with torch.device("meta") if meta else contextlib.nullcontext():
             self.shared = method.shared_module(config, targets)
             self.layers = {
@@ -351,9 +380,10 @@ class AdapterPlan:
         if self.shared is not None:
             model.add_module(self.config.method, self.shared)
         for path, layer in self.layers.items():
-            linear = model.get_submodule(path)
-            _set_submodule(model, path, AdaptedLinear(linear, self.config.method, layer))
-        head_names = set(classifier_parameter_names(model))
+            module = model.get_submodule(path)
+            wrapper = AdaptedNorm if isinstance(module, nn.LayerNorm) else AdaptedLinear
+            _set_submodule(model, path, wrapper(module, self.config.method, layer))
+        head_names = set(classifier_parameter_names(model)) | set(self.extra)
         for name, parameter in model.named_parameters():
             if name in head_names:
                 parameter.requires_grad_(True)
@@ -407,7 +437,7 @@ def merge(model: nn.Module) -> nn.Module:
         bias = (
             layer.bias.detach().to(torch.float64)
             if has_bias
-            else torch.zeros(layer.out_features, dtype=torch.float64, device=weight.device)
+            else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
         )
         new_weight, new_bias = layer.adapter.fold(weight, bias)
         del weight, bias
@@ -427,6 +457,13 @@ def merge(model: nn.Module) -> nn.Module:
                 f"'{path}' has no bias, yet the {config.method} adapter folds a shift into it; "
                 "the merged model would not keep the backbone's structure."
             )
+        if isinstance(layer, AdaptedNorm):
+            norm = copy.deepcopy(layer.original[0])
+            norm.weight = nn.Parameter(new_weight)
+            if has_bias:
+                norm.bias = nn.Parameter(new_bias)
+            _set_submodule(merged, path, norm)
+            continue
         linear = torch.nn.utils.skip_init(
             nn.Linear,
             layer.in_features,

@@ -95,6 +95,7 @@ def save_adapters(
     # The head, plus LayerNorms when a recipe trains them (few-shot): stored whole.
     extra = classifier_parameter_names(model)
     extra += [n for n in norm_parameter_names(model) if named[n].requires_grad]
+    extra += method_for(config.method).extra_parameters(config, model)  # SPT's cls token
     tensors = dict(adapter_state_dict(model))
     tensors.update({name: named[name] for name in extra})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -385,6 +386,7 @@ def _validated_config(
     named = dict(model.named_parameters())
     head = classifier_parameter_names(model)
     expected_extra = set(head) | set(norm_parameter_names(model))
+    expected_extra |= set(method_for(file.method).extra_parameters(config, model))
     for name in file.trainable_extra:
         if name not in named or name not in expected_extra:
             raise AdapterFileError(
