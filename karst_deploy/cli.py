@@ -721,7 +721,15 @@ def train_command(
     rescale: str | None = typer.Option(
         None, "--rescale", help="karst: channel (paper) or scalar (reference code) [channel]."
     ),
-    scale: float | None = typer.Option(None, "--scale", help="kadaptation: ΔW scale [1]."),
+    scale: float | None = typer.Option(
+        None, "--scale", help="kadaptation: ΔW scale [1; 160 with --structure pevit]."
+    ),
+    structure: str | None = typer.Option(
+        None,
+        "--structure",
+        help="kadaptation: paper (n×n slow weights) or pevit (PEViT's ≈50k structure: rank-1 "
+        "slow weights per q/v, scale 160, dropout 0.5, q/v bias) [paper].",
+    ),
     stage_ranks: str | None = typer.Option(
         None, "--stage-ranks", help="karst: rank per Swin stage, e.g. 2,2,4,8 [--rank everywhere]."
     ),
@@ -817,6 +825,7 @@ def train_command(
         alpha=alpha,
         rescale=rescale,
         scale=scale,
+        structure=structure,
         stage_ranks=stage_ranks,
         targets=targets,
     )
