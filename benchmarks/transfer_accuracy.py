@@ -19,7 +19,7 @@ the ratio of medians.
 
 Old and new forms side by side (``--forms``: every form below, plus LoRA as the reference):
 
-    python benchmarks/transfer_accuracy.py --forms --use-cache --step-backbones '' --plot '' \
+    python benchmarks/transfer_accuracy.py --forms --use-cache --step-backbones '' --plot '' \\
         --out benchmarks/results/transfer_accuracy_forms.json
 """
 
