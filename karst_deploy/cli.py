@@ -805,7 +805,15 @@ def train_command(
     rescale: str | None = typer.Option(
         None, "--rescale", help="karst: channel (paper) or scalar (reference code) [channel]."
     ),
-    scale: float | None = typer.Option(None, "--scale", help="kadaptation: ΔW scale [1]."),
+    scale: float | None = typer.Option(
+        None, "--scale", help="kadaptation: ΔW scale [1; 160 with --structure pevit]."
+    ),
+    structure: str | None = typer.Option(
+        None,
+        "--structure",
+        help="kadaptation: paper (n×n slow weights) or pevit (PEViT's ≈50k structure: rank-1 "
+        "slow weights per q/v, scale 160, dropout 0.5, q/v bias) [paper].",
+    ),
     stage_ranks: str | None = typer.Option(
         None, "--stage-ranks", help="karst: rank per Swin stage, e.g. 2,2,4,8 [--rank everywhere]."
     ),
@@ -889,7 +897,8 @@ def train_command(
     refuse_outputs(force, json_out)
     options = TrainOptions(
         backbone, data, checkpoint, method, factor, rank, kernels, alpha, rescale, scale,
-        stage_ranks, targets, recipe, placement, budget, structured, sigma, budget_rule, scores,
+        structure, stage_ranks, targets, recipe, placement, budget, structured, sigma,
+        budget_rule, scores,
         img_size, parse_kwargs(model_kwargs) or {}, epochs, batch_size, lr, weight_decay,
         warmup_epochs, cooldown_epochs, warmup_lr, min_lr, drop_path, seed, num_workers, device,
         amp, strict_images,

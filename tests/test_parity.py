@@ -11,7 +11,7 @@ import pytest
 
 from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from karst_deploy.errors import InputError, VerificationError
-from karst_deploy.export import export_onnx
+from karst_deploy.export import compare_structure, export_onnx
 from karst_deploy.parity import (
     TOLERANCES,
     Stage,
@@ -85,6 +85,7 @@ def test_merged_onnx_differs_from_the_plain_backbone(exports, tmp_path):
     for _, path in exports.values():
         with OnnxRuntimeRunner(path) as runner:
             assert np.abs(runner.infer(images) - plain).max() > 1e-2
+        assert compare_structure(base, path).same  # the backbone's graph, other numbers
 
 
 def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path):

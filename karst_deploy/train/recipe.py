@@ -36,7 +36,7 @@ METHOD_CONFIGS: dict[str, type[AdapterConfig]] = {
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "karst": ("factor", "rank", "kernels", "alpha", "rescale", "stage_ranks", "targets"),
     "lora": ("rank", "alpha", "targets"),
-    "kadaptation": ("kernels", "scale", "targets"),
+    "kadaptation": ("kernels", "scale", "structure", "targets"),
     "linear": (),
 }
 
