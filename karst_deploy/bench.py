@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.onnx_file import OnnxFile
 
 DEFAULT_TOLERANCE = 0.03
 BOOTSTRAP_RESAMPLES = 2000
@@ -108,26 +109,6 @@ def ratio_of_medians(
     }
 
 
-def _input_shape(path: Path) -> tuple[int | str, int, int, int]:
-    """The (batch, 3, H, W) input of an ONNX file; batch is a name when dynamic."""
-    import onnx
-
-    try:
-        graph = onnx.load(os.fspath(path), load_external_data=False).graph
-    except Exception as exc:  # DecodeError, OSError
-        raise InputError(f"'{path}' is not a readable ONNX file: {exc}") from None
-    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
-        raise InputError(f"'{path}' takes input of shape {dims}; expected (batch, 3, H, W).")
-    return tuple(dims)  # type: ignore[return-value]
-
-
-def _precision(path: Path) -> str:
-    from karst_deploy.graph_precision import graph_precision
-
-    return graph_precision(path)
-
-
 def bench(
     models: Mapping[str, str | os.PathLike[str]],
     *,
@@ -161,34 +142,42 @@ def bench(
             raise InputError(f"'{label}' is not one of the models {list(paths)}.")
     if rounds < 2 or warmup < 0 or sessions < 1:
         raise InputError(
-            f"--rounds must be at least 2, --warmup at least 0 and --sessions at least 1 (got "
-            f"{rounds}, {warmup}, {sessions})."
+            f"rounds must be at least 2, warmup at least 0 and sessions at least 1 (got "
+            f"{rounds}, {warmup}, {sessions}).",
+            parameters=("rounds", "warmup", "sessions"),
         )
     if not batches or min(batches) < 1:
-        raise InputError(f"--batch must list positive batch sizes, got {list(batches)}.")
+        raise InputError(
+            f"batches must list positive batch sizes, got {list(batches)}.", parameters=("batches",)
+        )
     if not 0 < tolerance < 1:
-        raise InputError(f"--tolerance must be a fraction between 0 and 1, got {tolerance}.")
-    for label, path in paths.items():
-        if not path.is_file():
-            raise InputError(f"Model '{label}': file '{path}' does not exist.")
-    shapes = {label: _input_shape(path) for label, path in paths.items()}
-    if len({shape[1:] for shape in shapes.values()}) != 1:
+        raise InputError(
+            f"tolerance must be a fraction between 0 and 1, got {tolerance}.",
+            parameters=("tolerance",),
+        )
+    inputs, precisions = {}, {}
+    for label, path in paths.items():  # one parsed graph at a time: each runner loads its own
+        file = OnnxFile(path)
+        inputs[label], precisions[label] = file.image_input, file.precision
+    if len({image.chw for image in inputs.values()}) != 1:
+        shapes = {label: image.chw for label, image in inputs.items()}
         raise InputError(
             f"The models take different image shapes: {shapes}; bench compares one network."
         )
-    image_shape = next(iter(shapes.values()))[1:]
-    for label, shape in shapes.items():
-        fixed = [b for b in batches if isinstance(shape[0], int) and shape[0] != b]
+    image_shape = next(iter(inputs.values())).chw
+    for label, image in inputs.items():
+        fixed = [b for b in batches if not image.accepts(b)]
         if fixed:
             raise InputError(
                 f"Model '{label}' ('{paths[label]}') was exported with a fixed batch of "
-                f"{shape[0]}, so it cannot run batch {fixed[0]}; export it with --batch dynamic."
+                f"{image.batch}, so it cannot run batch {fixed[0]}; export it with a dynamic "
+                "batch axis (karst-deploy export --batch dynamic)."
             )
     notes = []
-    if candidate is not None and _precision(paths[candidate]) != _precision(paths[baseline]):
+    if candidate is not None and precisions[candidate] != precisions[baseline]:
         notes.append(
-            f"No zero-added-latency verdict: '{candidate}' is {_precision(paths[candidate])} and "
-            f"'{baseline}' is {_precision(paths[baseline])}; the table compares them as measured."
+            f"No zero-added-latency verdict: '{candidate}' is {precisions[candidate]} and "
+            f"'{baseline}' is {precisions[baseline]}; the table compares them as measured."
         )
         candidate = None
 
@@ -197,7 +186,7 @@ def bench(
         raise InputError(f"The '{runner}' runner cannot open model files, so bench cannot use it.")
     rng = np.random.default_rng(seed)
     labels = list(paths)
-    inputs = {b: rng.standard_normal((b, *image_shape), dtype=np.float32) for b in batches}
+    batch_inputs = {b: rng.standard_normal((b, *image_shape), dtype=np.float32) for b in batches}
     measured: dict[str, dict[int, list[float]]] = {
         label: {b: [] for b in batches} for label in labels
     }
@@ -220,7 +209,7 @@ def bench(
                     for round_index in range(warmup + len(block)):
                         shift = round_index % len(labels)
                         for label in labels[shift:] + labels[:shift]:
-                            runners[label].infer(inputs[batch])
+                            runners[label].infer(batch_inputs[batch])
                             if round_index >= warmup:
                                 measured[label][batch].append(runners[label].last_inference_time)
                             advance()

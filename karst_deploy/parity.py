@@ -6,13 +6,12 @@ Inputs are seeded random tensors and, optionally, real labelled images. For ever
 adjacent pair of stages and every input set it reports max abs diff, max relative diff,
 cosine similarity, top-1 and top-5 agreement, and with labels the accuracy of each stage.
 
-Pass/fail limits live in one table, `TOLERANCES`, keyed by the precision of the stage
-being judged (read from the ONNX graph itself, `karst_deploy.graph_precision`; a provenance
-label that disagrees is refused), so a reduced-precision model is judged by its own gates.
+Pass/fail limits live in one table, `karst_deploy.compare.TOLERANCES`, keyed by the
+precision of the stage being judged (read from the ONNX graph itself,
+`karst_deploy.onnx_file.OnnxFile.precision`; a provenance label that disagrees is refused),
+so a reduced-precision model is judged by its own gates.
 Besides running inputs, `verify_parity` compares the ONNX graph with a fresh export of the
 same model (`karst_deploy.export.whitebox`), so a branch no test input triggers is found.
-Polygraphy's default elementwise atol = rtol = 1e-5 is the wrong statistic for a classifier;
-we bound the error relative to the logit scale and require the answers (top-1) to be the same.
 """
 
 from __future__ import annotations
@@ -23,158 +22,24 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from karst_deploy.backends.base import Runner
+from karst_deploy.compare import (
+    TOLERANCES,
+    Check,
+    Tolerance,
+    accuracy,
+    compare_logits,
+    tolerance_for,
+)
 from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.onnx_file import OnnxFile
 
 if TYPE_CHECKING:
     from karst_deploy.export.whitebox import WhiteBoxResult
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Limits a stage must meet against the stage before it.
-
-    `atol_scale`: max |candidate − reference| ≤ atol_scale × max(1, max |reference|), over
-    all logits of an input set (None: not gated). `min_top1_agreement`: fraction of samples
-    whose top-1 class is unchanged. `max_accuracy_drop`: accuracy points (0–100) the
-    candidate may lose on labelled images (None: not gated). `real_images_only`: gate only
-    labelled real images; other input sets (seeded random tensors) are reported, not
-    judged, and `verify-parity` then requires ``--data``.
-    """
-
-    atol_scale: float | None
-    min_top1_agreement: float
-    max_accuracy_drop: float | None = None
-    real_images_only: bool = False
-
-
-#: The one place tolerances are declared, keyed by the candidate stage's precision.
-#: fp32: different runtimes order float sums differently, which moves ViT logits by about
-#: 1e-6 relative; 1e-4 leaves room for deep models while catching any real change (a weight
-#: perturbed by 1e-2 moves the logits by 1e-3 or more).
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol_scale=1e-4, min_top1_agreement=1.0),
-    # fp16 (karst_deploy.precision.fp16): ~3 significant digits per op; measured max abs diffs
-    # are ~1e-3 of the logit scale (benchmarks/precision.py), 1e-2 leaves room for depth.
-    # Judged on real images, where a flipped top-1 is a real change of answer.
-    "fp16": Tolerance(atol_scale=1e-2, min_top1_agreement=0.99, real_images_only=True),
-    # int8 (karst_deploy.precision.int8): quantization error is no logit bound; what matters
-    # is the accuracy lost against the fp32 merged model on labelled images (≤ 1 point) and
-    # that answers rarely change (a drop can hide flips that cancel out).
-    "int8": Tolerance(
-        atol_scale=None, min_top1_agreement=0.97, max_accuracy_drop=1.0, real_images_only=True
-    ),
-}
-
-
-def tolerance_for(precision: str) -> Tolerance:
-    try:
-        return TOLERANCES[precision]
-    except KeyError:
-        raise InputError(
-            f"No parity tolerance is declared for precision '{precision}' (known: "
-            f"{sorted(TOLERANCES)})."
-        ) from None
-
-
-@dataclass(frozen=True)
-class Check:
-    """One pass/fail check with its measured value and limit."""
-
-    name: str
-    value: float
-    limit: float
-    passed: bool
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _check_at_most(name: str, value: float, limit: float, unit: str = "") -> Check:
-    passed = bool(value <= limit)
-    if passed:
-        detail = f"{name} {value:.3g}{unit} ≤ {limit:.3g}{unit}"
-    else:
-        excess = f"{value / limit:.3g}× the limit" if limit > 0 else f"{value - limit:.3g} over"
-        detail = f"{name} {value:.3g}{unit} exceeds {limit:.3g}{unit} ({excess})"
-    return Check(name, float(value), float(limit), passed, detail)
-
-
-def _check_at_least(name: str, value: float, limit: float) -> Check:
-    passed = bool(value >= limit)
-    relation = "≥" if passed else "is below"
-    detail = f"{name} {value:.2%} {relation} {limit:.2%}"
-    if not passed:
-        detail += f" (short by {limit - value:.2%})"
-    return Check(name, float(value), float(limit), passed, detail)
-
-
-def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    return np.sort(np.argpartition(-logits, k - 1, axis=1)[:, :k], axis=1)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in percent."""
-    return float((logits.argmax(axis=1) == labels).mean() * 100.0)
-
-
-def compare_logits(
-    reference: np.ndarray,
-    candidate: np.ndarray,
-    tolerance: Tolerance,
-    labels: np.ndarray | None = None,
-) -> tuple[dict[str, float], list[Check]]:
-    """Metrics of `candidate` against `reference` logits (N, classes), and the gated checks."""
-    reference = reference.astype(np.float64)
-    candidate = candidate.astype(np.float64)
-    if reference.shape != candidate.shape:
-        raise VerificationError(
-            f"Logit shapes differ: {reference.shape} (reference) vs {candidate.shape}."
-        )
-    difference = np.abs(candidate - reference)
-    scale = float(np.abs(reference).max())
-    per_sample_scale = np.maximum(np.abs(reference).max(axis=1), np.finfo(np.float64).tiny)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    cosine = (reference * candidate).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
-    k = min(5, reference.shape[1])
-    metrics = {
-        "max_abs_diff": float(difference.max()),
-        # Per sample ‖Δ‖∞ / ‖ref‖∞, worst sample: elementwise ratios explode at logits near 0.
-        "max_rel_diff": float((difference.max(axis=1) / per_sample_scale).max()),
-        "min_cosine": float(cosine.min()),
-        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        "top5_agreement": float((_top_k(reference, k) == _top_k(candidate, k)).all(1).mean()),
-        "max_abs_reference": scale,
-    }
-    checks = []
-    if tolerance.atol_scale is not None:
-        checks.append(
-            _check_at_most(
-                "max abs diff", metrics["max_abs_diff"], tolerance.atol_scale * max(1.0, scale)
-            )
-        )
-    checks.append(
-        _check_at_least("top-1 agreement", metrics["top1_agreement"], tolerance.min_top1_agreement)
-    )
-    if tolerance.real_images_only and labels is None:
-        checks = []  # reported, not judged (see Tolerance.real_images_only)
-    if labels is not None:
-        metrics["accuracy_reference"] = accuracy(reference, labels)
-        metrics["accuracy_candidate"] = accuracy(candidate, labels)
-        metrics["accuracy_drop"] = metrics["accuracy_reference"] - metrics["accuracy_candidate"]
-        if tolerance.max_accuracy_drop is not None:
-            checks.append(
-                _check_at_most(
-                    "accuracy drop", metrics["accuracy_drop"], tolerance.max_accuracy_drop, " pt"
-                )
-            )
-    return metrics, checks
 
 
 @dataclass
@@ -361,9 +226,10 @@ def image_inputs(
     data = open_images(source, split, img_size, mean, std)
     if num_classes is not None and data.num_classes != num_classes:
         raise InputError(
-            f"--data '{source}' has {data.num_classes} classes but the model's head has "
+            f"data '{source}' has {data.num_classes} classes but the model's head has "
             f"{num_classes}: its labels do not name the model's outputs. Pass the data the "
-            "adapter was trained on (e.g. digits:A-B for a subset of digits)."
+            "adapter was trained on (e.g. digits:A-B for a subset of digits).",
+            parameters=("data",),
         )
     if len(data) == 0:
         raise InputError(f"Split '{split}' of data source '{source}' has no readable images.")
@@ -415,47 +281,40 @@ def verify_parity(
     `atol_scale` replaces the table's value for every precision. With `engine`, a
     TensorRT stage follows ONNX Runtime; its sidecar must show it was built from `onnx`.
     """
-    import onnx as onnx_lib
-
     from karst_deploy.adapters import load_adapted_model, merge
     from karst_deploy.adapters.peft_format import is_peft_directory, peft_parity_models
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from karst_deploy.backends.torch import TorchRunner
-    from karst_deploy.export.record import (
-        check_precision_label,
-        check_source,
-        require_provenance,
-    )
+    from karst_deploy.export.record import check_source, require_provenance
     from karst_deploy.export.whitebox import white_box
     from karst_deploy.models import backbone_spec
 
     if samples < 1 or images < 1:
-        raise InputError(f"--samples and --images must be at least 1, got {samples}, {images}.")
+        raise InputError(
+            f"samples and images must be at least 1, got {samples}, {images}.",
+            parameters=("samples", "images"),
+        )
     if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise InputError(
+            f"batch_size must be at least 1, got {batch_size}.", parameters=("batch_size",)
+        )
     overrides = None
     if atol_scale is not None:
         if not (math.isfinite(atol_scale) and atol_scale > 0):
-            raise InputError(f"atol_scale must be a finite positive number, got {atol_scale}.")
+            raise InputError(
+                f"atol_scale must be a finite positive number, got {atol_scale}.",
+                parameters=("atol_scale",),
+            )
         overrides = {
             p: dataclasses.replace(t, atol_scale=atol_scale) for p, t in TOLERANCES.items()
         }
-    onnx = Path(onnx)
-    record = require_provenance(onnx)
+    source = OnnxFile(onnx, "onnx")  # checked: size, no external data, one image input
+    onnx = source.path
+    record = require_provenance(source)
     check_source(record, onnx, adapter_dir=adapter, backbone=backbone, checkpoint=checkpoint)
-    try:  # never follow external-data paths a file names: our exports are one file
-        graph = onnx_lib.load(os.fspath(onnx), load_external_data=False)
-    except Exception as exc:  # DecodeError, OSError, ...
-        raise InputError(f"'{onnx}' is not a readable ONNX file: {exc}") from None
-    external = [
-        t.name for t in graph.graph.initializer if t.data_location == onnx_lib.TensorProto.EXTERNAL
-    ]
-    if external:
-        raise InputError(
-            f"'{onnx}' keeps tensor '{external[0]}' in an external data file; karst-deploy "
-            "exports are single self-contained files, export it again."
-        )
-    precision = check_precision_label(record, graph, onnx)
+    precision = source.precision  # the graph's; a provenance label that disagrees is refused
+    graph = source.model
+    del source
     if engine is not None:  # a TensorRT engine is compared only with the ONNX it was built from
         from karst_deploy.backends.tensorrt import TensorRTRunner
         from karst_deploy.engine.sidecar import engine_source_precision
@@ -486,7 +345,8 @@ def verify_parity(
         raise InputError(
             f"'{onnx}' is {judged_on_images[0].precision}: reduced precision is judged on real "
             "labelled images (accuracy drop and top-1 agreement against the fp32 merged "
-            "model); pass --data digits|IMAGE_FOLDER|VTAB_DIR."
+            "model); pass data (digits, an image folder or a VTAB-1k directory).",
+            parameters=("data",),
         )
     input_sets = [random_inputs(samples, spec.img_size, seed)]
     if data is not None:

@@ -60,6 +60,7 @@ from rich.table import Table
 from karst_deploy.adapters import KarstConfig
 from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from karst_deploy.bench import BenchResult, bench
+from karst_deploy.compare import accuracy
 from karst_deploy.doctor import diagnose
 from karst_deploy.errors import InputError, VerificationError
 from karst_deploy.export import compare_structure, export_onnx
@@ -70,16 +71,15 @@ from karst_deploy.files import (
     sha256_file,
     write_json,
 )
+from karst_deploy.onnx_file import read_provenance
 from karst_deploy.parity import (
     InputSet,
     Stage,
-    accuracy,
     image_inputs,
     run_stages,
     verify_parity,
 )
 from karst_deploy.precision import convert_precision
-from karst_deploy.provenance import read_provenance
 from karst_deploy.report import progress_console
 from karst_deploy.train.transfer import (
     TARGET_DATA,

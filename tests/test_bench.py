@@ -13,7 +13,8 @@ import pytest
 from karst_deploy.bench import bench, ratio_of_medians
 from karst_deploy.errors import InputError
 from karst_deploy.export import export_onnx
-from karst_deploy.provenance import read_provenance, write_provenance
+from karst_deploy.onnx_file import read_provenance
+from karst_deploy.provenance import write_provenance
 from tests.export.artifacts import export_base, save_adapter
 from tests.test_cli import run_cli
 

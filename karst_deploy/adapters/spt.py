@@ -60,13 +60,15 @@ from karst_deploy.adapters.base import (
 )
 from karst_deploy.adapters.karst import KarstConfig
 from karst_deploy.adapters.lora import LoraConfig
+from karst_deploy.adapters.registry import structured_configs
 from karst_deploy.errors import AdapterFileError, InputError
 
 PLACEMENT_FILE = "placement.json"
 PLACEMENT_FORMAT = "karst-deploy.placement"
 PLACEMENT_VERSION = 1
 DECISIONS = ("structured", "sparse", "frozen")
-STRUCTURED_CONFIGS: dict[str, type[AdapterConfig]] = {"karst": KarstConfig, "lora": LoraConfig}
+#: Methods SPT may place as structured modules (those registered ``structurable``).
+STRUCTURED_CONFIGS = structured_configs
 MAX_PLACEMENT_BYTES = 64 * 2**20  # a ViT-g placement with per-matrix scores is under 1 MB
 MAX_SIGMA = 1e6
 MAX_BUDGET = 2**31  # trainable entries: no backbone karst-deploy builds has more parameters
@@ -165,7 +167,7 @@ class Placement:
             document,
             "structured",
             lambda v: isinstance(v, str) and v in STRUCTURED_CONFIGS,
-            "'karst' or 'lora'",
+            f"one of {sorted(STRUCTURED_CONFIGS)}",
             source,
         )
         _expect(
@@ -371,8 +373,8 @@ class SptConfig(AdapterConfig):
     def __post_init__(self) -> None:
         if not isinstance(self.structured, tuple(STRUCTURED_CONFIGS.values())):
             raise InputError(
-                f"SptConfig.structured is {self.structured!r}; expected a KarstConfig or a "
-                "LoraConfig."
+                f"SptConfig.structured is {self.structured!r}; expected the config of one of "
+                f"{sorted(STRUCTURED_CONFIGS)}."
             )
         if not isinstance(self.placement, Placement):
             raise InputError(
@@ -404,8 +406,8 @@ class SptConfig(AdapterConfig):
         method = structured.get("method") if isinstance(structured, dict) else None
         if not isinstance(method, str) or method not in STRUCTURED_CONFIGS:
             raise AdapterFileError(
-                f"{source}: key 'structured' must be an object whose 'method' is 'karst' or "
-                f"'lora', got {repr(structured)[:120]}."
+                f"{source}: key 'structured' must be an object whose 'method' is one of "
+                f"{sorted(STRUCTURED_CONFIGS)}, got {repr(structured)[:120]}."
             )
         config_type = STRUCTURED_CONFIGS[structured["method"]]
         hparams = {k: v for k, v in structured.items() if k != "method"}
@@ -439,6 +441,7 @@ class SptConfig(AdapterConfig):
 class Spt(AdapterMethod):
     name = "spt"
     config_type = SptConfig
+    standalone = False  # its config needs a placement (train --placement spt)
 
     def module_targets(self, config: SptConfig) -> tuple[str, ...]:
         return tuple(m.name for m in config.placement.matrices if m.decision != "frozen")

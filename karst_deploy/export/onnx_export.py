@@ -35,7 +35,7 @@ Checks before success (timm's ``onnx_export.py`` does the same two): ``onnx.chec
 with ``full_check=True`` (shape inference included), and an ONNX Runtime forward on a
 seeded batch — 3 images when the batch is dynamic, so a dynamic axis that got
 specialised fails — compared with the PyTorch network that was exported, using the fp32
-tolerance of `karst_deploy.parity.TOLERANCES`. The file is renamed into place only
+tolerance of `karst_deploy.compare.TOLERANCES`. The file is renamed into place only
 after both pass.
 """
 
@@ -390,7 +390,7 @@ def check_export(
     Raises VerificationError naming the check that failed; returns the measured figures.
     """
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
-    from karst_deploy.parity import TOLERANCES, compare_logits
+    from karst_deploy.compare import TOLERANCES, compare_logits
 
     try:
         onnx.checker.check_model(os.fspath(path), full_check=True)

@@ -18,15 +18,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
-from karst_deploy.errors import InputError, clip
+from karst_deploy.errors import InputError
 from karst_deploy.files import sha256_file
-from karst_deploy.graph_precision import precision_evidence
 from karst_deploy.models import BackboneSpec, check_model_kwargs
-from karst_deploy.provenance import EXPORT_KEYS, read_provenance
+from karst_deploy.onnx_file import OnnxFile
+from karst_deploy.provenance import EXPORT_KEYS
 
 KINDS = ("merged", "unmerged", "base")
 
@@ -72,41 +71,24 @@ def provenance_record(
     }
 
 
-def require_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
+def require_provenance(source: OnnxFile | str | os.PathLike[str]) -> dict[str, Any]:
     """The record of an ONNX file, or a clear error when it has none."""
-    record = read_provenance(path)
+    if not isinstance(source, OnnxFile):
+        source = OnnxFile(source)
+    record = source.provenance
     if record is None:
         raise InputError(
-            f"'{path}' carries no karst-deploy provenance (metadata key "
+            f"{source.label} carries no karst-deploy provenance (metadata key "
             "'karst_deploy.provenance'); export it with `karst-deploy export` so it records "
             "the backbone and adapter it was made from."
         )
     missing = [key for key in EXPORT_KEYS if key not in record]
     if missing:
         raise InputError(
-            f"'{clip(path)}': provenance lacks key '{missing[0]}', which every export records; "
+            f"{source.label}: provenance lacks key '{missing[0]}', which every export records; "
             "the metadata was edited. Export the model again with `karst-deploy export`."
         )
     return record
-
-
-def check_precision_label(
-    record: dict[str, Any], model: onnx.ModelProto, onnx_path: str | os.PathLike[str]
-) -> str:
-    """The precision `model`'s graph shows; refuse a provenance label that says otherwise.
-
-    The label is a claim anyone can edit (relabelling an fp32 file "int8" would loosen the
-    parity gates); the graph is what runs (`karst_deploy.graph_precision`).
-    """
-    shown, evidence = precision_evidence(model)
-    label = record.get("precision")
-    if label is not None and label != shown:
-        raise InputError(
-            f"'{onnx_path}': its provenance says precision {label!r} but the graph is {shown} "
-            f"({evidence}); the record does not describe this graph (edited after export?). "
-            "Export or convert it again with karst-deploy."
-        )
-    return shown
 
 
 def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
@@ -166,8 +148,9 @@ def check_source(
         adapter = AdapterFile(adapter_dir)
         if backbone is not None and backbone != adapter.backbone.name:
             raise InputError(
-                f"--backbone is '{backbone}' but the adapter '{adapter_dir}' was trained on "
-                f"'{adapter.backbone.name}'."
+                f"backbone is '{backbone}' but the adapter '{adapter_dir}' was trained on "
+                f"'{adapter.backbone.name}'.",
+                parameters=("backbone",),
             )
         expected_backbone = adapter.backbone.name
     if record.get("backbone") != expected_backbone:
@@ -193,6 +176,7 @@ def check_source(
     if record.get("checkpoint_sha256") != given:
         raise InputError(
             f"'{onnx_path}' was exported from a backbone checkpoint with sha256 "
-            f"{_short(record.get('checkpoint_sha256'))}, but --checkpoint gives "
-            f"{_short(given)}; pass the checkpoint the model was exported from."
+            f"{_short(record.get('checkpoint_sha256'))}, but checkpoint gives "
+            f"{_short(given)}; pass the checkpoint the model was exported from.",
+            parameters=("checkpoint",),
         )

@@ -19,6 +19,8 @@ from typing import Any
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import refuse_existing, temporary_directory
+from karst_deploy.graph_precision import describe_precision
+from karst_deploy.onnx_file import require_precision
 from karst_deploy.precision.base import PrecisionResult, open_fp32_source
 from karst_deploy.precision.calibration import (
     CALIBRATION_METHODS,
@@ -28,7 +30,6 @@ from karst_deploy.precision.calibration import (
     load_calibration,
 )
 from karst_deploy.precision.fp16 import to_fp16
-from karst_deploy.precision.graph import describe_precision, require_precision
 from karst_deploy.precision.int8 import CALIBRATION_BATCH, quantize_int8
 from karst_deploy.report import progress_bar
 

@@ -17,7 +17,7 @@ from karst_deploy.errors import InputError, OutputExistsError, VerificationError
 from karst_deploy.export import compare_structure, export_onnx
 from karst_deploy.export.onnx_export import check_export
 from karst_deploy.files import sha256_file
-from karst_deploy.provenance import read_provenance
+from karst_deploy.onnx_file import read_provenance
 from tests.cases import adapted, method_params
 from tests.export.artifacts import CASE, export_base, save_adapter
 from tests.test_cli import run_cli
