@@ -158,7 +158,8 @@ def bench(
     inputs, precisions = {}, {}
     for label, path in paths.items():  # one parsed graph at a time: each runner loads its own
         file = OnnxFile(path)
-        inputs[label], precisions[label] = file.image_input, file.precision
+        # The graph's precision; its label is not policed here (verify-parity refuses a lie).
+        inputs[label], precisions[label] = file.image_input, file.graph_precision[0]
     if len({image.chw for image in inputs.values()}) != 1:
         shapes = {label: image.chw for label, image in inputs.items()}
         raise InputError(

@@ -468,8 +468,9 @@ def write_merged_checkpoint(
     file = AdapterFile(adapter_dir)
     if backbone is not None and backbone != file.backbone.name:
         raise AdapterFileError(
-            f"--backbone is '{backbone}' but {file.config_path} was trained on "
-            f"'{file.backbone.name}'."
+            f"backbone is '{backbone}' but {file.config_path} was trained on "
+            f"'{file.backbone.name}'.",
+            parameters=("backbone",),
         )
     merged = merge(load_adapted_model(adapter_dir, checkpoint, pretrained=pretrained))
     return save_merged_checkpoint(merged, out, spec=file.backbone, method=file.method, force=force)
