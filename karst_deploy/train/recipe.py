@@ -225,4 +225,3 @@ class TrainConfig:
         data["warmup_lr"] = self.resolved_warmup_lr
         data["min_lr"] = self.resolved_min_lr
         return data
-

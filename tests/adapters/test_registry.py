@@ -123,7 +123,10 @@ def test_register_refuses_a_name_its_config_contradicts_and_duplicates():
 def test_unknown_methods_name_the_registered_ones():
     with pytest.raises(AdapterFileError, match=r"knows .*'karst'"):
         method_for("dora")
-    # PEFT's DoRA is read from a PEFT directory, not trained: the refusal says where it goes.
+    # Decision: PEFT's DoRA is read from a PEFT directory (adapters/peft_format), not trained
+    # here, so `--method dora` is refused and the message says where such adapters go.
+    # Registering a native DoRA method would make it a --method like any other.
+    assert "dora" not in METHODS
     with pytest.raises(InputError, match=r"^method is 'dora'.*PEFT directory") as refused:
         adapter_config_for("dora")
     assert refused.value.parameters == ("method",)
