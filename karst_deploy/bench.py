@@ -155,18 +155,18 @@ def bench(
             f"tolerance must be a fraction between 0 and 1, got {tolerance}.",
             parameters=("tolerance",),
         )
-    inputs, precisions = {}, {}
+    images, precisions = {}, {}
     for label, path in paths.items():  # one parsed graph at a time: each runner loads its own
         file = OnnxFile(path)
         # The graph's precision; its label is not policed here (verify-parity refuses a lie).
-        inputs[label], precisions[label] = file.image_input, file.graph_precision[0]
-    if len({image.chw for image in inputs.values()}) != 1:
-        shapes = {label: image.chw for label, image in inputs.items()}
+        images[label], precisions[label] = file.image_input, file.graph_precision[0]
+    if len({image.chw for image in images.values()}) != 1:
+        shapes = {label: image.chw for label, image in images.items()}
         raise InputError(
             f"The models take different image shapes: {shapes}; bench compares one network."
         )
-    image_shape = next(iter(inputs.values())).chw
-    for label, image in inputs.items():
+    image_shape = next(iter(images.values())).chw
+    for label, image in images.items():
         fixed = [b for b in batches if not image.accepts(b)]
         if fixed:
             raise InputError(
@@ -187,7 +187,7 @@ def bench(
         raise InputError(f"The '{runner}' runner cannot open model files, so bench cannot use it.")
     rng = np.random.default_rng(seed)
     labels = list(paths)
-    batch_inputs = {b: rng.standard_normal((b, *image_shape), dtype=np.float32) for b in batches}
+    inputs = {b: rng.standard_normal((b, *image_shape), dtype=np.float32) for b in batches}
     measured: dict[str, dict[int, list[float]]] = {
         label: {b: [] for b in batches} for label in labels
     }
@@ -210,7 +210,7 @@ def bench(
                     for round_index in range(warmup + len(block)):
                         shift = round_index % len(labels)
                         for label in labels[shift:] + labels[:shift]:
-                            runners[label].infer(batch_inputs[batch])
+                            runners[label].infer(inputs[batch])
                             if round_index >= warmup:
                                 measured[label][batch].append(runners[label].last_inference_time)
                             advance()

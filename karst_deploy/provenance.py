@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 
 from karst_deploy import records as r
+from karst_deploy.graph_precision import PRECISIONS
 from karst_deploy.jsonfile import parse_object
 
 KEY = "karst_deploy.provenance"
@@ -35,7 +36,7 @@ SCHEMA: dict[str, r.Checker] = {
     "adapter_sha256": r.optional(r.map_of(r.sha256)),
     "checkpoint_sha256": r.optional(r.sha256),
     "kind": r.one_of("merged", "unmerged", "base"),
-    "precision": r.one_of("fp32", "fp16", "int8"),
+    "precision": r.one_of(*PRECISIONS),
     "opset": r.integer(1, 1000),
     "exporter": r.text(200),
     "batch": r.either(r.one_of("dynamic"), r.integer(1, 1 << 20)),
