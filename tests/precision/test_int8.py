@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from karst_deploy.compare import TOLERANCES
-from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.errors import InputError, VerificationError, with_flags
 from karst_deploy.files import sha256_file
 from karst_deploy.onnx_file import read_provenance
 from karst_deploy.parity import verify_parity
@@ -139,8 +139,9 @@ def test_a_constant_calibration_set_is_caught_by_the_gate(digits_model, tmp_path
 
 
 def test_parity_of_int8_needs_labelled_images(int8_path, digits_model):
-    with pytest.raises(InputError, match="--data"):
+    with pytest.raises(InputError, match=r"judged on real labelled images.*pass data") as refused:
         verify_parity(int8_path, digits_model.adapter, checkpoint=digits_model.checkpoint)
+    assert "pass --data (digits" in with_flags(refused.value)  # the CLI names its flag
 
 
 def test_calibration_is_cached_and_reused(digits_model, tmp_path, isolated_cache):
