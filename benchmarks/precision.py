@@ -42,10 +42,10 @@ from rich.table import Table
 
 import karst_deploy as kd
 from karst_deploy.bench import bench
+from karst_deploy.compare import TOLERANCES, accuracy, compare_logits
 from karst_deploy.data import open_images
 from karst_deploy.doctor import cpu_model
 from karst_deploy.export import export_onnx
-from karst_deploy.parity import TOLERANCES, accuracy, compare_logits
 from karst_deploy.precision import load_calibration, quantize_int8, to_fp16
 from karst_deploy.precision.base import run_onnx
 

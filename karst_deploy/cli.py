@@ -35,6 +35,7 @@ from karst_deploy.errors import (
     clip,
     clip_words,
     os_error,
+    with_flags,
 )
 
 app = typer.Typer(
@@ -90,7 +91,7 @@ def handle_error(error: Exception) -> int:
         )
         return ENVIRONMENT
     if isinstance(error, KarstDeployError):
-        print_error(str(error))
+        print_error(with_flags(error))  # library messages name parameters; we show flags
         return error.exit_code
     print_error(
         f"internal error: {type(error).__name__} in {_where(error)}: {clip(error)}. This is a "

@@ -6,13 +6,12 @@ Inputs are seeded random tensors and, optionally, real labelled images. For ever
 adjacent pair of stages and every input set it reports max abs diff, max relative diff,
 cosine similarity, top-1 and top-5 agreement, and with labels the accuracy of each stage.
 
-Pass/fail limits live in one table, `TOLERANCES`, keyed by the precision of the stage
-being judged (read from the ONNX graph itself, `karst_deploy.graph_precision`; a provenance
-label that disagrees is refused), so a reduced-precision model is judged by its own gates.
+Pass/fail limits live in one table, `karst_deploy.compare.TOLERANCES`, keyed by the
+precision of the stage being judged (read from the ONNX graph itself,
+`karst_deploy.onnx_file.OnnxFile.precision`; a provenance label that disagrees is refused),
+so a reduced-precision model is judged by its own gates.
 Besides running inputs, `verify_parity` compares the ONNX graph with a fresh export of the
 same model (`karst_deploy.export.whitebox`), so a branch no test input triggers is found.
-Polygraphy's default elementwise atol = rtol = 1e-5 is the wrong statistic for a classifier;
-we bound the error relative to the logit scale and require the answers (top-1) to be the same.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from karst_deploy.backends.base import Runner
-from karst_deploy.comparison import (
+from karst_deploy.compare import (
     TOLERANCES,
     Check,
     Tolerance,
@@ -38,6 +37,7 @@ from karst_deploy.comparison import (
     tolerance_for,
 )
 from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.onnx_file import OnnxFile
 
 if TYPE_CHECKING:
     from karst_deploy.export.whitebox import WhiteBoxResult
@@ -227,9 +227,10 @@ def image_inputs(
     data = open_images(source, split, img_size, mean, std)
     if num_classes is not None and data.num_classes != num_classes:
         raise InputError(
-            f"--data '{source}' has {data.num_classes} classes but the model's head has "
+            f"data '{source}' has {data.num_classes} classes but the model's head has "
             f"{num_classes}: its labels do not name the model's outputs. Pass the data the "
-            "adapter was trained on (e.g. digits:A-B for a subset of digits)."
+            "adapter was trained on (e.g. digits:A-B for a subset of digits).",
+            parameters=("data",),
         )
     if len(data) == 0:
         raise InputError(f"Split '{split}' of data source '{source}' has no readable images.")
@@ -316,44 +317,41 @@ def verify_parity(
     appends a stage that runs `onnx` on that runner (``Runner.from_file``), judged by the
     tolerance of the graph's precision.
     """
-    import onnx as onnx_lib
-
     from karst_deploy.adapters import load_adapted_model, merge
     from karst_deploy.adapters.peft_format import is_peft_directory, peft_parity_models
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from karst_deploy.backends.torch import TorchRunner
-    from karst_deploy.export.record import check_precision_label, check_source
+    from karst_deploy.export.record import check_source
     from karst_deploy.export.whitebox import white_box
     from karst_deploy.models import backbone_spec
-    from karst_deploy.provenance import require_provenance
+    from karst_deploy.onnx_file import require_provenance
 
     if samples < 1 or images < 1:
-        raise InputError(f"--samples and --images must be at least 1, got {samples}, {images}.")
+        raise InputError(
+            f"samples and images must be at least 1, got {samples}, {images}.",
+            parameters=("samples", "images"),
+        )
     if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise InputError(
+            f"batch_size must be at least 1, got {batch_size}.", parameters=("batch_size",)
+        )
     overrides = None
     if atol_scale is not None:
         if not (math.isfinite(atol_scale) and atol_scale > 0):
-            raise InputError(f"atol_scale must be a finite positive number, got {atol_scale}.")
+            raise InputError(
+                f"atol_scale must be a finite positive number, got {atol_scale}.",
+                parameters=("atol_scale",),
+            )
         overrides = {
             p: dataclasses.replace(t, atol_scale=atol_scale) for p, t in TOLERANCES.items()
         }
-    onnx = Path(onnx)
-    record = require_provenance(onnx)
+    source = OnnxFile(onnx, "onnx")  # checked: size, no external data, one image input
+    onnx = source.path
+    record = require_provenance(source)
     check_source(record, onnx, adapter_dir=adapter, backbone=backbone, checkpoint=checkpoint)
-    try:  # never follow external-data paths a file names: our exports are one file
-        graph = onnx_lib.load(os.fspath(onnx), load_external_data=False)
-    except Exception as exc:  # DecodeError, OSError, ...
-        raise InputError(f"'{onnx}' is not a readable ONNX file: {exc}") from None
-    external = [
-        t.name for t in graph.graph.initializer if t.data_location == onnx_lib.TensorProto.EXTERNAL
-    ]
-    if external:
-        raise InputError(
-            f"'{onnx}' keeps tensor '{external[0]}' in an external data file; karst-deploy "
-            "exports are single self-contained files, export it again."
-        )
-    precision = check_precision_label(record, graph, onnx)
+    precision = source.precision  # the graph's; a provenance label that disagrees is refused
+    graph = source.model
+    del source
     extra_stages = [
         *_runner_stages(runners, onnx, precision, threads),
         # named apart from a `runners` stage "tensorrt" (the ONNX built in memory)
@@ -386,7 +384,8 @@ def verify_parity(
         raise InputError(
             f"'{onnx}' is {judged_on_images[0].precision}: reduced precision is judged on real "
             "labelled images (accuracy drop and top-1 agreement against the fp32 merged "
-            "model); pass --data digits|IMAGE_FOLDER|VTAB_DIR."
+            "model); pass data (digits, an image folder or a VTAB-1k directory).",
+            parameters=("data",),
         )
     input_sets = [random_inputs(samples, spec.img_size, seed)]
     if data is not None:

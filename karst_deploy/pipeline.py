@@ -65,6 +65,7 @@ from karst_deploy.bench import (
     bench,
     combine_outcomes,
 )
+from karst_deploy.compare import accuracy
 from karst_deploy.doctor import diagnose
 from karst_deploy.errors import InputError, VerificationError
 from karst_deploy.export import compare_structure, export_onnx
@@ -74,17 +75,16 @@ from karst_deploy.files import (
     sha256_file,
     write_json,
 )
+from karst_deploy.onnx_file import read_provenance
 from karst_deploy.parity import (
     InputSet,
     Stage,
-    accuracy,
     image_inputs,
     run_stages,
     verify_parity,
 )
 from karst_deploy.precision import convert_precision
 from karst_deploy.progress import stderr_console
-from karst_deploy.provenance import read_provenance
 from karst_deploy.report.plots import plot_demo
 from karst_deploy.train.transfer import (
     TARGET_DATA,

@@ -1,5 +1,8 @@
 """Central tables of test cases: every adapter check runs over METHOD_CASES × BACKBONE_CASES.
 
+The method table is derived from the adapter registry (`karst_deploy.adapters.registry`);
+the backbones are a table.
+
 Backbones are tiny versions of real timm architectures (random weights, 32×32 inputs) so
 the whole table runs in seconds on two CPU cores, while keeping the properties that
 matter: widths 192/384/768, qkv with and without bias, Swin's windowed attention, and a
@@ -18,6 +21,7 @@ import torch
 
 import karst_deploy as kd
 from karst_deploy.adapters import AdapterConfig
+from karst_deploy.adapters.registry import method_options, standalone_configs, structured_configs
 
 
 @dataclass(frozen=True, eq=False)  # identity hash: cases are module-level singletons
@@ -65,13 +69,27 @@ BACKBONE_CASES = [
     ),
 ]
 
+# Hyper-parameters per registered method for the tiny backbones, with its variants (case id ->
+# config). The method table itself is derived from the adapter registry: every registered
+# method that adapts Linear layers (its config has `targets`) is a case, with its config's
+# defaults when it has no entry here, so a new method is tested by registering it.
+METHOD_VARIANTS: dict[str, dict[str, AdapterConfig]] = {
+    "karst": {
+        "karst-channel": kd.KarstConfig(rescale="channel"),
+        "karst-scalar": kd.KarstConfig(rescale="scalar"),
+        "karst-fused": kd.KarstConfig(qkv_layout="fused"),  # adapters written before split qkv
+    },
+    "lora": {"lora": kd.LoraConfig(rank=4, alpha=8.0)},
+    "kadaptation": {
+        "kadaptation": kd.KAdaptationConfig(kernels=4, scale=0.5),
+        "kadaptation-pevit": kd.KAdaptationConfig(kernels=4, scale=0.5, structure="pevit"),
+    },
+}
+LAYER_METHODS = [name for name in standalone_configs if "targets" in method_options(name)]
 METHOD_CASES: dict[str, AdapterConfig] = {
-    "karst-channel": kd.KarstConfig(rescale="channel"),
-    "karst-scalar": kd.KarstConfig(rescale="scalar"),
-    "karst-fused": kd.KarstConfig(qkv_layout="fused"),  # adapters written before split qkv
-    "lora": kd.LoraConfig(rank=4, alpha=8.0),
-    "kadaptation": kd.KAdaptationConfig(kernels=4, scale=0.5),
-    "kadaptation-pevit": kd.KAdaptationConfig(kernels=4, scale=0.5, structure="pevit"),
+    case: config
+    for name in LAYER_METHODS
+    for case, config in METHOD_VARIANTS.get(name, {name: standalone_configs[name]()}).items()
 }
 
 method_params = pytest.mark.parametrize("method", list(METHOD_CASES))
@@ -90,11 +108,12 @@ def inapplicable(params: dict[str, Any]) -> str | None:
     return INAPPLICABLE.get((params.get("method"), getattr(backbone, "id", None)))
 
 
-# SPT places its modules per model, so an SPT case is the structured method's config, which
-# `spt_config` turns into a placement for each backbone; `adapted` takes these names too.
+# SPT places its modules per model, so an SPT case is the structured method's config (its
+# first variant above), which `spt_config` turns into a placement for each backbone;
+# `adapted` takes these names too. Derived from the registry's structurable methods.
 SPT_CASES: dict[str, AdapterConfig] = {
-    "spt-karst": kd.KarstConfig(),
-    "spt-lora": kd.LoraConfig(rank=4, alpha=8.0),
+    f"spt-{name}": next(iter(METHOD_VARIANTS.get(name, {name: config()}).values()))
+    for name, config in structured_configs.items()
 }
 spt_params = pytest.mark.parametrize("method", list(SPT_CASES))
 backbone_params = pytest.mark.parametrize("backbone", BACKBONE_CASES, ids=lambda c: c.id)

@@ -10,17 +10,12 @@ import onnxruntime as ort
 import pytest
 
 from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
+from karst_deploy.compare import TOLERANCES, Tolerance, compare_logits, tolerance_for
 from karst_deploy.errors import InputError, VerificationError
 from karst_deploy.export import compare_structure, export_onnx
-from karst_deploy.parity import (
-    TOLERANCES,
-    Stage,
-    Tolerance,
-    compare_logits,
-    tolerance_for,
-    verify_parity,
-)
-from karst_deploy.provenance import read_provenance, write_provenance
+from karst_deploy.onnx_file import read_provenance
+from karst_deploy.parity import Stage, verify_parity
+from karst_deploy.provenance import write_provenance
 from tests.cases import METHOD_CASES, method_params
 from tests.cli_helpers import run_cli
 from tests.export.artifacts import export_base, save_adapter
@@ -135,8 +130,8 @@ def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):
 
 def test_mismatched_backbone_checkpoint_or_missing_provenance_are_refused(exports, tmp_path):
     adapter, path = exports["lora"]
-    with pytest.raises(InputError, match="--backbone is 'vit_small_patch16_224' but the adapter"):
-        verify_parity(path, adapter, backbone="vit_small_patch16_224")
+    with pytest.raises(InputError, match=r"^backbone is 'vit_small_patch16_224' but the adapter"):
+        verify_parity(path, adapter, backbone="vit_small_patch16_224")  # the parameter's name
     relabelled = onnx.load(str(path))
     write_provenance(
         relabelled, {**read_provenance(relabelled), "backbone": "vit_small_patch16_224"}
@@ -238,7 +233,7 @@ def test_a_fixed_batch_export_is_fed_in_chunks_of_its_batch(exports, tmp_path):
 
 def test_data_with_another_class_count_is_refused(exports):
     adapter, path = exports["lora"]  # a 10-class head
-    with pytest.raises(InputError, match="--data 'digits:0-4' has 5 classes but the model's head"):
+    with pytest.raises(InputError, match=r"^data 'digits:0-4' has 5 classes but the model's head"):
         verify_parity(path, adapter, data="digits:0-4", samples=2, progress=False)
 
 

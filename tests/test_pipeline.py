@@ -23,8 +23,8 @@ import pytest
 
 from karst_deploy.adapters import AdapterFile
 from karst_deploy.files import sha256_file
+from karst_deploy.onnx_file import read_provenance
 from karst_deploy.pipeline import QUICK, DemoResult, _verdicts
-from karst_deploy.provenance import read_provenance
 
 REPORT_FILES = {
     "adapter/adapter_config.json",

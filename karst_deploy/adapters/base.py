@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The registry is its own module; `register` and `METHODS` are re-exported for the method modules.
+from karst_deploy.adapters.registry import METHODS, method_for, register  # noqa: F401
 from karst_deploy.errors import AdapterFileError, InputError, MergeError
 from karst_deploy.models import classifier_parameter_names
 
@@ -232,6 +234,10 @@ class AdapterMethod:
 
     name: ClassVar[str]
     config_type: ClassVar[type[AdapterConfig]]
+    #: Built from its own options alone (``train --method``); SPT needs a placement.
+    standalone: ClassVar[bool] = True
+    #: Usable as SPT's structured module (one layer adapter per Linear, nothing shared).
+    structurable: ClassVar[bool] = False
 
     def module_targets(self, config: AdapterConfig) -> tuple[str, ...]:
         """The Linear layers (short names or path suffixes) this config adapts."""
@@ -273,24 +279,6 @@ class AdapterMethod:
         self, path: str, linear: nn.Linear, config: AdapterConfig, shared: nn.Module | None
     ) -> LayerAdapter:
         raise NotImplementedError
-
-
-METHODS: dict[str, AdapterMethod] = {}
-
-
-def register(method: type[AdapterMethod]) -> type[AdapterMethod]:
-    """Class decorator: make a method available under its name."""
-    METHODS[method.name] = method()
-    return method
-
-
-def method_for(name: str) -> AdapterMethod:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise AdapterFileError(
-            f"Unknown adapter method '{name}'; karst-deploy knows {sorted(METHODS)}."
-        ) from None
 
 
 def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Linear]:

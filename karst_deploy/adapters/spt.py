@@ -79,6 +79,7 @@ from karst_deploy.adapters.base import (
 )
 from karst_deploy.adapters.karst import KarstConfig
 from karst_deploy.adapters.lora import LoraConfig
+from karst_deploy.adapters.registry import structured_configs
 from karst_deploy.errors import AdapterFileError, InputError
 
 PLACEMENT_FILE = "placement.json"
@@ -89,7 +90,8 @@ CANDIDATES = ("official", "matrices")
 DECISIONS = ("structured", "sparse", "frozen")
 VECTOR_DECISIONS = ("whole", "sparse", "frozen")
 BLOCKS = ("q", "k", "v")  # row blocks of a fused qkv, in timm's order
-STRUCTURED_CONFIGS: dict[str, type[AdapterConfig]] = {"karst": KarstConfig, "lora": LoraConfig}
+#: Methods SPT may place as structured modules (those registered ``structurable``).
+STRUCTURED_CONFIGS = structured_configs
 MAX_PLACEMENT_BYTES = 64 * 2**20  # a ViT-g placement with per-matrix scores is under 1 MB
 MAX_SIGMA = 1e6
 MAX_BUDGET = 2**31  # trainable entries: no backbone karst-deploy builds has more parameters
@@ -247,7 +249,7 @@ class Placement:
             document,
             "structured",
             lambda v: isinstance(v, str) and v in STRUCTURED_CONFIGS,
-            "'karst' or 'lora'",
+            f"one of {sorted(STRUCTURED_CONFIGS)}",
             source,
         )
         for key in ("sigma", *(("beta",) if official else ())):
@@ -633,8 +635,8 @@ class SptConfig(AdapterConfig):
     def __post_init__(self) -> None:
         if not isinstance(self.structured, tuple(STRUCTURED_CONFIGS.values())):
             raise InputError(
-                f"SptConfig.structured is {self.structured!r}; expected a KarstConfig or a "
-                "LoraConfig."
+                f"SptConfig.structured is {self.structured!r}; expected the config of one of "
+                f"{sorted(STRUCTURED_CONFIGS)}."
             )
         if not isinstance(self.placement, Placement):
             raise InputError(
@@ -674,8 +676,8 @@ class SptConfig(AdapterConfig):
         method = structured.get("method") if isinstance(structured, dict) else None
         if not isinstance(method, str) or method not in STRUCTURED_CONFIGS:
             raise AdapterFileError(
-                f"{source}: key 'structured' must be an object whose 'method' is 'karst' or "
-                f"'lora', got {repr(structured)[:120]}."
+                f"{source}: key 'structured' must be an object whose 'method' is one of "
+                f"{sorted(STRUCTURED_CONFIGS)}, got {repr(structured)[:120]}."
             )
         config_type = STRUCTURED_CONFIGS[structured["method"]]
         hparams = {k: v for k, v in structured.items() if k != "method"}
@@ -726,6 +728,7 @@ def _module_path(unit: MatrixPlacement | VectorPlacement) -> str:
 class Spt(AdapterMethod):
     name = "spt"
     config_type = SptConfig
+    standalone = False  # its config needs a placement (train --placement spt)
 
     def module_targets(self, config: SptConfig) -> tuple[str, ...]:
         units = (*config.placement.matrices, *config.placement.vectors)

@@ -470,8 +470,9 @@ def write_merged_checkpoint(
     file = AdapterFile(adapter_dir)
     if backbone is not None and backbone != file.backbone.name:
         raise AdapterFileError(
-            f"--backbone is '{backbone}' but {file.config_path} was trained on "
-            f"'{file.backbone.name}'."
+            f"backbone is '{backbone}' but {file.config_path} was trained on "
+            f"'{file.backbone.name}'.",
+            parameters=("backbone",),
         )
     merged = merge(load_adapted_model(adapter_dir, checkpoint, pretrained=pretrained))
     return save_merged_checkpoint(merged, out, spec=file.backbone, method=file.method, force=force)
@@ -511,7 +512,7 @@ def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
     """
     from karst_deploy.adapters import add_adapters
     from karst_deploy.adapters.base import method_for
-    from karst_deploy.provenance import require_provenance
+    from karst_deploy.onnx_file import require_provenance
 
     record = require_provenance(path)
     spec = BackboneSpec(

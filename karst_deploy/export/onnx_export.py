@@ -35,7 +35,7 @@ Checks before success (timm's ``onnx_export.py`` does the same two): ``onnx.chec
 with ``full_check=True`` (shape inference included), and an ONNX Runtime forward on a
 seeded batch — 3 images when the batch is dynamic, so a dynamic axis that got
 specialised fails — compared with the PyTorch network that was exported, using the fp32
-tolerance of `karst_deploy.comparison.TOLERANCES`. The file is renamed into place only
+tolerance of `karst_deploy.compare.TOLERANCES`. The file is renamed into place only
 after both pass.
 """
 
@@ -140,34 +140,35 @@ def export_onnx(
         file = AdapterFile(adapter)
         if backbone is not None and backbone != file.backbone.name:
             raise InputError(
-                f"--backbone is '{backbone}' but the adapter '{adapter}' was trained on "
-                f"'{file.backbone.name}'."
+                f"backbone is '{backbone}' but the adapter '{adapter}' was trained on "
+                f"'{file.backbone.name}'.",
+                parameters=("backbone",),
             )
-        given = {
-            "--num-classes": num_classes,
-            "--img-size": img_size,
-            "--model-kwargs": model_kwargs,
-        }
-        clash = [flag for flag, value in given.items() if value is not None]
+        given = {"num_classes": num_classes, "img_size": img_size, "model_kwargs": model_kwargs}
+        clash = [name for name, value in given.items() if value is not None]
         if clash:
             raise InputError(
-                f"{clash[0]} applies only with --no-adapter; with --adapter the backbone is "
-                f"built exactly as '{file.config_path}' records it."
+                f"{clash[0]} applies only without an adapter; with an adapter the backbone is "
+                f"built exactly as '{file.config_path}' records it.",
+                parameters=(clash[0],),
             )
         model = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
     else:
         if unmerged:
             raise InputError(
-                "--unmerged needs --adapter DIR: a plain backbone has nothing to merge."
+                "unmerged needs an adapter: a plain backbone has nothing to merge.",
+                parameters=("unmerged",),
             )
         if backbone is None:
-            raise InputError("--backbone NAME is required with --no-adapter.")
+            raise InputError(
+                "backbone (a timm name) is required without an adapter.", parameters=("backbone",)
+            )
         kwargs = dict(model_kwargs or {})
-        if "img_size" in kwargs:  # --model-kwargs may carry it, as for train and sensitivity
+        if "img_size" in kwargs:  # model_kwargs may carry it, as for train and sensitivity
             if img_size is not None and img_size != kwargs["img_size"]:
                 raise InputError(
-                    f"--img-size {img_size} contradicts --model-kwargs img_size "
-                    f"{kwargs['img_size']}."
+                    f"img_size {img_size} contradicts model_kwargs img_size {kwargs['img_size']}.",
+                    parameters=("img_size", "model_kwargs"),
                 )
             img_size = kwargs.pop("img_size")
         model = create_model(
@@ -215,17 +216,22 @@ def export_model(
     refuse_existing(out, force)
     if opset < MIN_OPSET:
         raise InputError(
-            f"--opset {opset} is too old: karst-deploy exports opset {MIN_OPSET} or newer, where "
-            "LayerNorm is one LayerNormalization op (fp16 engines need it kept whole)."
+            f"opset {opset} is too old: karst-deploy exports opset {MIN_OPSET} or newer, where "
+            "LayerNorm is one LayerNormalization op (fp16 engines need it kept whole).",
+            parameters=("opset",),
         )
     if opset > onnx.defs.onnx_opset_version():
         raise InputError(
-            f"--opset {opset} is newer than the installed onnx {onnx.__version__} knows "
+            f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
             f"(at most {onnx.defs.onnx_opset_version()}); choose {MIN_OPSET} to "
-            f"{onnx.defs.onnx_opset_version()}."
+            f"{onnx.defs.onnx_opset_version()}.",
+            parameters=("opset",),
         )
     if batch is not None and batch < 1:
-        raise InputError(f"--batch must be 'dynamic' or a positive integer, got {batch}.")
+        raise InputError(
+            f"batch must be None (dynamic) or a positive integer, got {batch}.",
+            parameters=("batch",),
+        )
     config = adapter_config(model)
     if config is None:
         if unmerged:
@@ -390,7 +396,7 @@ def check_export(
     Raises VerificationError naming the check that failed; returns the measured figures.
     """
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
-    from karst_deploy.comparison import TOLERANCES, compare_logits
+    from karst_deploy.compare import TOLERANCES, compare_logits
 
     try:
         onnx.checker.check_model(os.fspath(path), full_check=True)

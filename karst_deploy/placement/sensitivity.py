@@ -131,7 +131,9 @@ def compute_sensitivity(
     weights = candidate_parameters(model, targets, candidates)
     device = next(iter(weights.values())).device
     if not 0.0 <= drop_path < 1.0:
-        raise InputError(f"--drop-path is {drop_path!r}; expected 0 <= rate < 1.")
+        raise InputError(
+            f"drop_path is {drop_path!r}; expected 0 <= rate < 1.", parameters=("drop_path",)
+        )
     if shuffle_seed is None:
         order = torch.arange(len(data))
     else:

@@ -104,7 +104,9 @@ def load_calibration(
     `img_size` (None accepts any size).
     """
     if samples < 1:
-        raise InputError(f"--calib-samples must be at least 1, got {samples}.")
+        raise InputError(
+            f"calib_samples must be at least 1, got {samples}.", parameters=("calib_samples",)
+        )
     text = str(source)
     path = Path(text)
     if text.endswith(".npz"):
@@ -113,7 +115,8 @@ def load_calibration(
         raise InputError(
             f"Calibration source '{text}' needs the model's input size, mean and std to "
             "preprocess images, but the ONNX file has no karst-deploy provenance recording "
-            "them; pass a preprocessed --calib FILE.npz instead."
+            "them; pass a preprocessed calib FILE.npz instead.",
+            parameters=("calib",),
         )
     if text == "digits" or text.startswith("digits:") or _has_labelled_layout(path):
         dataset = open_images(text, "train", img_size, mean, std)

@@ -78,7 +78,10 @@ def _requested_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {requested} was asked for, but torch sees no CUDA GPU.")
+        raise InputError(
+            f"device {requested} was asked for, but torch sees no CUDA GPU.",
+            parameters=("device",),
+        )
     return requested
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from karst_deploy.train.loop import TrainResult, train_adapters
-from karst_deploy.train.recipe import TrainConfig, apply_recipe
+from karst_deploy.train.recipe import TrainConfig, apply_recipe, training_adapter
 
 #: The method options (None = the method's default); which method takes which is in recipe.
 METHOD_OPTION_NAMES = (
@@ -77,8 +77,6 @@ class TrainOptions:
 
     def to_config(self) -> TrainConfig:
         """Apply the preset, build the adapter (or SPT request) and the `TrainConfig`."""
-        from karst_deploy.placement import training_adapter
-
         karst_modules = self.method if self.placement != "spt" else (self.structured or "karst")
         schedule_given = {
             "epochs": self.epochs,

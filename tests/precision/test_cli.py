@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from karst_deploy.cli import app
+from karst_deploy.onnx_file import read_provenance
 from karst_deploy.precision import convert_precision
-from karst_deploy.provenance import read_provenance
 
 
 def run(*args: str):

@@ -23,7 +23,7 @@ def _train(*extra: str):
     [
         (["--method", "lora", "--factor", "4"], "--factor does not apply to --method lora"),
         (["--method", "linear", "--rank", "4"], "it takes no method options"),
-        (["--method", "dora"], "--method is 'dora'"),
+        (["--method", "no-such-method"], "--method is 'no-such-method'"),  # not registered
         (["--rescale", "vector"], "expected one of ['channel', 'scalar']"),
         (["--warmup-epochs", "5", "--epochs", "5"], "--warmup-epochs is 5"),
         (["--data", "no/such/dir"], "neither 'digits'/'digits:A-B' nor an existing directory"),

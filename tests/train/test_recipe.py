@@ -39,7 +39,7 @@ def test_explicit_options_win_and_are_not_recorded_as_set():
 
 @pytest.mark.parametrize(("recipe", "method"), [("few-shot", "lora"), ("swin", "kadaptation")])
 def test_karst_presets_refuse_other_methods(recipe, method):
-    with pytest.raises(InputError, match=f"--recipe {recipe} sets KARST options"):
+    with pytest.raises(InputError, match=f"^recipe {recipe} sets KARST options"):
         apply_recipe(recipe, method, {}, UNSET)
 
 
