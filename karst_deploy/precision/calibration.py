@@ -35,9 +35,9 @@ from karst_deploy.data import (
     IMAGE_SUFFIXES,
     VTAB_LISTS,
     is_image_file,
-    open_image,
     open_images,
     preprocess,
+    read_image,
 )
 from karst_deploy.errors import InputError
 from karst_deploy.files import cache_root
@@ -160,8 +160,7 @@ def _from_plain_folder(
     images, skipped = [], 0
     for index in _subset(len(files), samples):
         try:
-            with open_image(files[index]) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            array = read_image(files[index])
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
             skipped += 1  # skipped and counted, as karst_deploy.data does
             continue
