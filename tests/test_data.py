@@ -301,5 +301,5 @@ def test_grayscale_backbone_gets_one_channel_and_colour_is_reduced_to_luma():
     luma = preprocess(colour, 4, (0.0,), (1.0,))
     assert torch.allclose(luma, torch.tensor(LUMA_WEIGHTS[1]))
     assert preprocess(gray, 4, (0.5,) * 3, (0.5,) * 3).shape == (3, 4, 4)
-    with pytest.raises(InputError, match="1 .grayscale backbone. or 3"):
+    with pytest.raises(InputError, match=r"1 \(grayscale backbone\) or 3"):
         preprocess(gray, 4, (0.5, 0.5), (0.5, 0.5))
