@@ -94,11 +94,44 @@ class LabelledImages(torch.utils.data.Dataset):
         """The same images, resized and normalised for another backbone."""
         return dataclasses.replace(self, img_size=img_size, mean=tuple(mean), std=tuple(std))
 
+    def select_classes(self, classes: Sequence[str], what: str) -> LabelledImages:
+        """The images of `classes` only, relabelled to their index in `classes`.
+
+        `classes` are the names a model was trained on (its head's outputs, in order); the
+        data must have every one of them (InputError naming the missing ones and `what`
+        asked, e.g. ``--data``). Classes of the data the model does not know are dropped.
+        """
+        classes = list(classes)
+        if classes == self.classes:
+            return self
+        missing = [name for name in classes if name not in self.classes]
+        if missing:
+            raise InputError(
+                f"{what} '{clip(self.source)}' does not have the classes the model was trained "
+                f"on: it lacks {_names(missing)} (it has {_names(self.classes)}; the model's "
+                f"are {_names(classes)}). Pass the data the adapter was trained on, or one with "
+                "those classes (a superset is narrowed to them)."
+            )
+        new_label = {self.classes.index(name): index for index, name in enumerate(classes)}
+        if self.arrays is not None:
+            keep = np.isin(self.labels, list(new_label))
+            labels = np.array([new_label[int(v)] for v in self.labels[keep]], dtype=np.int64)
+            return dataclasses.replace(
+                self, classes=classes, arrays=self.arrays[keep], labels=labels
+            )
+        items = [(file, new_label[label]) for file, label in self.items if label in new_label]
+        return dataclasses.replace(self, classes=classes, items=items)
+
     def batch(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `count` images (all by default) as one ``(N, 3, H, W)`` tensor and labels."""
         count = len(self) if count is None else min(count, len(self))
         pairs = [self[i] for i in range(count)]
         return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+
+
+def _names(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(repr(clip(n, 40)) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def preprocess(

@@ -12,7 +12,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,8 @@ MODEL_KWARGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "proj_drop_rate": _number_in(0.0, 0.99),
     "attn_drop_rate": _number_in(0.0, 0.99),
     "drop_path_rate": _number_in(0.0, 0.99),
+    # 1: a grayscale backbone (images reduced to luma, never replicated); 3: RGB.
+    "in_chans": ((lambda v: v in (1, 3) and not isinstance(v, bool)), "1 or 3"),
 }
 #: Backbone fields with their own argument (and flag): never accepted among the kwargs.
 OWN_ARGUMENTS = {"num_classes": "--num-classes", "img_size": "--img-size"}
@@ -169,12 +171,20 @@ class BackboneSpec:
     checkpoint_sha256: str | None = None
     pretrained: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    # Image normalisation, one value per input channel. None (a spec read from an adapter
+    # that predates recording them) means the backbone's timm default, set when built.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels: 3 (RGB) unless the model_kwargs ask for a grayscale backbone."""
+        return int(self.model_kwargs.get("in_chans", 3))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
+        for key in ("mean", "std"):
+            data[key] = None if data[key] is None else list(data[key])
         return data
 
     def build(self, checkpoint: str | os.PathLike[str] | None = None) -> nn.Module:
@@ -189,6 +199,8 @@ class BackboneSpec:
             img_size=self.img_size,
             checkpoint=checkpoint,
             pretrained=self.pretrained,
+            mean=self.mean,
+            std=self.std,
             **self.model_kwargs,
         )
 
@@ -207,15 +219,46 @@ def _json_safe(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
         ) from None
 
 
+def check_normalisation(value: Any, key: str, channels: int, where: str) -> tuple[float, ...]:
+    """`value` as a mean or std tuple: `channels` finite numbers (std > 0), or InputError."""
+    low, high = (1e-6, 1e3) if key == "std" else (-1e3, 1e3)
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == channels
+        and all(_number_in(low, high)[0](v) for v in value)
+    )
+    if not ok:
+        raise InputError(
+            f"{where} is {_short(repr(value))}; expected {channels} number(s) in [{low:g}, "
+            f"{high:g}], one per input channel ({'grayscale' if channels == 1 else 'R, G, B'})."
+        )
+    return tuple(float(v) for v in value)
+
+
+def _default_normalisation(cfg: dict[str, Any], key: str, channels: int) -> tuple[float, ...]:
+    """timm's pretrained-config mean or std; for a grayscale backbone, its luma average."""
+    from karst_deploy.data import LUMA_WEIGHTS
+
+    values = tuple(float(v) for v in cfg.get(key, (0.5, 0.5, 0.5)))
+    if channels == 1 and len(values) == 3:
+        return (sum(w * v for w, v in zip(LUMA_WEIGHTS, values, strict=True)),)
+    return values
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
     img_size: int | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     pretrained: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Create a timm model with ``exportable=True`` and optionally load a local checkpoint.
+
+    `mean`/`std` (one value per input channel) are recorded as the images' normalisation;
+    None takes timm's pretrained config (for ``in_chans: 1``, its luma-weighted average).
 
     `checkpoint` may be ``.safetensors``, ``.pth``/``.pt``/``.bin`` (plain state dicts or
     nested under ``state_dict``/``model``), or a Google ViT ``.npz``. When `num_classes`
@@ -228,6 +271,12 @@ def create_model(
     if not isinstance(pretrained, bool):
         raise InputError(f"pretrained must be True or False, not {_short(repr(pretrained))}.")
     kwargs = _checked_arguments(name, num_classes, img_size, timm_kwargs)
+    channels = int(timm_kwargs.get("in_chans", 3))
+    given = {
+        key: check_normalisation(value, key, channels, f"--{key}")
+        for key, value in (("mean", mean), ("std", std))
+        if value is not None
+    }
     skeleton(name, num_classes, img_size, **timm_kwargs)  # sizes and shapes before memory
     try:
         with torch.random.fork_rng(devices=[]):  # leaves the caller's random state alone
@@ -249,8 +298,8 @@ def create_model(
         checkpoint_sha256=checkpoint_sha,
         pretrained=bool(pretrained),
         model_kwargs=_json_safe(dict(timm_kwargs), name),
-        mean=tuple(float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5))),
+        mean=given.get("mean") or _default_normalisation(cfg, "mean", channels),
+        std=given.get("std") or _default_normalisation(cfg, "std", channels),
     )
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model.eval()
@@ -327,7 +376,8 @@ def skeleton(
         )
     try:
         with torch.no_grad():
-            model.eval()(torch.empty(1, 3, size, size, device="meta"))
+            channels = int(kwargs.get("in_chans", 3))
+            model.eval()(torch.empty(1, channels, size, size, device="meta"))
     except NotImplementedError:
         pass  # an operator without a meta kernel says nothing about the arguments
     except (TypeError, ValueError, AssertionError, RuntimeError, IndexError) as exc:
@@ -347,6 +397,12 @@ def _image_size(model: nn.Module, cfg: dict[str, Any]) -> int:
     return int(size)
 
 
+def input_channels(model: nn.Module) -> int:
+    """Channels of the images `model` takes: its patch embedding's (3 when it has none)."""
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    return int(getattr(proj, "in_channels", 3))
+
+
 def backbone_spec(model: nn.Module) -> BackboneSpec:
     """The spec recorded by `create_model` (models made elsewhere are described from timm)."""
     spec = getattr(model, SPEC_ATTRIBUTE, None)
@@ -360,7 +416,11 @@ def backbone_spec(model: nn.Module) -> BackboneSpec:
             "architecture name for it; create it with karst_deploy.create_model(name, ...)."
         )
     return BackboneSpec(
-        name=name, num_classes=int(model.num_classes), img_size=_image_size(model, cfg)
+        name=name,
+        num_classes=int(model.num_classes),
+        img_size=_image_size(model, cfg),
+        mean=_default_normalisation(cfg, "mean", 3),
+        std=_default_normalisation(cfg, "std", 3),
     )
 
 

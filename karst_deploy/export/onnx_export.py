@@ -262,7 +262,7 @@ def export_model(
     network = network.eval()
     example = torch.randn(
         batch or EXAMPLE_BATCH,
-        3,
+        spec.in_chans,
         spec.img_size,
         spec.img_size,
         generator=torch.Generator().manual_seed(0),
@@ -398,10 +398,13 @@ def check_export(
         raise VerificationError(
             f"The exported graph fails onnx.checker (full_check): {exc}"
         ) from None
+    from karst_deploy.models import input_channels
+
     model = onnx.load(os.fspath(path), load_external_data=False)
     batch_dim = BATCH_AXIS if batch is None else batch
+    channels = input_channels(network)
     expected = {
-        "input": (INPUT_NAME, [batch_dim, 3, img_size, img_size]),
+        "input": (INPUT_NAME, [batch_dim, channels, img_size, img_size]),
         "output": (OUTPUT_NAME, [batch_dim, num_classes]),
     }
     actual = {
@@ -415,7 +418,11 @@ def check_export(
                 f"expected {expected[role][0]!r} with shape {expected[role][1]}."
             )
     images = torch.randn(
-        batch or CHECK_BATCH, 3, img_size, img_size, generator=torch.Generator().manual_seed(1)
+        batch or CHECK_BATCH,
+        channels,
+        img_size,
+        img_size,
+        generator=torch.Generator().manual_seed(1),
     )
     with torch.inference_mode():
         reference = network(images).float().numpy()

@@ -92,6 +92,7 @@ class Fp32Source:
     sha256: str
     input_name: str
     img_size: int | None
+    channels: int = 3  # 1 for a grayscale (in_chans 1) backbone
 
     @property
     def mean(self) -> tuple[float, ...] | None:
@@ -101,6 +102,15 @@ class Fp32Source:
     @property
     def std(self) -> tuple[float, ...] | None:
         return tuple(self.record["std"]) if "std" in self.record else None
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names of the outputs, as the adapter recorded them at training (else None)."""
+        config = self.record.get("adapter_config") or {}
+        classes = config.get("classes")
+        if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+            return classes
+        return None
 
 
 def open_fp32_source(path: str | os.PathLike[str]) -> Fp32Source:
@@ -126,8 +136,11 @@ def open_fp32_source(path: str | os.PathLike[str]) -> Fp32Source:
         )
     dims = inputs[0].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(static) != 4 or static[1] not in (3, None):
-        raise InputError(f"Input '{inputs[0].name}' of '{path}' is not [batch, 3, H, W].")
+    if len(static) != 4 or static[1] not in (1, 3, None):
+        raise InputError(
+            f"Input '{inputs[0].name}' of '{path}' is not [batch, 3, H, W] (or [batch, 1, H, W] "
+            "for a grayscale backbone)."
+        )
     img_size = static[2] if static[2] and static[2] == static[3] else record.get("img_size")
     return Fp32Source(
         path=path,
@@ -136,6 +149,7 @@ def open_fp32_source(path: str | os.PathLike[str]) -> Fp32Source:
         sha256=sha256_file(path),
         input_name=inputs[0].name,
         img_size=img_size,
+        channels=static[1] or len(record.get("mean") or (0, 0, 0)),
     )
 
 

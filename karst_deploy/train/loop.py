@@ -143,6 +143,8 @@ def build_model(
         num_classes=num_classes,
         img_size=img_size,
         checkpoint=config.checkpoint,
+        mean=config.mean,
+        std=config.std,
         **kwargs,
     )
     # The head is always freshly initialised for the target classes, as in the reference
@@ -237,7 +239,7 @@ def train_adapters(
         if out is not None and place.is_main:
             with atomic_directory(out, force=force) as staging:
                 # `staging` is our own fresh temporary directory; save_adapters replaces it.
-                save_adapters(result.model, staging, force=True)
+                save_adapters(result.model, staging, force=True, classes=splits["train"].classes)
                 write_json(staging / LOG_FILE, result.log, force=True)
             result.out = out
         place.barrier()

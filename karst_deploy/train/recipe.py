@@ -125,6 +125,8 @@ class TrainConfig:
     checkpoint: str | os.PathLike[str] | None = None
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     img_size: int | None = None
+    mean: tuple[float, ...] | None = None  # image normalisation [the backbone's timm default]
+    std: tuple[float, ...] | None = None
     epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-3
