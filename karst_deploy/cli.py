@@ -131,6 +131,30 @@ Pretrained = Annotated[
 ]
 
 
+#: CPU threads of every compute command; the default is `karst_deploy.threads`'s policy.
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads for PyTorch and ONNX Runtime (default: the available cores minus "
+        "those the load average shows busy, at least 1; KARST_DEPLOY_THREADS sets it).",
+    ),
+]
+
+
+def _use_threads(requested: int | None) -> int:
+    """Set PyTorch's threads for this command (`karst_deploy.threads` policy); the count,
+    which commands pass on to ONNX Runtime."""
+    check_flags(threads=requested)
+    import torch
+
+    from karst_deploy.threads import choose_threads
+
+    chosen = choose_threads(requested).threads
+    torch.set_num_threads(chosen)
+    return chosen
+
+
 #: Sane ranges of the numeric flags, flag -> (low, high); checked before any work starts.
 SEED_MAX = 2**32 - 1
 FLAG_RANGES: dict[str, tuple[float, float]] = {
@@ -227,7 +251,9 @@ def merge_command(
     adapter: Path = typer.Option(
         ..., "--adapter", help="Adapter directory (adapter_config.json + adapter.safetensors)."
     ),
-    out: Path = typer.Option(..., "--out", help="Merged checkpoint to write (.safetensors)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Merged checkpoint to write: .safetensors, or .pth/.pt/.bin (torch)."
+    ),
     backbone: str | None = typer.Option(
         None, "--backbone", help="timm name; checked against the adapter's (PEFT: required)."
     ),
@@ -241,10 +267,15 @@ def merge_command(
         None, "--model-kwargs", help="PEFT adapter only: extra timm arguments as JSON."
     ),
     pretrained: Pretrained = False,
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint."""
+    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint.
+
+    The format follows --out's suffix: .safetensors, or .pth/.pt/.bin (torch.save state dict).
+    """
+    _use_threads(threads)
     from karst_deploy.adapters.peft_format import is_peft_directory, write_merged_peft_checkpoint
     from karst_deploy.adapters.storage import write_merged_checkpoint
 
@@ -431,6 +462,21 @@ def _parse_batches(text: str) -> list[int]:
     return [int(part) for part in parts]
 
 
+def _parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """``0.5,0.5,0.5`` -> (0.5, 0.5, 0.5); the model checks count and range."""
+    from karst_deploy.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"{flag} is '{clip(text)}'; expected numbers separated by commas, e.g. "
+            "0.485,0.456,0.406 (one per input channel)."
+        ) from None
+
+
 def _parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
     from karst_deploy.jsonfile import parse_object
 
@@ -482,11 +528,13 @@ def export_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Merge an adapter into its backbone and export one checked ONNX file with provenance."""
     check_flags(num_classes=num_classes, img_size=img_size, calib_samples=calib_samples)
+    _use_threads(threads)
     from karst_deploy.errors import InputError
 
     if (adapter is None) != no_adapter:
@@ -561,7 +609,7 @@ def verify_parity_command(
         None, "--atol", help="Replace atol_scale: max abs diff <= ATOL x max(1, max|ref|)."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per inference call."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per runtime."),
+    threads: Threads = None,
     engine: Path | None = typer.Option(
         None, "--engine", help="TensorRT engine built from --onnx: a stage after ONNX Runtime."
     ),
@@ -583,6 +631,7 @@ def verify_parity_command(
         raise InputError(f"--atol must be a finite positive number, got {atol}.")
     if json_path is not None:
         refuse_existing(json_path, force)
+    threads = _use_threads(threads)
     report = verify_parity(
         onnx,
         adapter,
@@ -635,7 +684,7 @@ def bench_command(
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph", help="tensorrt runner: replay one CUDA graph per batch size."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per model."),
+    threads: Threads = None,
     rounds: int = typer.Option(50, "--rounds", help="Measured rounds per batch size."),
     warmup: int = typer.Option(5, "--warmup", help="Unmeasured rounds per session first."),
     sessions: int = typer.Option(
@@ -658,6 +707,7 @@ def bench_command(
     for path in (json_path, plot):
         if path is not None:
             refuse_existing(path, force)
+    threads = _use_threads(threads)
     runner_options = None
     if runner == "tensorrt":
         runner_options = {"copies": copies, "cuda_graph": cuda_graph}
@@ -711,6 +761,9 @@ def train_command(
         ..., "--out", help="Adapter directory to write (with train_log.json inside)."
     ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    pretrained: bool = typer.Option(
+        False, "--pretrained", help="Start from timm's own pretrained weights (needs its hub)."
+    ),
     method: str = typer.Option("karst", "--method", help="karst, kadaptation, lora or linear."),
     factor: int | None = typer.Option(None, "--factor", help="karst: Kronecker factor [8]."),
     rank: int | None = typer.Option(None, "--rank", help="karst, lora: rank [8]."),
@@ -732,7 +785,8 @@ def train_command(
         "vtab",
         "--recipe",
         help="Official preset: vtab (100 cosine + 10 epochs at min lr), few-shot (karst N=2, "
-        "LayerNorms trained), swin (karst N=2, stage ranks 2,2,4,8). Explicit flags win.",
+        "LayerNorms trained), swin (karst N=2, stage ranks 2,2,4,8); or quick, for a first try "
+        "on a CPU (10 epochs, 1 warm-up; karst 2 kernels, kadaptation 4). Explicit flags win.",
     ),
     placement: str = typer.Option(
         "uniform", "--placement", help="uniform (every target) or spt (sensitivity-aware SPT)."
@@ -760,6 +814,16 @@ def train_command(
     model_kwargs: str | None = typer.Option(
         None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
     ),
+    mean: str | None = typer.Option(
+        None,
+        "--mean",
+        help="Normalisation mean per channel, e.g. 0.485,0.456,0.406 (one value with "
+        "in_chans 1; default: the backbone's timm config); recorded in the adapter and ONNX.",
+    ),
+    std: str | None = typer.Option(
+        None, "--std", help="Normalisation std per channel, as --mean (default: timm config)."
+    ),
+    threads: Threads = None,
     epochs: int | None = typer.Option(
         None, "--epochs", help="Epochs, warm-up and cool-down included [recipe: 110]."
     ),
@@ -791,6 +855,13 @@ def train_command(
 ):
     """Train adapters (and the head) on labelled images with the KARST recipe.
 
+    Images: 8-bit and 16-bit, grayscale, palette, CMYK and alpha images are read at their
+    own range into [0, 1] (alpha composited over black), resized to the backbone's input
+    size (bicubic, square, aspect ratio not kept), then normalised with --mean/--std.
+    A grayscale image is repeated into R, G, B for an RGB backbone; with --model-kwargs
+    '{"in_chans": 1}' images are reduced to one luma channel (BT.601) instead. The class
+    names (sorted sub-folders of train/) are recorded in the adapter.
+
     Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel).
     """
     check_flags(
@@ -806,6 +877,7 @@ def train_command(
         seed=seed,
         num_workers=num_workers,
     )
+    _use_threads(threads)
     from karst_deploy.placement import training_adapter
     from karst_deploy.train import TrainConfig, train_adapters
     from karst_deploy.train.recipe import apply_recipe
@@ -842,8 +914,11 @@ def train_command(
         data=data,
         adapter=adapter,
         checkpoint=None if checkpoint is None else str(checkpoint),
+        pretrained=pretrained,
         model_kwargs=_parse_model_kwargs(model_kwargs) or {},
         img_size=img_size,
+        mean=_parse_floats(mean, "--mean"),
+        std=_parse_floats(std, "--std"),
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
@@ -916,6 +991,9 @@ def sensitivity_command(
     plot: Path | None = typer.Option(
         None, "--plot", help="Also write a PNG of each matrix's share of the sensitivity."
     ),
+    mean: str | None = typer.Option(None, "--mean", help="As train --mean."),
+    std: str | None = typer.Option(None, "--std", help="As train --std."),
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Overwrite --out (and --plot)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -924,6 +1002,7 @@ def sensitivity_command(
     The scores feed `train --placement spt --scores FILE`.
     """
     check_flags(batches=batches, batch_size=batch_size, seed=seed, img_size=img_size)
+    _use_threads(threads)
     from karst_deploy.placement import sensitivity_for_backbone
 
     summary = sensitivity_for_backbone(
@@ -940,6 +1019,8 @@ def sensitivity_command(
         force=force,
         progress=not as_json,
         plot=plot,
+        mean=_parse_floats(mean, "--mean"),
+        std=_parse_floats(std, "--std"),
     )
     if as_json:
         print_json(summary)
@@ -956,11 +1037,13 @@ def convert_precision_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Convert an fp32 ONNX to fp16, or calibrate it to symmetric int8 QDQ (for TensorRT)."""
     check_flags(calib_samples=calib_samples)
+    _use_threads(threads)
     from karst_deploy.precision import convert_precision
 
     result = convert_precision(
@@ -989,14 +1072,13 @@ def demo_command(
         False, "--quick", help="Reduced mode for tests/CI: shorter training, fewer bench rounds."
     ),
     seed: int = typer.Option(0, "--seed", help="Seeds adapter training, parity and bench inputs."),
-    threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for PyTorch and ONNX Runtime [default: theirs]."
-    ),
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of tables."),
 ):
     """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
     check_flags(seed=seed, threads=threads)
+    threads = _use_threads(threads)
     from karst_deploy.pipeline import run_demo, summary_tables
 
     result = run_demo(out, quick=quick, seed=seed, force=force, threads=threads)

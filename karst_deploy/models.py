@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -459,6 +460,37 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "'state_dict' and 'model')."
         )
     return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def infer_from_checkpoint(
+    name: str, checkpoint: str | os.PathLike[str], **timm_kwargs: Any
+) -> dict[str, int]:
+    """The class count and, where a learned position embedding fixes it, the input size
+    that the checkpoint of backbone `name` was trained with (keys ``num_classes``,
+    ``img_size``; a key is absent when the file does not say).
+
+    The class count is the first dimension of the classifier's weight; the input size is
+    the patch size times the side of the square patch grid the position embedding holds
+    (after the class/register tokens). Only shapes are read; nothing is built in memory.
+    """
+    if Path(checkpoint).suffix.lower() in (".npz", ".npy"):
+        return {}
+    state = read_state_dict(checkpoint)
+    model = skeleton(name, **timm_kwargs)
+    found: dict[str, int] = {}
+    weights = [n for n in classifier_parameter_names(model) if n.endswith("weight")]
+    if weights and weights[0] in state and state[weights[0]].ndim == 2:
+        found["num_classes"] = int(state[weights[0]].shape[0])
+    pos_embed = state.get("pos_embed")
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if pos_embed is not None and pos_embed.ndim == 3 and isinstance(patch, int):
+        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        cells = int(pos_embed.shape[1]) - prefix
+        side = math.isqrt(cells) if cells > 0 else 0
+        if side > 0 and side * side == cells and side * patch <= MAX_IMG_SIZE:
+            found["img_size"] = side * patch
+    return found
 
 
 def classifier_parameter_names(model: nn.Module) -> list[str]:

@@ -531,6 +531,7 @@ def write_merged_checkpoint(
 
     refuse_existing(Path(out), force)
     file = AdapterFile(adapter_dir)
+    merged_checkpoint_format(out)  # before the work
     if backbone is not None and backbone != file.backbone.name:
         raise AdapterFileError(
             f"--backbone is '{backbone}' but {file.config_path} was trained on "
@@ -540,19 +541,45 @@ def write_merged_checkpoint(
     return save_merged_checkpoint(merged, out, spec=file.backbone, method=file.method, force=force)
 
 
+#: Merged checkpoint formats by --out suffix: safetensors, or a torch.save'd state dict.
+MERGED_FORMATS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch"}
+
+
+def merged_checkpoint_format(out: str | os.PathLike[str]) -> str:
+    """The format `out`'s suffix asks for (`MERGED_FORMATS`); InputError for any other."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in MERGED_FORMATS:
+        raise InputError(
+            f"--out '{out}' has suffix '{suffix}'; a merged checkpoint is written as "
+            "safetensors (.safetensors) or a torch state dict (.pth, .pt, .bin), chosen by "
+            "the suffix."
+        )
+    return MERGED_FORMATS[suffix]
+
+
 def save_merged_checkpoint(
     merged: nn.Module, out: str | os.PathLike[str], *, spec: BackboneSpec, method: str, force: bool
 ) -> dict[str, Any]:
-    """Write a merged model's state dict as safetensors (atomically) and describe the file."""
+    """Write a merged model's state dict (atomically) in the format `out`'s suffix names.
+
+    ``.safetensors``: safetensors; ``.pth``/``.pt``/``.bin``: ``torch.save`` of a plain
+    ``{name: tensor}`` dict (loads with ``torch.load(weights_only=True)`` and timm's
+    ``checkpoint_path``).
+    """
     from safetensors.torch import save_file
 
     from karst_deploy.files import atomic_output
 
+    kind = merged_checkpoint_format(out)
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     with atomic_output(out, force=force) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
+        if kind == "safetensors":
+            save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
+        else:
+            torch.save({k: v.clone() for k, v in state.items()}, tmp)
     return {
         "out": str(out),
+        "format": kind,
         "backbone": spec.name,
         "method": method,
         "tensors": len(state),

@@ -89,6 +89,8 @@ class ExportResult:
     layer_norm_ops: int
     check: dict[str, Any]
     seconds: float
+    # Backbone sizes read from --checkpoint because they were not given (--no-adapter).
+    inferred: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -115,16 +117,19 @@ def export_onnx(
 
     With `adapter`, the backbone is the one its adapter_config.json names (`backbone`, if
     given, must agree); without, it is built from `backbone`, `num_classes`, `img_size` and
-    `model_kwargs`, and so is it for a Hugging Face PEFT `adapter` (which records none;
+    `model_kwargs` (with a `checkpoint`, a class count or input size not given is read from
+    it: `karst_deploy.models.infer_from_checkpoint`, reported in ``inferred``), and so is it
+    for a Hugging Face PEFT `adapter` (which records none;
     `num_classes` then defaults to the head stored in it). `batch=None` exports a dynamic
     batch axis named ``batch``. `pretrained` (the user's --pretrained) lets timm download
     its pretrained weights for the backbone.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
     from karst_deploy.adapters.peft_format import is_peft_directory, load_peft_model
-    from karst_deploy.models import create_model
+    from karst_deploy.models import create_model, infer_from_checkpoint
 
     refuse_existing(Path(out), force)  # before minutes of work, not after
+    inferred: dict[str, int] = {}
     if adapter is not None and is_peft_directory(adapter):
         # PEFT records no backbone: it comes from the flags, num_classes from the stored head.
         model = load_peft_model(
@@ -170,6 +175,15 @@ def export_onnx(
                     f"{kwargs['img_size']}."
                 )
             img_size = kwargs.pop("img_size")
+        if checkpoint is not None and (num_classes is None or img_size is None):
+            found = infer_from_checkpoint(backbone, checkpoint, **kwargs)
+            inferred = {
+                key: value
+                for key, value in found.items()
+                if {"num_classes": num_classes, "img_size": img_size}[key] is None
+            }
+            num_classes = inferred.get("num_classes", num_classes)
+            img_size = inferred.get("img_size", img_size)
         model = create_model(
             backbone,
             num_classes,
@@ -178,7 +192,7 @@ def export_onnx(
             pretrained=pretrained,
             **kwargs,
         )
-    return export_model(
+    result = export_model(
         model,
         out,
         unmerged=unmerged,
@@ -187,6 +201,9 @@ def export_onnx(
         batch=batch,
         force=force,
     )
+    if inferred:
+        result.inferred = inferred
+    return result
 
 
 def export_model(

@@ -1,0 +1,87 @@
+"""How many CPU threads a compute command uses: one policy, for PyTorch and ONNX Runtime alike.
+
+PyTorch and ONNX Runtime default to one thread per core of the machine. On a machine whose
+cores are busy with other work that collapses: threads that spin-wait at every parallel
+region for a core another process holds make train, export, sensitivity and the demo 5–35×
+slower (ENVIRONMENT.md; `benchmarks/cpu_threads.py` measures it). So the default is the
+cores this process may run on (``os.sched_getaffinity``: a container or ``taskset`` limit)
+minus the cores other work keeps busy (the one-minute load average, read before we start),
+never fewer than one. ``--threads N`` overrides it; ``KARST_DEPLOY_THREADS`` sets the
+default for every command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from karst_deploy.errors import InputError
+
+ENVIRONMENT_VARIABLE = "KARST_DEPLOY_THREADS"
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The thread count chosen and why (recorded by commands that write a report)."""
+
+    threads: int
+    reason: str
+    cores: int  # cores this process may run on
+    load: float | None  # one-minute load average when chosen (None where unknown)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity; the CPU count where unknown)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def choose_threads(requested: int | None = None) -> ThreadChoice:
+    """The thread count for compute: `requested` if given, else the policy of the module doc."""
+    cores = available_cores()
+    load = None
+    with contextlib.suppress(AttributeError, OSError):
+        load = os.getloadavg()[0]
+    if requested is None:
+        text = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+        if text:
+            if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
+                raise InputError(
+                    f"{ENVIRONMENT_VARIABLE} is {text[:40]!r}; expected a thread count from 1 "
+                    f"to {MAX_THREADS}."
+                )
+            return ThreadChoice(int(text), f"{ENVIRONMENT_VARIABLE}={text}", cores, load)
+    if requested is not None:
+        if isinstance(requested, bool) or not 1 <= requested <= MAX_THREADS:
+            raise InputError(
+                f"--threads is {requested!r}; expected a thread count from 1 to {MAX_THREADS}."
+            )
+        return ThreadChoice(requested, "--threads", cores, load)
+    if load is None:
+        return ThreadChoice(cores, f"{cores} available core(s)", cores, load)
+    busy = min(cores, math.floor(load + 0.5))  # cores other work keeps busy, rounded
+    threads = max(1, cores - busy)
+    reason = f"{cores} available core(s), load average {load:.1f}: {threads} free"
+    return ThreadChoice(threads, reason, cores, load)
+
+
+@contextlib.contextmanager
+def compute_threads(requested: int | None = None) -> Iterator[ThreadChoice]:
+    """Run the body with PyTorch on `choose_threads(requested)` threads, restored afterwards.
+
+    Pass ``choice.threads`` on to ONNX Runtime sessions (their intra-op thread count).
+    """
+    import torch
+
+    choice = choose_threads(requested)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(choice.threads)
+    try:
+        yield choice
+    finally:
+        torch.set_num_threads(previous)
