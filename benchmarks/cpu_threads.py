@@ -97,6 +97,7 @@ def main() -> None:
                     capture_output=True, text=True, env=environment, check=True,
                 )  # fmt: skip
                 samples[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+                print(f"  {name}: {samples[name][-1]}", file=sys.stderr, flush=True)
 
     summary = {}
     base = {

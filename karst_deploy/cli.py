@@ -1120,6 +1120,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main() -> None:
     from karst_deploy.interrupts import exit_on_interrupt
+    from karst_deploy.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch starts OpenMP (karst_deploy.threads)
 
     with exit_on_interrupt(restore=False):  # SIGINT/SIGTERM: 130, temporaries removed
         sys.exit(run())
