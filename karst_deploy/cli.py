@@ -146,13 +146,9 @@ def _use_threads(requested: int | None) -> int:
     """Set PyTorch's threads for this command (`karst_deploy.threads` policy); the count,
     which commands pass on to ONNX Runtime."""
     check_flags(threads=requested)
-    import torch
+    from karst_deploy.threads import apply_threads
 
-    from karst_deploy.threads import choose_threads
-
-    chosen = choose_threads(requested).threads
-    torch.set_num_threads(chosen)
-    return chosen
+    return apply_threads(requested).threads
 
 
 #: Sane ranges of the numeric flags, flag -> (low, high); checked before any work starts.

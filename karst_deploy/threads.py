@@ -81,17 +81,25 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
     return ThreadChoice(threads, reason, cores, load)
 
 
-@contextlib.contextmanager
-def compute_threads(requested: int | None = None) -> Iterator[ThreadChoice]:
-    """Run the body with PyTorch on `choose_threads(requested)` threads, restored afterwards.
+def apply_threads(requested: int | None = None) -> ThreadChoice:
+    """Set PyTorch to `choose_threads(requested)` threads (a command's whole run).
 
     Pass ``choice.threads`` on to ONNX Runtime sessions (their intra-op thread count).
     """
     import torch
 
     choice = choose_threads(requested)
-    previous = torch.get_num_threads()
     torch.set_num_threads(choice.threads)
+    return choice
+
+
+@contextlib.contextmanager
+def compute_threads(requested: int | None = None) -> Iterator[ThreadChoice]:
+    """`apply_threads` for the body only; PyTorch's previous count is restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    choice = apply_threads(requested)
     try:
         yield choice
     finally:
