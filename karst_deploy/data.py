@@ -2,7 +2,10 @@
 
 Every source is opened with `open_images(source, split, img_size, mean, std)` and yields
 ``(image, label)`` pairs: float32 CHW tensors resized to the backbone's input size and
-normalised, and integer labels. Used by training, `verify-parity --data`, and INT8
+normalised, and integer labels. Pixels are read by `read_image` at their own range (8- and
+16-bit, palette, CMYK; alpha composited over black) and converted by `preprocess` (bicubic
+resize to a square, C = len(mean) channels: grayscale repeated for RGB backbones, colour
+reduced to luma for one-channel ones). Used by training, `verify-parity --data`, and INT8
 calibration alike, so all three see identical preprocessing.
 
 Sources
@@ -123,7 +126,7 @@ class LabelledImages(torch.utils.data.Dataset):
         return dataclasses.replace(self, classes=classes, items=items)
 
     def batch(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `count` images (all by default) as one ``(N, 3, H, W)`` tensor and labels."""
+        """The first `count` images (all by default) as one ``(N, C, H, W)`` tensor and labels."""
         count = len(self) if count is None else min(count, len(self))
         pairs = [self[i] for i in range(count)]
         return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
