@@ -161,6 +161,26 @@ Pretrained = Annotated[
 ]
 
 
+#: CPU threads of every compute command; the default is `karst_deploy.threads`'s policy.
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads for PyTorch and ONNX Runtime (default: the available cores minus "
+        "those the load average shows busy, at least 1; KARST_DEPLOY_THREADS sets it).",
+    ),
+]
+
+
+def _use_threads(requested: int | None) -> int:
+    """Set PyTorch's threads for this command (`karst_deploy.threads` policy); the count,
+    which commands pass on to ONNX Runtime."""
+    check_flags(threads=requested)
+    from karst_deploy.threads import apply_threads
+
+    return apply_threads(requested).threads
+
+
 #: Sane ranges of the numeric flags, flag -> (low, high); checked before any work starts.
 SEED_MAX = 2**32 - 1
 FLAG_RANGES: dict[str, tuple[float, float]] = {
@@ -325,7 +345,9 @@ def merge_command(
     adapter: Path = typer.Option(
         ..., "--adapter", help="Adapter directory (adapter_config.json + adapter.safetensors)."
     ),
-    out: Path = typer.Option(..., "--out", help="Merged checkpoint to write (.safetensors)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Merged checkpoint to write: .safetensors, or .pth/.pt/.bin (torch)."
+    ),
     backbone: str | None = typer.Option(
         None, "--backbone", help="timm name; checked against the adapter's (PEFT: required)."
     ),
@@ -339,11 +361,16 @@ def merge_command(
         None, "--model-kwargs", help="PEFT adapter only: extra timm arguments as JSON."
     ),
     pretrained: Pretrained = False,
+    threads: Threads = None,
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
 ):
-    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint."""
+    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint.
+
+    The format follows --out's suffix: .safetensors, or .pth/.pt/.bin (torch.save state dict).
+    """
+    _use_threads(threads)
     from karst_deploy.adapters.merging import MergeOptions, merge_adapter_directory
     from karst_deploy.report.tables import key_value_table
 
@@ -535,6 +562,21 @@ CalibCache = Annotated[
 ]
 
 
+def _parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """``0.5,0.5,0.5`` -> (0.5, 0.5, 0.5); the model checks count and range."""
+    from karst_deploy.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"{flag} is '{clip(text)}'; expected numbers separated by commas, e.g. "
+            "0.485,0.456,0.406 (one per input channel)."
+        ) from None
+
+
 def parse_kwargs(text: str | None) -> dict[str, Any] | None:
     """``--model-kwargs`` JSON -> the allow-listed timm keyword arguments."""
     from karst_deploy.jsonfile import parse_object
@@ -594,12 +636,14 @@ def export_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
+    threads: Threads = None,
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
 ):
     """Merge an adapter into its backbone and export one checked ONNX file with provenance."""
     check_flags(num_classes=num_classes, img_size=img_size, calib_samples=calib_samples)
+    _use_threads(threads)
     from karst_deploy.export import ExportOptions, export_in_precision, parse_onnx_batch
     from karst_deploy.precision import CalibrationOptions
     from karst_deploy.report.tables import key_value_table
@@ -648,7 +692,7 @@ def verify_parity_command(
         None, "--atol", help="Replace atol_scale: max abs diff <= ATOL x max(1, max|ref|)."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per inference call."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per runtime."),
+    threads: Threads = None,
     engine: Path | None = typer.Option(
         None, "--engine", help="TensorRT engine built from --onnx: a stage after ONNX Runtime."
     ),
@@ -676,6 +720,7 @@ def verify_parity_command(
     if atol is not None and not (math.isfinite(atol) and atol > 0):
         raise InputError(f"--atol must be a finite positive number, got {atol}.")
     refuse_outputs(force, json_out)
+    threads = _use_threads(threads)
     report = verify_parity(
         onnx, adapter, backbone=backbone, checkpoint=checkpoint, pretrained=pretrained,
         data=data, split=split, samples=samples, images=images, seed=seed, atol_scale=atol,
@@ -728,7 +773,7 @@ def bench_command(
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph", help="tensorrt runner: replay one CUDA graph per batch size."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per model."),
+    threads: Threads = None,
     rounds: int = typer.Option(50, "--rounds", help="Measured rounds per batch size."),
     warmup: int = typer.Option(5, "--warmup", help="Unmeasured rounds per session first."),
     sessions: int = typer.Option(
@@ -759,6 +804,7 @@ def bench_command(
     from karst_deploy.report.render import note
     from karst_deploy.report.tables import bench_table, verdict_lines
 
+    threads = _use_threads(threads)
     refuse_outputs(force, json_out, plot)
     request = BenchRequest(
         onnx, baseline, unmerged, fp16, int8, parse_batch_sizes(batch_sizes), runner, copies,
@@ -796,6 +842,9 @@ def train_command(
         ..., "--out", help="Adapter directory to write (with train_log.json inside)."
     ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    pretrained: bool = typer.Option(
+        False, "--pretrained", help="Start from timm's own pretrained weights (needs its hub)."
+    ),
     method: str = typer.Option("karst", "--method", help="karst, kadaptation, lora or linear."),
     factor: int | None = typer.Option(None, "--factor", help="karst: Kronecker factor [8]."),
     rank: int | None = typer.Option(None, "--rank", help="karst, lora: rank [8]."),
@@ -825,7 +874,8 @@ def train_command(
         "vtab",
         "--recipe",
         help="Official preset: vtab (100 cosine + 10 epochs at min lr), few-shot (karst N=2, "
-        "LayerNorms trained), swin (karst N=2, stage ranks 2,2,4,8). Explicit flags win.",
+        "LayerNorms trained), swin (karst N=2, stage ranks 2,2,4,8); or quick, for a first try "
+        "on a CPU (10 epochs, 1 warm-up; karst 2 kernels, kadaptation 4). Explicit flags win.",
     ),
     placement: str = typer.Option(
         "uniform", "--placement", help="uniform (every target) or spt (sensitivity-aware SPT)."
@@ -853,6 +903,16 @@ def train_command(
     model_kwargs: str | None = typer.Option(
         None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
     ),
+    mean: str | None = typer.Option(
+        None,
+        "--mean",
+        help="Normalisation mean per channel, e.g. 0.485,0.456,0.406 (one value with "
+        "in_chans 1; default: the backbone's timm config); recorded in the adapter and ONNX.",
+    ),
+    std: str | None = typer.Option(
+        None, "--std", help="Normalisation std per channel, as --mean (default: timm config)."
+    ),
+    threads: Threads = None,
     epochs: int | None = typer.Option(
         None, "--epochs", help="Epochs, warm-up and cool-down included [recipe: 110]."
     ),
@@ -885,6 +945,13 @@ def train_command(
 ):
     """Train adapters (and the head) on labelled images with the KARST recipe.
 
+    Images: 8-bit and 16-bit, grayscale, palette, CMYK and alpha images are read at their
+    own range into [0, 1] (alpha composited over black), resized to the backbone's input
+    size (bicubic, square, aspect ratio not kept), then normalised with --mean/--std.
+    A grayscale image is repeated into R, G, B for an RGB backbone; with --model-kwargs
+    '{"in_chans": 1}' images are reduced to one luma channel (BT.601) instead. The class
+    names (sorted sub-folders of train/) are recorded in the adapter.
+
     Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel).
     """
     check_flags(
@@ -895,6 +962,7 @@ def train_command(
     from karst_deploy.report.tables import train_tables
     from karst_deploy.train.options import TrainOptions, train_with_options
 
+    _use_threads(threads)
     refuse_outputs(force, json_out)
     options = TrainOptions(
         backbone, data, checkpoint, method, factor, rank, kernels, alpha, rescale, scale,
@@ -902,7 +970,8 @@ def train_command(
         budget_rule, scores,
         img_size, parse_kwargs(model_kwargs) or {}, epochs, batch_size, lr, weight_decay,
         warmup_epochs, cooldown_epochs, warmup_lr, min_lr, drop_path, seed, num_workers, device,
-        amp, strict_images,
+        amp, strict_images, pretrained=pretrained, mean=_parse_floats(mean, "--mean"),
+        std=_parse_floats(std, "--std"),
     )  # fmt: skip
     result = train_with_options(options, out, force=force)
     if not result.is_main:
@@ -943,6 +1012,9 @@ def sensitivity_command(
     plot: Path | None = typer.Option(
         None, "--plot", help="Also write a PNG of each matrix's share of the sensitivity."
     ),
+    mean: str | None = typer.Option(None, "--mean", help="As train --mean."),
+    std: str | None = typer.Option(None, "--std", help="As train --std."),
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Overwrite --out (and --plot)."),
     as_json: AsJson = False,
     json_out: JsonOut = None,
@@ -952,6 +1024,7 @@ def sensitivity_command(
     The scores feed `train --placement spt --scores FILE`.
     """
     check_flags(batches=batches, batch_size=batch_size, seed=seed, img_size=img_size)
+    _use_threads(threads)
     from karst_deploy.placement import sensitivity_for_backbone
     from karst_deploy.report.tables import key_value_table
 
@@ -960,6 +1033,7 @@ def sensitivity_command(
         backbone, data, out, checkpoint=checkpoint, img_size=img_size,
         model_kwargs=parse_kwargs(model_kwargs), batches=batches, batch_size=batch_size,
         seed=seed, shuffle_seed=shuffle_seed, force=force, progress=True,
+        mean=_parse_floats(mean, "--mean"), std=_parse_floats(std, "--std"),
     )  # fmt: skip
     if plot is not None:  # drawn from the scores file just written
         from karst_deploy.placement import load_scores
@@ -986,12 +1060,14 @@ def convert_precision_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
+    threads: Threads = None,
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
 ):
     """Convert an fp32 ONNX to fp16, or calibrate it to symmetric int8 QDQ (for TensorRT)."""
     check_flags(calib_samples=calib_samples)
+    _use_threads(threads)
     from karst_deploy.precision import CalibrationOptions, convert_precision
     from karst_deploy.report.tables import key_value_table
 
@@ -1015,15 +1091,14 @@ def demo_command(
         False, "--quick", help="Reduced mode for tests/CI: shorter training, fewer bench rounds."
     ),
     seed: int = typer.Option(0, "--seed", help="Seeds adapter training, parity and bench inputs."),
-    threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for PyTorch and ONNX Runtime (default: theirs)."
-    ),
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of tables."),
     json_out: JsonOut = None,
 ):
     """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
     check_flags(seed=seed, threads=threads)
+    threads = _use_threads(threads)
     from karst_deploy.pipeline import run_demo
     from karst_deploy.report.render import note
     from karst_deploy.report.tables import demo_tables
@@ -1067,6 +1142,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main() -> None:
     from karst_deploy.interrupts import exit_on_interrupt
+    from karst_deploy.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch starts OpenMP (karst_deploy.threads)
 
     with exit_on_interrupt(restore=False):  # SIGINT/SIGTERM: 130, temporaries removed
         sys.exit(run())

@@ -10,8 +10,10 @@ from typing import Any
 
 TENSORRT_HINT = (
     "On a Jetson, TensorRT comes with JetPack: create the virtual environment with "
-    "--system-site-packages so it sees JetPack's tensorrt module. On a desktop GPU: "
-    "pip install 'karst-deploy[tensorrt]' (pulls NVIDIA's tensorrt wheels)."
+    "--system-site-packages so it sees JetPack's tensorrt module. On a desktop GPU, from the "
+    "karst-deploy checkout (karst-deploy is not on PyPI, so 'karst-deploy[tensorrt]' means "
+    "the checkout's extra): pip install -e '.[tensorrt]', or pip install 'tensorrt>=10' "
+    "into the same environment (its wheels fetch NVIDIA's libraries from pypi.nvidia.com)."
 )
 CUDA_HINT = (
     "PyTorch sees no CUDA GPU. On a Jetson install NVIDIA's PyTorch wheel for your JetPack "

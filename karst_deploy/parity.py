@@ -199,10 +199,10 @@ def run_stages(
     )
 
 
-def random_inputs(samples: int, img_size: int, seed: int = 0) -> InputSet:
+def random_inputs(samples: int, img_size: int, seed: int = 0, channels: int = 3) -> InputSet:
     """Seeded standard-normal images: the scale of normalised pixels."""
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((samples, 3, img_size, img_size), dtype=np.float32)
+    images = rng.standard_normal((samples, channels, img_size, img_size), dtype=np.float32)
     return InputSet("random", images, description={"seed": seed})
 
 
@@ -214,18 +214,28 @@ def image_inputs(
     mean: Sequence[float],
     std: Sequence[float],
     num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> InputSet:
     """Up to `samples` labelled images, evenly spaced over the split (so every class appears).
 
-    With `num_classes` (the model's head), data with another number of classes is refused:
-    its labels would be compared with outputs that mean other classes.
+    With `classes` (the names of the model's outputs, recorded at training), the data's
+    images of those classes are taken and relabelled to the model's order; data lacking
+    one of them is refused. Without (an adapter that predates the record), data whose class
+    count differs from `num_classes` (the model's head) is refused: its labels would be
+    compared with outputs that mean other classes.
     """
     from karst_deploy.data import has_split, open_images
 
     if split is None:
         split = "test" if has_split(source, "test") else "val"
     data = open_images(source, split, img_size, mean, std)
-    if num_classes is not None and data.num_classes != num_classes:
+    selected = None
+    if classes is not None:
+        before = data.num_classes
+        data = data.select_classes(classes, "--data")
+        if data.num_classes != before:
+            selected = list(classes)
+    elif num_classes is not None and data.num_classes != num_classes:
         raise InputError(
             f"data '{source}' has {data.num_classes} classes but the model's head has "
             f"{num_classes}: its labels do not name the model's outputs. Pass the data the "
@@ -238,12 +248,10 @@ def image_inputs(
     pairs = [data[int(i)] for i in index]
     images = np.stack([image.numpy() for image, _ in pairs]).astype(np.float32)
     labels = np.array([label for _, label in pairs], dtype=np.int64)
-    return InputSet(
-        "images",
-        images,
-        labels,
-        {"source": str(source), "split": split, "skipped": len(data.skipped)},
-    )
+    description = {"source": str(source), "split": split, "skipped": len(data.skipped)}
+    if selected is not None:
+        description["classes_selected"] = selected
+    return InputSet("images", images, labels, description)
 
 
 def _runner_stages(
@@ -317,7 +325,7 @@ def verify_parity(
     appends a stage that runs `onnx` on that runner (``Runner.from_file``), judged by the
     tolerance of the graph's precision.
     """
-    from karst_deploy.adapters import load_adapted_model, merge
+    from karst_deploy.adapters import AdapterFile, load_adapted_model, merge
     from karst_deploy.adapters.peft_format import is_peft_directory, peft_parity_models
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from karst_deploy.backends.torch import TorchRunner
@@ -362,6 +370,7 @@ def verify_parity(
     ]
     notes: list[str] = []
     first: list[Stage] = []
+    classes = None
     if is_peft_directory(adapter):  # PEFT's own forward first, when PEFT is installed
         unmerged, reference, notes = peft_parity_models(
             adapter, record, checkpoint, pretrained=pretrained
@@ -370,6 +379,7 @@ def verify_parity(
             first = [Stage("peft", TorchRunner(reference, threads=threads))]
     else:
         unmerged = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
+        classes = AdapterFile(adapter).classes
     merged = merge(unmerged)
     spec = backbone_spec(unmerged)
     stages = [
@@ -387,11 +397,25 @@ def verify_parity(
             "model); pass data (digits, an image folder or a VTAB-1k directory).",
             parameters=("data",),
         )
-    input_sets = [random_inputs(samples, spec.img_size, seed)]
+    input_sets = [random_inputs(samples, spec.img_size, seed, spec.in_chans)]
     if data is not None:
         input_sets.append(
-            image_inputs(data, split, images, spec.img_size, spec.mean, spec.std, spec.num_classes)
+            image_inputs(
+                data, split, images, spec.img_size, spec.mean, spec.std, spec.num_classes, classes
+            )
         )
+        chosen = input_sets[-1].description.get("classes_selected")
+        if chosen is not None:
+            notes.append(
+                f"--data '{data}' has more classes than the adapter; its images of the "
+                f"adapter's {len(chosen)} classes ({', '.join(chosen[:10])}) were taken and "
+                "relabelled to the adapter's order"
+            )
+        elif classes is None and not is_peft_directory(adapter):
+            notes.append(
+                "the adapter records no class names (made before karst-deploy recorded them): "
+                "--data was matched to its head by class count only"
+            )
     # The file's kind label only picks which model it is compared with: a wrong one fails.
     unmerged_file = record.get("kind") == "unmerged"
     checked = white_box(

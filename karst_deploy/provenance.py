@@ -27,8 +27,9 @@ SCHEMA: dict[str, r.Checker] = {
     "backbone": r.name,
     "img_size": r.integer(1, 4096),
     "num_classes": r.integer(1, 100_000),
-    "mean": r.list_of(r.number(-1e3, 1e3), 3),
-    "std": r.list_of(r.number(1e-6, 1e3), 3),
+    # One value per input channel: 3 (RGB), or 1 for a grayscale (in_chans 1) backbone.
+    "mean": r.either(r.list_of(r.number(-1e3, 1e3), 3), r.list_of(r.number(-1e3, 1e3), 1)),
+    "std": r.either(r.list_of(r.number(1e-6, 1e3), 3), r.list_of(r.number(1e-6, 1e3), 1)),
     "model_kwargs": r.scalars,
     "pretrained": r.boolean,
     "method": r.optional(r.name),

@@ -247,3 +247,91 @@ def test_an_atol_that_is_not_finite_and_positive_is_refused(exports):
     for atol in (float("inf"), float("nan"), -1.0, 0.0):
         with pytest.raises(InputError, match="atol_scale must be a finite positive number"):
             verify_parity(path, adapter, atol_scale=atol)
+
+
+# -- class names: the adapter's classes select or refuse the data -----------------------------
+DIGITS_5_TO_9 = ["5", "6", "7", "8", "9"]
+
+
+@pytest.fixture(scope="module")
+def five_class_export(tmp_path_factory):
+    """A KARST adapter whose head names digits 5–9 (as `train --data digits:5-9` records)."""
+    import karst_deploy as kd
+    from tests.cases import BackboneCase, adapted
+    from tests.export.artifacts import CASE
+
+    root = tmp_path_factory.mktemp("classes")
+    case = BackboneCase("vit-5", CASE.name, {**CASE.kwargs, "num_classes": 5})
+    adapter = kd.save_adapters(
+        adapted(case, "karst-channel"), root / "adapter", classes=DIGITS_5_TO_9
+    )
+    return adapter, export_onnx(root / "m.onnx", adapter=adapter).path
+
+
+def test_parity_takes_the_adapters_classes_from_a_superset(five_class_export):
+    """The README's `verify-parity --data digits` on a digits-5–9 adapter: 5–9 only."""
+    adapter, path = five_class_export
+    report = verify_parity(path, adapter, data="digits", samples=4, images=60, show_progress=False)
+    assert report.passed, report.failures
+    images = next(i for i in report.to_dict()["inputs"] if i["name"] == "images")
+    assert images["classes_selected"] == DIGITS_5_TO_9
+    assert any("adapter's 5 classes" in note for note in report.notes)
+    from karst_deploy.parity import image_inputs
+
+    chosen = image_inputs("digits", "test", 1000, 32, (0.5,) * 3, (0.5,) * 3, 5, DIGITS_5_TO_9)
+    subset = image_inputs("digits:5-9", "test", 1000, 32, (0.5,) * 3, (0.5,) * 3, 5)
+    assert sorted(set(chosen.labels.tolist())) == [0, 1, 2, 3, 4]
+    assert len(chosen.labels) == len(subset.labels)  # every test image of 5–9, relabelled
+
+
+def test_parity_refuses_data_without_the_adapters_classes(five_class_export, tmp_path):
+    from PIL import Image
+
+    adapter, path = five_class_export
+    for name in ("cat", "dog", "eel"):  # an unrelated 3-class folder
+        for split in ("train", "val"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (40, 80, 120)).save(tmp_path / split / name / "0.png")
+    for data, lacking in ((str(tmp_path), "'5', '6'"), ("digits:0-4", "'5', '6'")):
+        result = run_cli(
+            "verify-parity",
+            "--adapter",
+            str(adapter),
+            "--onnx",
+            str(path),
+            "--data",
+            data,
+            "--samples",
+            "2",
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"lacks {lacking}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_adapters_without_class_names_keep_the_class_count_check():
+    """Legacy adapters (no 'classes' key): data is matched to the head by count only."""
+    from karst_deploy.parity import image_inputs
+
+    legacy = image_inputs("digits:5-9", "test", 10, 32, (0.5,) * 3, (0.5,) * 3, 5)
+    assert legacy.description.get("classes_selected") is None
+    with pytest.raises(InputError, match="has 10 classes but the model's head has 5"):
+        image_inputs("digits", "test", 10, 32, (0.5,) * 3, (0.5,) * 3, 5)
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [(["5"] * 5, "5 distinct"), (["5", "6"], "has 2 name"), ([5, 6, 7, 8, 9], "class names")],
+)
+def test_a_bad_classes_key_is_refused(five_class_export, tmp_path, classes, message):
+    import shutil
+
+    from karst_deploy.adapters import AdapterFile
+    from karst_deploy.errors import AdapterFileError
+
+    adapter, _ = five_class_export
+    copy = shutil.copytree(adapter, tmp_path / "adapter")
+    document = json.loads((copy / "adapter_config.json").read_text())
+    document["classes"] = classes
+    (copy / "adapter_config.json").write_text(json.dumps(document))
+    with pytest.raises(AdapterFileError, match=message):
+        AdapterFile(copy)

@@ -296,6 +296,18 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.
             f"(looked for module paths ending in {suffixes}). karst-deploy adapts timm "
             "transformers whose attention and MLP use Linear layers named qkv/proj/fc1/fc2."
         )
+    unmatched = [
+        target
+        for target, suffix in zip(targets, suffixes, strict=True)
+        if not any(path.endswith(f".{suffix}") or path == suffix for path in found)
+    ]
+    if unmatched:  # a misspelling (prj) would otherwise train the other targets silently
+        raise InputError(
+            f"--targets {','.join(targets)}: {', '.join(repr(t) for t in unmatched)} "
+            f"match{'es' if len(unmatched) == 1 else ''} no nn.Linear of "
+            f"{type(model).__name__}; expected {', '.join(DEFAULT_TARGETS)} (or a module path "
+            "suffix such as attn.qkv)."
+        )
     return found
 
 

@@ -1,8 +1,11 @@
 """The version-1 adapter directory (METHODS.md, "Adapter file format").
 
-``adapter_config.json`` holds the method, its hyper-parameters and the backbone it was
-trained on; ``adapter.safetensors`` holds ``P.<method>.<name>`` tensors plus the whole
-parameters listed in ``trainable_extra`` (the classifier head). An SPT adapter adds
+``adapter_config.json`` holds the method, its hyper-parameters, the backbone it was
+trained on (with the ``mean``/``std`` its images were normalised with) and ``classes``, the
+class names of the head's outputs in order (written by `train`; adapters made before it
+have no ``classes`` key, and their head is then matched to data by class count alone);
+``adapter.safetensors`` holds ``P.<method>.<name>`` tensors plus the whole parameters
+listed in ``trainable_extra`` (the classifier head). An SPT adapter adds
 ``placement.json`` and int64 sparse-index tensors (see `karst_deploy.adapters.spt`).
 Loading validates everything before touching the model and names the first offending key.
 """
@@ -43,7 +46,16 @@ FORMAT = "karst-deploy.adapter"
 VERSION = 1
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
-HEADER_KEYS = ("format", "version", "method", "backbone", "trainable_extra", "created_by")
+HEADER_KEYS = (
+    "format",
+    "version",
+    "method",
+    "backbone",
+    "trainable_extra",
+    "created_by",
+    "classes",
+)
+MAX_CLASS_NAME = 200
 BACKBONE_KEYS = (
     "name",
     "num_classes",
@@ -51,6 +63,8 @@ BACKBONE_KEYS = (
     "checkpoint_sha256",
     "pretrained",
     "model_kwargs",
+    "mean",
+    "std",
 )
 MAX_CONFIG_BYTES = 2**20  # a config is a few hundred bytes; this bounds what a hostile one costs
 
@@ -80,9 +94,17 @@ def read_json(path: Path, max_bytes: int) -> Any:
 
 
 def save_adapters(
-    model: nn.Module, directory: str | os.PathLike[str], *, force: bool = False
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    classes: list[str] | None = None,
 ) -> Path:
-    """Write `model`'s adapters and classifier head as a version-1 adapter directory."""
+    """Write `model`'s adapters and classifier head as a version-1 adapter directory.
+
+    `classes` names the head's outputs in order (the training data's class names); parity
+    and calibration then select or check their data's classes against them.
+    """
     from safetensors.torch import save_file
 
     from karst_deploy import __version__
@@ -108,6 +130,8 @@ def save_adapters(
         "trainable_extra": extra,
         "created_by": f"karst-deploy {__version__}",
     }
+    if classes is not None:
+        document["classes"] = _parse_classes(list(classes), spec.num_classes, "save_adapters()")
     with atomic_directory(directory, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
@@ -153,6 +177,11 @@ class AdapterFile:
                 "parameters stored besides the adapter, [] for none)."
             )
         self.trainable_extra = _parse_extra(document["trainable_extra"], self.config_path)
+        self.classes: list[str] | None = None  # legacy adapters: matched by class count only
+        if "classes" in document:
+            self.classes = _parse_classes(
+                document["classes"], self.backbone.num_classes, self.config_path
+            )
         method = method_for(self.method)
         hparams = {k: v for k, v in document.items() if k not in HEADER_KEYS}
         known = {f.name for f in method.config_type.__dataclass_fields__.values()}
@@ -255,6 +284,10 @@ def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
         )
     except InputError as exc:
         raise AdapterFileError(str(exc)) from None
+    normalisation = {}
+    for key in ("mean", "std"):  # absent in older adapters: the backbone's timm default
+        if key in value:
+            normalisation[key] = _parse_normalisation(value[key], key, kwargs, source)
     return BackboneSpec(
         name=value["name"],
         num_classes=value["num_classes"],
@@ -262,7 +295,39 @@ def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
         checkpoint_sha256=sha,
         pretrained=pretrained,
         model_kwargs=kwargs,
+        **normalisation,
     )
+
+
+def _parse_normalisation(
+    value: Any, key: str, kwargs: dict[str, Any], source: Path
+) -> tuple[float, ...]:
+    from karst_deploy.models import check_normalisation
+
+    try:
+        return check_normalisation(
+            value, key, kwargs.get("in_chans", 3), f"{source}: key 'backbone.{key}'"
+        )
+    except InputError as exc:
+        raise AdapterFileError(str(exc)) from None
+
+
+def _parse_classes(value: Any, num_classes: int, source: Path | str) -> list[str]:
+    """The ``classes`` list: one distinct, non-empty name per output of the head."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and 0 < len(v) <= MAX_CLASS_NAME for v in value
+    ):
+        raise AdapterFileError(
+            f"{source}: key 'classes' must be a list of class names (strings of 1 to "
+            f"{MAX_CLASS_NAME} characters)."
+        )
+    if len(value) != num_classes or len(set(value)) != len(value):
+        raise AdapterFileError(
+            f"{source}: key 'classes' has {len(value)} name(s) ({len(set(value))} distinct); "
+            f"expected {num_classes} distinct names, one per output of the head "
+            "(backbone.num_classes)."
+        )
+    return value
 
 
 def _parse_extra(value: Any, source: Path) -> list[str]:
@@ -468,6 +533,7 @@ def write_merged_checkpoint(
 
     refuse_existing(Path(out), force)
     file = AdapterFile(adapter_dir)
+    merged_checkpoint_format(out)  # before the work
     if backbone is not None and backbone != file.backbone.name:
         raise AdapterFileError(
             f"backbone is '{backbone}' but {file.config_path} was trained on "
@@ -478,19 +544,45 @@ def write_merged_checkpoint(
     return save_merged_checkpoint(merged, out, spec=file.backbone, method=file.method, force=force)
 
 
+#: Merged checkpoint formats by --out suffix: safetensors, or a torch.save'd state dict.
+MERGED_FORMATS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch"}
+
+
+def merged_checkpoint_format(out: str | os.PathLike[str]) -> str:
+    """The format `out`'s suffix asks for (`MERGED_FORMATS`); InputError for any other."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in MERGED_FORMATS:
+        raise InputError(
+            f"--out '{out}' has suffix '{suffix}'; a merged checkpoint is written as "
+            "safetensors (.safetensors) or a torch state dict (.pth, .pt, .bin), chosen by "
+            "the suffix."
+        )
+    return MERGED_FORMATS[suffix]
+
+
 def save_merged_checkpoint(
     merged: nn.Module, out: str | os.PathLike[str], *, spec: BackboneSpec, method: str, force: bool
 ) -> dict[str, Any]:
-    """Write a merged model's state dict as safetensors (atomically) and describe the file."""
+    """Write a merged model's state dict (atomically) in the format `out`'s suffix names.
+
+    ``.safetensors``: safetensors; ``.pth``/``.pt``/``.bin``: ``torch.save`` of a plain
+    ``{name: tensor}`` dict (loads with ``torch.load(weights_only=True)`` and timm's
+    ``checkpoint_path``).
+    """
     from safetensors.torch import save_file
 
     from karst_deploy.files import atomic_output
 
+    kind = merged_checkpoint_format(out)
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     with atomic_output(out, force=force) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
+        if kind == "safetensors":
+            save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
+        else:
+            torch.save({k: v.clone() for k, v in state.items()}, tmp)
     return {
         "out": str(out),
+        "format": kind,
         "backbone": spec.name,
         "method": method,
         "tensors": len(state),

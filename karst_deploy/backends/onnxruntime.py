@@ -22,7 +22,8 @@ Provider = str | tuple[str, dict[str, Any]]
 
 GPU_HINT = (
     "GPU execution providers come with the onnxruntime-gpu package "
-    "(pip install 'karst-deploy[gpu]', which replaces onnxruntime) and need a CUDA GPU."
+    "(from the karst-deploy checkout: pip install -e '.[gpu]', which replaces onnxruntime) "
+    "and need a CUDA GPU."
 )
 
 

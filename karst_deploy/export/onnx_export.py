@@ -89,6 +89,8 @@ class ExportResult:
     layer_norm_ops: int
     check: dict[str, Any]
     seconds: float
+    # Backbone sizes read from --checkpoint because they were not given (--no-adapter).
+    inferred: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -115,16 +117,19 @@ def export_onnx(
 
     With `adapter`, the backbone is the one its adapter_config.json names (`backbone`, if
     given, must agree); without, it is built from `backbone`, `num_classes`, `img_size` and
-    `model_kwargs`, and so is it for a Hugging Face PEFT `adapter` (which records none;
+    `model_kwargs` (with a `checkpoint`, a class count or input size not given is read from
+    it: `karst_deploy.models.infer_from_checkpoint`, reported in ``inferred``), and so is it
+    for a Hugging Face PEFT `adapter` (which records none;
     `num_classes` then defaults to the head stored in it). `batch=None` exports a dynamic
     batch axis named ``batch``. `pretrained` (the user's --pretrained) lets timm download
     its pretrained weights for the backbone.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
     from karst_deploy.adapters.peft_format import is_peft_directory, load_peft_model
-    from karst_deploy.models import create_model
+    from karst_deploy.models import create_model, infer_from_checkpoint
 
     refuse_existing(Path(out), force)  # before minutes of work, not after
+    inferred: dict[str, int] = {}
     if adapter is not None and is_peft_directory(adapter):
         # PEFT records no backbone: it comes from the flags, num_classes from the stored head.
         model = load_peft_model(
@@ -171,6 +176,15 @@ def export_onnx(
                     parameters=("img_size", "model_kwargs"),
                 )
             img_size = kwargs.pop("img_size")
+        if checkpoint is not None and (num_classes is None or img_size is None):
+            found = infer_from_checkpoint(backbone, checkpoint, **kwargs)
+            inferred = {
+                key: value
+                for key, value in found.items()
+                if {"num_classes": num_classes, "img_size": img_size}[key] is None
+            }
+            num_classes = inferred.get("num_classes", num_classes)
+            img_size = inferred.get("img_size", img_size)
         model = create_model(
             backbone,
             num_classes,
@@ -179,7 +193,7 @@ def export_onnx(
             pretrained=pretrained,
             **kwargs,
         )
-    return export_model(
+    result = export_model(
         model,
         out,
         unmerged=unmerged,
@@ -188,6 +202,9 @@ def export_onnx(
         batch=batch,
         force=force,
     )
+    if inferred:
+        result.inferred = inferred
+    return result
 
 
 def export_model(
@@ -268,7 +285,7 @@ def export_model(
     network = network.eval()
     example = torch.randn(
         batch or EXAMPLE_BATCH,
-        3,
+        spec.in_chans,
         spec.img_size,
         spec.img_size,
         generator=torch.Generator().manual_seed(0),
@@ -404,10 +421,13 @@ def check_export(
         raise VerificationError(
             f"The exported graph fails onnx.checker (full_check): {exc}"
         ) from None
+    from karst_deploy.models import input_channels
+
     model = onnx.load(os.fspath(path), load_external_data=False)
     batch_dim = BATCH_AXIS if batch is None else batch
+    channels = input_channels(network)
     expected = {
-        "input": (INPUT_NAME, [batch_dim, 3, img_size, img_size]),
+        "input": (INPUT_NAME, [batch_dim, channels, img_size, img_size]),
         "output": (OUTPUT_NAME, [batch_dim, num_classes]),
     }
     actual = {
@@ -421,7 +441,11 @@ def check_export(
                 f"expected {expected[role][0]!r} with shape {expected[role][1]}."
             )
     images = torch.randn(
-        batch or CHECK_BATCH, 3, img_size, img_size, generator=torch.Generator().manual_seed(1)
+        batch or CHECK_BATCH,
+        channels,
+        img_size,
+        img_size,
+        generator=torch.Generator().manual_seed(1),
     )
     with torch.inference_mode():
         reference = network(images).float().numpy()

@@ -46,6 +46,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from karst_deploy.graph_precision import graph_precision
+from karst_deploy.models import input_channels
 from karst_deploy.onnx_file import image_input
 
 FP32_WEIGHT_RTOL = 1e-5
@@ -469,7 +470,7 @@ def reference_graph(
     else:
         example = torch.randn(
             batch or EXAMPLE_BATCH,
-            3,
+            input_channels(network),
             img_size,
             img_size,
             generator=torch.Generator().manual_seed(0),

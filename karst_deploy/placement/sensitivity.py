@@ -295,6 +295,8 @@ def sensitivity_for_backbone(
     shuffle_seed: int | None = None,
     force: bool = False,
     progress: bool = False,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Build `backbone` for `data`'s classes, compute its sensitivity, write the scores file.
 
@@ -309,7 +311,14 @@ def sensitivity_for_backbone(
     images = open_images(data, "train", 224)
     kwargs = dict(model_kwargs or {})
     kwargs.setdefault("img_size", img_size)
-    model = create_model(backbone, num_classes=images.num_classes, checkpoint=checkpoint, **kwargs)
+    model = create_model(
+        backbone,
+        num_classes=images.num_classes,
+        checkpoint=checkpoint,
+        mean=mean,
+        std=std,
+        **kwargs,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.reset_classifier(images.num_classes)  # fresh, as training starts (module docstring)

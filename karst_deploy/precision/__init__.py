@@ -92,7 +92,12 @@ def convert_precision(
         return to_fp16(source, out, force=force)
     fp32 = open_fp32_source(source)
     calibration = load_calibration(
-        calib, calib_samples, img_size=fp32.img_size, mean=fp32.mean, std=fp32.std
+        calib,
+        calib_samples,
+        img_size=fp32.img_size,
+        mean=fp32.mean,
+        std=fp32.std,
+        classes=fp32.classes,
     )
     steps = -(-len(calibration.images) // CALIBRATION_BATCH)
     with progress_bar("calibrating", steps, enabled=progress) as advance:

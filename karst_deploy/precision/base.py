@@ -93,6 +93,7 @@ class Fp32Source:
     sha256: str
     input_name: str
     img_size: int | None
+    channels: int = 3  # 1 for a grayscale (in_chans 1) backbone
 
     @property
     def mean(self) -> tuple[float, ...] | None:
@@ -102,6 +103,15 @@ class Fp32Source:
     @property
     def std(self) -> tuple[float, ...] | None:
         return tuple(self.record["std"]) if "std" in self.record else None
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names of the outputs, as the adapter recorded them at training (else None)."""
+        config = self.record.get("adapter_config") or {}
+        classes = config.get("classes")
+        if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+            return classes
+        return None
 
 
 def open_fp32_source(path: str | os.PathLike[str]) -> Fp32Source:
@@ -115,7 +125,7 @@ def open_fp32_source(path: str | os.PathLike[str]) -> Fp32Source:
             "conversions always start from fp32)."
         )
     image = source.image_input
-    if image.dtype != "float32" or image.channels != 3:
+    if image.dtype != "float32" or image.channels not in (1, 3):
         raise InputError(
             f"{source.label} should have one float32 image input [batch, 3, H, W]; its input "
             f"'{image.name}' is {image.dtype} [batch, {image.channels}, {image.height}, "
@@ -128,6 +138,7 @@ def open_fp32_source(path: str | os.PathLike[str]) -> Fp32Source:
         sha256=source.sha256,
         input_name=image.name,
         img_size=image.size or record.get("img_size"),
+        channels=image.channels,
     )
 
 

@@ -44,6 +44,13 @@ LOG_FORMAT = "karst-deploy.train_log"
 SELECTION_RULE = "highest validation accuracy; ties go to the lower validation loss"
 
 
+RANDOM_BACKBONE_WARNING = (
+    "the backbone has random weights (no --checkpoint): the adapter fits only these "
+    "weights, which are not saved; pass --checkpoint to adapt real pretrained weights "
+    "(or --pretrained for timm's own, where its hub is reachable)"
+)
+
+
 class TrainingDivergedError(KarstDeployError):
     """The loss became NaN or infinite."""
 
@@ -122,6 +129,9 @@ def build_model(
         num_classes=num_classes,
         img_size=img_size,
         checkpoint=config.checkpoint,
+        pretrained=config.pretrained,
+        mean=config.mean,
+        std=config.std,
         **kwargs,
     )
     # The head is always freshly initialised for the target classes, as in the reference
@@ -185,6 +195,12 @@ def train_adapters(
     num_classes = splits["train"].num_classes
     model = build_model(config, num_classes, splits["train"])
     spec = backbone_spec(model)
+    if progress and config.checkpoint is None and not spec.pretrained:
+        from rich.console import Console
+
+        Console(stderr=True).print(  # said before training, not only in the final log
+            f"[yellow]warning:[/] {RANDOM_BACKBONE_WARNING}", highlight=False
+        )
     splits = {k: v.preprocessed_as(spec.img_size, spec.mean, spec.std) for k, v in splits.items()}
 
     with distributed_session("cuda" if requested.startswith("cuda") else "cpu") as place:
@@ -193,7 +209,7 @@ def train_adapters(
         if out is not None and place.is_main:
             with atomic_directory(out, force=force) as staging:
                 # `staging` is our own fresh temporary directory; save_adapters replaces it.
-                save_adapters(result.model, staging, force=True)
+                save_adapters(result.model, staging, force=True, classes=splits["train"].classes)
                 write_json(staging / LOG_FILE, result.log, force=True)
             result.out = out
         place.barrier()
@@ -317,10 +333,7 @@ def _run(
     head = set(classifier_parameter_names(model))
     warnings = []
     if config.checkpoint is None and not backbone_spec(model).pretrained:
-        warnings.append(
-            "the backbone has random weights (no --checkpoint): the adapter fits only these "
-            "weights, which are not saved; pass --checkpoint to adapt real pretrained weights"
-        )
+        warnings.append(RANDOM_BACKBONE_WARNING)
     for split, data in splits.items():
         if data.skipped:
             warnings.append(

@@ -70,6 +70,9 @@ class TrainOptions:
     device: str = "auto"
     amp: bool = True
     strict_images: bool = False
+    pretrained: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def method_options(self) -> dict[str, Any]:
         """The method options as given (None where not), targets included."""

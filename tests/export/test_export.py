@@ -177,3 +177,29 @@ def test_cli_export_json_and_refusal(exported, tmp_path):
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
     neither = run_cli("export", "--out", str(tmp_path / "y.onnx"))
     assert neither.returncode == 2 and "--no-adapter" in neither.stderr
+
+
+def test_a_plain_export_reads_class_count_and_input_size_from_the_checkpoint(tmp_path):
+    """`export --no-adapter --checkpoint F` with a 10-class 48-px head: sizes from F, said so."""
+    from safetensors.torch import save_file
+
+    model = kd.create_model(
+        "vit_tiny_patch16_224", num_classes=10, img_size=48, patch_size=8, depth=1
+    )
+    checkpoint = tmp_path / "mine.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint)
+    out = tmp_path / "base.onnx"
+    result = run_cli(
+        "export", "--no-adapter", "--backbone", "vit_tiny_patch16_224", "--checkpoint",
+        str(checkpoint), "--model-kwargs", '{"patch_size": 8, "depth": 1}', "--out", str(out),
+        "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["inferred"] == {"num_classes": 10, "img_size": 48}
+    record = read_provenance(out)
+    assert (record["num_classes"], record["img_size"]) == (10, 48)
+    given = export_onnx(
+        tmp_path / "given.onnx", backbone="vit_tiny_patch16_224", checkpoint=checkpoint,
+        num_classes=10, img_size=48, model_kwargs={"patch_size": 8, "depth": 1},
+    )  # fmt: skip
+    assert given.inferred is None  # nothing to infer when both are given

@@ -43,6 +43,31 @@ def test_karst_presets_refuse_other_methods(recipe, method):
         apply_recipe(recipe, method, {}, UNSET)
 
 
+@pytest.mark.parametrize(("epochs", "warmup"), [(2, 0), (10, 1), (35, 3), (500, 10)])
+def test_an_explicit_epoch_count_scales_the_warm_up_and_records_it(epochs, warmup):
+    _, train, applied = apply_recipe("vtab", "karst", {}, {**UNSET, "epochs": epochs})
+    assert train["warmup_epochs"] == applied["warmup_epochs"] == warmup
+    TrainConfig(backbone="b", data="d", **train)  # a valid schedule (it failed for <= 10)
+    _, train, _ = apply_recipe("vtab", "karst", {}, {**UNSET, "epochs": 10, "warmup_epochs": 3})
+    assert train["warmup_epochs"] == 3  # an explicit warm-up wins
+
+
+@pytest.mark.parametrize(("method", "kernels"), [("karst", 2), ("kadaptation", 4), ("lora", None)])
+def test_the_quick_recipe_is_short_with_few_kernels(method, kernels):
+    options = {"kernels": None} if method != "lora" else {"rank": None}
+    chosen, train, applied = apply_recipe("quick", method, options, UNSET)
+    assert train == dict(epochs=10, warmup_epochs=1, cooldown_epochs=0)
+    assert chosen.get("kernels") == kernels and applied.get("kernels") == kernels
+
+
+def test_a_misspelled_target_is_refused_naming_it():
+    from karst_deploy.adapters import KarstConfig
+
+    model = kd.create_model(TINY_BACKBONE, num_classes=3, **TINY_KWARGS)
+    with pytest.raises(InputError, match=r"'prj' matches no nn.Linear"):
+        kd.add_adapters(model, KarstConfig(targets=("qkv", "prj")))
+
+
 def test_the_lr_stays_at_the_minimum_for_the_cooldown_epochs():
     config = tiny_config(epochs=4, warmup_epochs=1, cooldown_epochs=2, lr=1e-2, min_lr=1e-3)
     log = train_adapters(config, progress=False).log
