@@ -211,14 +211,13 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
     report = diagnose()
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
         return
-    trt = report.pop("tensorrt")
-    missing = report.pop("missing")
-    rows = dict(report)
-    rows["tensorrt"] = trt["version"] if trt["available"] else f"not available ({trt['reason']})"
+    rows = {k: v for k, v in report.to_dict().items() if k not in ("tensorrt", "missing")}
+    trt = report.tensorrt
+    rows["tensorrt"] = trt.version if trt.available else f"not available ({trt.reason})"
     console.print(key_value_table("karst-deploy doctor", rows))
-    for what, hint in missing.items():
+    for what, hint in report.missing.items():
         console.print(f"[yellow]{escape(what)}:[/] {escape(hint)}")
 
 
@@ -276,9 +275,9 @@ def merge_command(
             force=force,
         )
     if as_json:
-        print_json(result)
+        print_json(result.to_dict())
     else:
-        console.print(key_value_table("merged checkpoint", result))
+        console.print(key_value_table("merged checkpoint", result.to_dict()))
 
 
 @command("build-engine")
@@ -368,25 +367,25 @@ def build_engine_command(
 
     result = build_engine(onnx, out, options, force=force, progress=not as_json)
     if as_json:
-        print_json(result)
+        print_json(result.to_dict())
         return
-    precision, builder, gpu = result["precision"], result["builder"], result["gpu"]
+    precision, gpu = result.precision, result.environment
     rows = {
-        "engine": result["engine"],
-        "sidecar": result["sidecar"],
-        "TensorRT": result["tensorrt_version"],
-        "GPU": f"{gpu['name']} (compute capability {gpu['compute_capability']})",
-        "precision": f"{precision['requested']}: {precision['matching_layers']} of "
-        f"{precision['compute_layers']} GEMM/conv layers verified"
-        + ("" if precision["checked"] else " (check skipped: --no-precision-check)"),
-        "profile": {k: result["profile"][k] for k in ("min", "opt", "max")},
-        "build time": f"{builder['build_seconds']} s",
+        "engine": str(result.engine),
+        "sidecar": str(result.sidecar),
+        "TensorRT": gpu.tensorrt_version,
+        "GPU": f"{gpu.gpu_name} (compute capability {gpu.compute_capability})",
+        "precision": f"{precision.requested}: {precision.matched} of "
+        f"{len(precision.verdicts)} GEMM/conv layers verified"
+        + ("" if result.precision_checked else " (check skipped: --no-precision-check)"),
+        "profile": result.profile,
+        "build time": f"{result.build_seconds} s",
     }
-    if builder["dla_core"] is not None:
-        fallback = builder["dla_fallback_layers"]
-        rows["DLA"] = f"core {builder['dla_core']}; {len(fallback)} layer(s) fall back to the GPU"
+    if result.dla_core is not None:
+        fallback = result.dla_fallback_layers
+        rows["DLA"] = f"core {result.dla_core}; {len(fallback)} layer(s) fall back to the GPU"
     console.print(key_value_table("TensorRT engine", rows))
-    for layer in builder["dla_fallback_layers"]:
+    for layer in result.dla_fallback_layers:
         console.print(f"  GPU fallback: {escape(layer)}")
 
 
@@ -566,7 +565,10 @@ def verify_parity_command(
         None, "--engine", help="TensorRT engine built from --onnx: a stage after ONNX Runtime."
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the full report here."),
-    force: bool = typer.Option(False, "--force", help="Overwrite the --json file."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write accuracy per stage and logit-difference histograms (PNG)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite the --json / --plot files."),
 ):
     """Run the same inputs through unmerged, merged and ONNX Runtime, and compare the graph
     with a fresh export of the same model; exit 1 if any check fails."""
@@ -581,8 +583,9 @@ def verify_parity_command(
 
     if atol is not None and not (math.isfinite(atol) and atol > 0):
         raise InputError(f"--atol must be a finite positive number, got {atol}.")
-    if json_path is not None:
-        refuse_existing(json_path, force)
+    for path in (json_path, plot):
+        if path is not None:
+            refuse_existing(path, force)
     report = verify_parity(
         onnx,
         adapter,
@@ -604,8 +607,17 @@ def verify_parity_command(
         console.print(f"[yellow]note:[/] {escape(note)}")
     if report.white_box is not None:
         console.print(white_box_table(report.white_box))
+    written = []
     if json_path is not None:
         write_json(json_path, report.to_dict(), force=force)
+        written.append(f"report in {json_path}")
+    if plot is not None:
+        from karst_deploy.report_plots import plot_parity
+
+        plot_parity(report, plot, force=force)
+        written.append(f"plots in {plot}")
+    if written:  # before a failure is raised: the files are what explains it
+        console.print(f"wrote: {escape('; '.join(written))}", highlight=False, soft_wrap=True)
     report.raise_if_failed()
     console.print("[green]parity: every check passed[/]")
 
@@ -786,7 +798,12 @@ def train_command(
     strict_images: bool = typer.Option(
         False, "--strict-images", help="Fail on an unreadable image instead of skipping it."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write loss and accuracy curves per epoch (PNG)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite --out (and --plot) if they exist."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the training log as JSON."),
 ):
     """Train adapters (and the head) on labelled images with the KARST recipe.
@@ -858,39 +875,50 @@ def train_command(
         recipe={"name": recipe, "set": applied},
         **schedule,
     )
+    if plot is not None:
+        from karst_deploy.files import refuse_existing
+
+        refuse_existing(plot, force)  # before training, not after it
     result = train_adapters(config, out, force=force)
     if not result.is_main:
         return
     log = result.log
+    written = [f"adapter and train_log.json in {result.out}"]
+    if plot is not None:
+        from karst_deploy.report_plots import plot_training
+
+        plot_training(log, plot, force=force)
+        written.append(f"curves in {plot}")
     if as_json:
-        print_json({"out": str(result.out), **log})
+        print_json({"out": str(result.out), **log.to_dict()})
         return
     table = Table(title=f"{method} on {data}", title_justify="left")
     for column in ("epoch", "train loss", "val loss", "val acc", "lr", "seconds"):
         table.add_column(column, justify="right")
-    for row in log["epochs"]:
-        mark = " *" if row["epoch"] == log["best_epoch"] else ""
+    for row in log.epochs:
+        mark = " *" if row.epoch == log.best_epoch else ""
         table.add_row(
-            f"{row['epoch']}{mark}",
-            f"{row['train_loss']:.4f}",
-            f"{row['val_loss']:.4f}",
-            f"{row['val_accuracy']:.4f}",
-            f"{row['lr']:.2e}",
-            f"{row['seconds']:.1f}",
+            f"{row.epoch}{mark}",
+            f"{row.train_loss:.4f}",
+            f"{row.val_loss:.4f}",
+            f"{row.val_accuracy:.4f}",
+            f"{row.lr:.2e}",
+            f"{row.seconds:.1f}",
         )
     console.print(table)
-    test = log["test_accuracy"]
+    test = log.test_accuracy
     summary = {
         "adapter directory": str(result.out),
-        "best epoch (on val)": f"{log['best_epoch']} (* above)",
-        "val accuracy": f"{log['best_val_accuracy']:.4f}",
+        "best epoch (on val)": f"{log.best_epoch} (* above)",
+        "val accuracy": f"{log.best_val_accuracy:.4f}",
         "test accuracy": "no test split" if test is None else f"{test:.4f} (reported only)",
-        "trainable parameters": log["trainable_parameters"],
-        "skipped images": log["data"]["skipped_images"],
+        "trainable parameters": log.trainable_parameters.to_dict(),
+        "skipped images": log.data.skipped_images,
     }
     console.print(key_value_table("trained", summary))
-    for warning in log["warnings"]:
+    for warning in log.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+    console.print(f"wrote: {escape('; '.join(written))}", highlight=False, soft_wrap=True)
 
 
 @command("sensitivity")
@@ -997,7 +1025,8 @@ def demo_command(
 ):
     """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
     check_flags(seed=seed, threads=threads)
-    from karst_deploy.pipeline import run_demo, summary_tables
+    from karst_deploy.demo import run_demo
+    from karst_deploy.demo.report import summary_tables
 
     result = run_demo(out, quick=quick, seed=seed, force=force, threads=threads)
     if as_json:
@@ -1007,6 +1036,14 @@ def demo_command(
             console.print(table)
         if result.settings.note:
             console.print(f"[yellow]note:[/] {escape(result.settings.note)}")
+    if not as_json:
+        files = len(result.artifacts) + 1  # with demo.json
+        console.print(
+            f"wrote: {files} files (demo.json, demo.png, ONNX models, adapter) in "
+            f"{escape(str(out))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     result.raise_if_failed()
     if not as_json:
         console.print(f"[green]demo passed[/]: report in {escape(str(out))}")

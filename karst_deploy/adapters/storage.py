@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -456,7 +457,7 @@ def write_merged_checkpoint(
     backbone: str | None = None,
     pretrained: bool = False,
     force: bool = False,
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """Merge an adapter directory into its backbone and write the full state dict.
 
     The file loads with ``timm.create_model(name, num_classes=..., checkpoint_path=out)``.
@@ -475,9 +476,24 @@ def write_merged_checkpoint(
     return save_merged_checkpoint(merged, out, spec=file.backbone, method=file.method, force=force)
 
 
+@dataclass(frozen=True)
+class MergedCheckpoint:
+    """A written merged checkpoint: where, what, and the timm call that loads it."""
+
+    out: str
+    backbone: str
+    method: str
+    tensors: int
+    parameters: int
+    load_with: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def save_merged_checkpoint(
     merged: nn.Module, out: str | os.PathLike[str], *, spec: BackboneSpec, method: str, force: bool
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """Write a merged model's state dict as safetensors (atomically) and describe the file."""
     from safetensors.torch import save_file
 
@@ -486,16 +502,16 @@ def save_merged_checkpoint(
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     with atomic_output(out, force=force) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
-    return {
-        "out": str(out),
-        "backbone": spec.name,
-        "method": method,
-        "tensors": len(state),
-        "parameters": sum(v.numel() for v in state.values()),
-        "load_with": (
+    return MergedCheckpoint(
+        out=str(out),
+        backbone=spec.name,
+        method=method,
+        tensors=len(state),
+        parameters=sum(v.numel() for v in state.values()),
+        load_with=(
             f"timm.create_model({spec.name!r}, num_classes={spec.num_classes}, "
             f"img_size={spec.img_size}"
             + "".join(f", {k}={v!r}" for k, v in spec.model_kwargs.items())
             + f", checkpoint_path={str(out)!r})"
         ),
-    }
+    )

@@ -29,7 +29,8 @@ from karst_deploy.data import open_images
 from karst_deploy.errors import InputError
 from karst_deploy.files import atomic_directory, cache_root, write_json
 from karst_deploy.models import create_model
-from karst_deploy.train.loop import TrainResult, progress_bar, seed_everything, train_adapters
+from karst_deploy.train.loop import TrainResult, seed_everything, train_adapters
+from karst_deploy.train.progress import progress_bar
 from karst_deploy.train.recipe import TrainConfig
 from karst_deploy.train.schedule import learning_rate, make_optimizer, set_learning_rate
 
