@@ -1,6 +1,6 @@
 """SPT-KARST and SPT-LoRA (old and official forms) vs uniform KARST at one budget, digits task.
 
-The backbone is pretrained on digits 0–4 (karst_deploy.train.transfer, cached) and frozen;
+The backbone is pretrained on digits 0–4 (karst_deploy.demo.task, cached) and frozen;
 adapters and a fresh head learn digits 5–9. The budget is the trainable size of uniform KARST
 with ``--uniform-kernels`` kernels (head excluded): SPT spends the same number of entries
 where the sensitivity says, on KARST (N = 8) or LoRA (r = 8) structured modules plus sparse
@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 
 import karst_deploy as kd
-from karst_deploy.doctor import cpu_model
-from karst_deploy.placement import SptRequest
-from karst_deploy.train.transfer import (
+from karst_deploy.demo.task import (
     TARGET_DATA,
     SourceRecipe,
     pretrain_source_backbone,
     train_transfer_target,
 )
+from karst_deploy.doctor import cpu_model
+from karst_deploy.placement import SptRequest
 
 
 def uniform_budget(recipe: SourceRecipe, checkpoint: Path, kernels: int) -> int:
@@ -114,8 +114,8 @@ def main() -> None:
             run = {
                 "method": name,
                 "seed": seed,
-                "test_accuracy": result.log["test_accuracy"],
-                "best_val_accuracy": result.log["best_val_accuracy"],
+                "test_accuracy": result.log.test_accuracy,
+                "best_val_accuracy": result.log.best_val_accuracy,
                 "trainable": kd.count_trainable(result.model),
             }
             if isinstance(config, kd.adapters.SptConfig):

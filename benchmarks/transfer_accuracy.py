@@ -1,7 +1,7 @@
 """Held-out accuracy of KARST, KAdaptation, LoRA and a linear probe on the digits transfer task,
 and the training step time of KARST vs LoRA on the same backbone and batch.
 
-The task (karst_deploy.train.transfer): a tiny ViT pretrained on digits 0–4, frozen; adapters
+The task (karst_deploy.demo.task): a tiny ViT pretrained on digits 0–4, frozen; adapters
 and a fresh head learn digits 5–9; accuracy on the target's test split (never used for
 selection). Budgets are matched to KARST's defaults: LoRA's rank and KAdaptation's kernel count
 are the ones whose trainable count (head excluded) comes closest to KARST's. Every method runs
@@ -38,14 +38,14 @@ import torch
 from torch.nn import functional as F
 
 import karst_deploy as kd
-from karst_deploy.doctor import cpu_model
-from karst_deploy.train.transfer import (
+from karst_deploy.demo.task import (
     TARGET_DATA,
     TARGET_RECIPE,
     SourceRecipe,
     pretrain_source_backbone,
     train_transfer_target,
 )
+from karst_deploy.doctor import cpu_model
 
 TARGET_CLASSES = 5
 # The forms compared by --forms: today's defaults and what earlier releases trained.
@@ -260,9 +260,9 @@ def main() -> None:
                     )
                 run = {
                     "seed": seed,
-                    "test_accuracy": result.log["test_accuracy"],
-                    "best_val_accuracy": result.log["best_val_accuracy"],
-                    "best_epoch": result.log["best_epoch"],
+                    "test_accuracy": result.log.test_accuracy,
+                    "best_val_accuracy": result.log.best_val_accuracy,
+                    "best_epoch": result.log.best_epoch,
                     "train_seconds": time.perf_counter() - started,
                 }
                 runs.append(run)
@@ -274,8 +274,8 @@ def main() -> None:
                     if configs[name].method == "karst"
                     else {}
                 ),
-                "trainable": result.log["trainable_parameters"]["adapter"],
-                "trainable_with_head": result.log["trainable_parameters"]["total"],
+                "trainable": result.log.trainable_parameters.adapter,
+                "trainable_with_head": result.log.trainable_parameters.total,
                 "test_accuracy": summary([r["test_accuracy"] for r in runs]),
                 "best_val_accuracy": summary([r["best_val_accuracy"] for r in runs]),
                 "train_seconds": summary([r["train_seconds"] for r in runs]),

@@ -328,9 +328,9 @@ def doctor(as_json: AsJson = False, json_out: JsonOut = None, force: Force = Fal
     from karst_deploy.report.tables import doctor_table
 
     report = diagnose()
-    emit(report, as_json, json_out, force)
+    emit(report.to_dict(), as_json, json_out, force)
     if not as_json:
-        table, hints = doctor_table(report)
+        table, hints = doctor_table(report.to_dict())
         show(table, *hints)
 
 
@@ -377,9 +377,9 @@ def merge_command(
     refuse_outputs(force, json_out)
     options = MergeOptions(backbone, checkpoint, pretrained, img_size, parse_kwargs(model_kwargs))
     result = merge_adapter_directory(adapter, out, options, force=force)
-    emit(result, as_json, json_out, force)
+    emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
-        show(key_value_table("merged checkpoint", result))
+        show(key_value_table("merged checkpoint", result.to_dict()))
     wrote(as_json, out, json_out)
 
 
@@ -496,11 +496,11 @@ def build_engine_command(
         version_compat, fp16, no_precision_check,
     )  # fmt: skip
     result = build_engine(onnx, out, options, force=force, progress=True)
-    emit(result, as_json, json_out, force)
+    emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
-        table, fallbacks = engine_table(result)
+        table, fallbacks = engine_table(result.to_dict())
         show(table, *fallbacks)
-    wrote(as_json, result["engine"], result["sidecar"], json_out)
+    wrote(as_json, result.engine, result.sidecar, json_out)
 
 
 @command(
@@ -703,6 +703,9 @@ def verify_parity_command(
         help="Also run --onnx on this runner, as a stage after ONNX Runtime (repeatable): "
         "onnxruntime-cuda, onnxruntime-tensorrt or tensorrt (built in memory).",
     ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write accuracy per stage and logit-difference histograms (PNG)."
+    ),
     as_json: AsJson = False,
     json_out: JsonOut = None,
     force: Force = False,
@@ -719,7 +722,7 @@ def verify_parity_command(
 
     if atol is not None and not (math.isfinite(atol) and atol > 0):
         raise InputError(f"--atol must be a finite positive number, got {atol}.")
-    refuse_outputs(force, json_out)
+    refuse_outputs(force, json_out, plot)
     threads = _use_threads(threads)
     report = verify_parity(
         onnx, adapter, backbone=backbone, checkpoint=checkpoint, pretrained=pretrained,
@@ -727,6 +730,10 @@ def verify_parity_command(
         batch_size=batch_size, threads=threads, engine=engine, runners=stage or (),
     )  # fmt: skip
     emit(report.to_dict(), as_json, json_out, force)
+    if plot is not None:  # before a failure is raised: the plot is what explains it
+        from karst_deploy.report.curves import plot_parity
+
+        plot_parity(report, plot, force=force)
     if not as_json:
         from karst_deploy.report.render import note
 
@@ -735,7 +742,7 @@ def verify_parity_command(
             note(text)
         if report.white_box is not None:
             show(white_box_table(report.white_box))
-    wrote(as_json, json_out)
+    wrote(as_json, json_out, plot)
     report.raise_if_failed()
     if not as_json:
         show("[green]parity: every check passed[/]")
@@ -939,6 +946,9 @@ def train_command(
     strict_images: bool = typer.Option(
         False, "--strict-images", help="Fail on an unreadable image instead of skipping it."
     ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write loss and accuracy curves per epoch (PNG)."
+    ),
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
@@ -963,7 +973,7 @@ def train_command(
     from karst_deploy.train.options import TrainOptions, train_with_options
 
     _use_threads(threads)
-    refuse_outputs(force, json_out)
+    refuse_outputs(force, json_out, plot)
     options = TrainOptions(
         backbone, data, checkpoint, method, factor, rank, kernels, alpha, rescale, scale,
         structure, stage_ranks, targets, recipe, placement, budget, structured, sigma,
@@ -976,11 +986,15 @@ def train_command(
     result = train_with_options(options, out, force=force)
     if not result.is_main:
         return
-    emit({"out": str(result.out), **result.log}, as_json, json_out, force)
+    if plot is not None:
+        from karst_deploy.report.curves import plot_training
+
+        plot_training(result.log, plot, force=force)
+    emit({"out": str(result.out), **result.log.to_dict()}, as_json, json_out, force)
     if not as_json:
         tables, warnings = train_tables(result, f"{method} on {data}")
         show(*tables, *warnings)
-    wrote(as_json, result.out, json_out)
+    wrote(as_json, result.out, plot, json_out)
 
 
 @command(
@@ -1099,15 +1113,15 @@ def demo_command(
     """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
     check_flags(seed=seed, threads=threads)
     threads = _use_threads(threads)
-    from karst_deploy.pipeline import run_demo
+    from karst_deploy.demo import run_demo
+    from karst_deploy.demo.report import summary_tables
     from karst_deploy.report.render import note
-    from karst_deploy.report.tables import demo_tables
 
     refuse_outputs(force, json_out)
     result = run_demo(out, quick=quick, seed=seed, force=force, threads=threads)
     emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
-        show(*demo_tables(result))
+        show(*summary_tables(result))
         if result.settings.note:
             note(result.settings.note)
     result.raise_if_failed()

@@ -70,6 +70,8 @@ class Comparison:
     tolerance: Tolerance
     metrics: dict[str, float]
     checks: list[Check]
+    # Per input, the largest |candidate − reference| logit: what `--plot` histograms; not JSON.
+    max_abs_diff_per_input: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -173,14 +175,14 @@ def run_stages(
     comparisons = []
     for (previous, stage), tolerance in zip(itertools.pairwise(stages), judged_by, strict=True):
         for inputs in input_sets:
-            metrics, checks = compare_logits(
-                outputs[previous.name, inputs.name],
-                outputs[stage.name, inputs.name],
-                tolerance,
-                inputs.labels,
-            )
+            reference = outputs[previous.name, inputs.name]
+            candidate = outputs[stage.name, inputs.name]
+            metrics, checks = compare_logits(reference, candidate, tolerance, inputs.labels)
+            difference = np.abs(candidate.astype(np.float64) - reference).max(axis=-1)
             comparisons.append(
-                Comparison(previous.name, stage.name, inputs.name, tolerance, metrics, checks)
+                Comparison(
+                    previous.name, stage.name, inputs.name, tolerance, metrics, checks, difference
+                )
             )
     accuracies = {
         inputs.name: {s.name: accuracy(outputs[s.name, inputs.name], inputs.labels) for s in stages}

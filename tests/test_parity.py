@@ -64,6 +64,8 @@ def test_parity_passes_for_every_method(method, exports):
             1, comparison.metrics["max_abs_reference"]
         )
         assert comparison.metrics["min_cosine"] > 0.999999
+        per_input = comparison.max_abs_diff_per_input  # what --plot histograms
+        assert per_input.max() == pytest.approx(comparison.metrics["max_abs_diff"], rel=1e-6)
     accuracy = report.accuracy["images"]
     assert len(set(accuracy.values())) == 1  # the same answers, so the same accuracy
     assert report.white_box.passed and report.white_box.precision == "fp32"
@@ -85,12 +87,13 @@ def test_merged_onnx_differs_from_the_plain_backbone(exports, tmp_path):
 
 def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path):
     adapter, _ = exports["karst-channel"]
-    report_path = tmp_path / "report.json"
+    report_path, plot = tmp_path / "report.json", tmp_path / "parity.png"
     result = run_cli(
         "verify-parity", "--adapter", str(adapter), "--onnx", str(perturbed),
-        "--samples", "16", "--json-out", str(report_path),
+        "--samples", "16", "--json-out", str(report_path), "--plot", str(plot),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
+    assert plot.read_bytes()[:4] == b"\x89PNG"  # written before the failure: it explains it
     assert "torch-merged → onnxruntime" in result.stderr and "max abs diff" in result.stderr
     assert "white-box" in result.stderr and "blocks.0.attn.qkv.weight" in result.stderr
     assert "Traceback" not in result.stderr
@@ -105,10 +108,12 @@ def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path)
 
 def test_cli_passes_with_exit_0(exports, tmp_path):
     adapter, path = exports["lora"]
-    result = run_cli(
+    plot = tmp_path / "parity.png"
+    arguments = (
         "verify-parity", "--adapter", str(adapter), "--onnx", str(path), "--samples", "8",
-        "--data", "digits", "--json-out", str(tmp_path / "ok.json"),
+        "--data", "digits", "--json-out", str(tmp_path / "ok.json"), "--plot", str(plot),
     )  # fmt: skip
+    result = run_cli(*arguments)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "ok.json").read_text())["passed"] is True
     # stdout is not a terminal here (as in CI or `| tee`): the table takes the width it needs
@@ -117,6 +122,12 @@ def test_cli_passes_with_exit_0(exports, tmp_path):
         assert stage in result.stdout
     assert "…" not in result.stdout
     assert str(tmp_path / "ok.json") in result.stdout  # the closing line names the file
+    assert plot.read_bytes()[:4] == b"\x89PNG" and str(plot) in result.stdout
+    (tmp_path / "ok.json").unlink()
+    stamp = plot.stat().st_mtime_ns
+    refused = run_cli(*arguments)  # the PNG exists, no --force
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert plot.stat().st_mtime_ns == stamp and not (tmp_path / "ok.json").exists()
 
 
 def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):

@@ -37,7 +37,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,6 +52,9 @@ from karst_deploy.adapters.base import (
 )
 from karst_deploy.errors import AdapterFileError, InputError
 from karst_deploy.files import sha256_file
+
+if TYPE_CHECKING:
+    from karst_deploy.adapters.storage import MergedCheckpoint
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -862,7 +865,7 @@ def write_merged_peft_checkpoint(
     model_kwargs: dict[str, Any] | None = None,
     pretrained: bool = False,
     force: bool = False,
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """`karst-deploy merge` for a PEFT directory: the folded backbone as a timm checkpoint."""
     from karst_deploy.adapters.base import merge
     from karst_deploy.adapters.storage import merged_checkpoint_format, save_merged_checkpoint

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -523,7 +524,7 @@ def write_merged_checkpoint(
     backbone: str | None = None,
     pretrained: bool = False,
     force: bool = False,
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """Merge an adapter directory into its backbone and write the full state dict.
 
     The file loads with ``timm.create_model(name, num_classes=..., checkpoint_path=out)``.
@@ -560,9 +561,25 @@ def merged_checkpoint_format(out: str | os.PathLike[str]) -> str:
     return MERGED_FORMATS[suffix]
 
 
+@dataclass(frozen=True)
+class MergedCheckpoint:
+    """A written merged checkpoint: where, what, and the timm call that loads it."""
+
+    out: str
+    format: str  # safetensors or torch (MERGED_FORMATS)
+    backbone: str
+    method: str
+    tensors: int
+    parameters: int
+    load_with: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def save_merged_checkpoint(
     merged: nn.Module, out: str | os.PathLike[str], *, spec: BackboneSpec, method: str, force: bool
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """Write a merged model's state dict (atomically) in the format `out`'s suffix names.
 
     ``.safetensors``: safetensors; ``.pth``/``.pt``/``.bin``: ``torch.save`` of a plain
@@ -580,20 +597,20 @@ def save_merged_checkpoint(
             save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
         else:
             torch.save({k: v.clone() for k, v in state.items()}, tmp)
-    return {
-        "out": str(out),
-        "format": kind,
-        "backbone": spec.name,
-        "method": method,
-        "tensors": len(state),
-        "parameters": sum(v.numel() for v in state.values()),
-        "load_with": (
+    return MergedCheckpoint(
+        out=str(out),
+        format=kind,
+        backbone=spec.name,
+        method=method,
+        tensors=len(state),
+        parameters=sum(v.numel() for v in state.values()),
+        load_with=(
             f"timm.create_model({spec.name!r}, num_classes={spec.num_classes}, "
             f"img_size={spec.img_size}"
             + "".join(f", {k}={v!r}" for k, v in spec.model_kwargs.items())
             + f", checkpoint_path={str(out)!r})"
         ),
-    }
+    )
 
 
 def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:

@@ -14,7 +14,8 @@ from karst_deploy.cli import app
 from karst_deploy.errors import InputError
 from karst_deploy.models import norm_parameter_names
 from karst_deploy.train import TrainConfig, train_adapters
-from karst_deploy.train.loop import LOG_FILE, build_model
+from karst_deploy.train.log import LOG_FILE
+from karst_deploy.train.loop import build_model
 from karst_deploy.train.recipe import apply_recipe
 from tests.cases import randomize_adapters
 from tests.train.tiny import TINY_BACKBONE, TINY_KWARGS, tiny_config
@@ -71,7 +72,7 @@ def test_a_misspelled_target_is_refused_naming_it():
 def test_the_lr_stays_at_the_minimum_for_the_cooldown_epochs():
     config = tiny_config(epochs=4, warmup_epochs=1, cooldown_epochs=2, lr=1e-2, min_lr=1e-3)
     log = train_adapters(config, progress=False).log
-    lrs = [epoch["lr"] for epoch in log["epochs"]]
+    lrs = [epoch.lr for epoch in log.epochs]
     assert lrs[2] == lrs[3] == pytest.approx(1e-3) and lrs[0] > 1e-3  # without: lrs[2] > min
 
 

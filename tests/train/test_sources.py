@@ -21,10 +21,10 @@ def test_training_on_a_directory_source(source, tmp_path):
     result = train_adapters(
         tiny_config(data=str(root), epochs=2, batch_size=8), tmp_path / "run", progress=False
     )
-    data = result.log["data"]
-    assert data["images"] == images and data["classes"] == classes
-    assert result.log["run"]["steps"] == 2 * (24 // 8)
-    assert (result.log["test_accuracy"] is None) == ("test" not in images)
+    data = result.log.data
+    assert data.images == images and data.classes == classes
+    assert result.log.run.steps == 2 * (24 // 8)
+    assert (result.log.test_accuracy is None) == ("test" not in images)
     assert (tmp_path / "run" / "adapter_config.json").is_file()
 
 
@@ -35,9 +35,9 @@ def test_unreadable_images_are_skipped_and_counted_or_refused(tmp_path):
     result = train_adapters(
         tiny_config(data=str(root), epochs=2, batch_size=8, checkpoint=None), progress=False
     )
-    assert result.log["data"]["skipped_images"] == {"train": 1, "val": 0}
-    assert result.log["data"]["skipped_files"]["train"] == [str(broken)]
-    assert any("1 unreadable image(s) of split 'train'" in w for w in result.log["warnings"])
+    assert result.log.data.skipped_images == {"train": 1, "val": 0}
+    assert result.log.data.skipped_files["train"] == [str(broken)]
+    assert any("1 unreadable image(s) of split 'train'" in w for w in result.log.warnings)
     with pytest.raises(InputError, match="cannot be read"):
         train_adapters(tiny_config(data=str(root), strict_images=True), progress=False)
 
