@@ -282,7 +282,7 @@ def five_class_export(tmp_path_factory):
 def test_parity_takes_the_adapters_classes_from_a_superset(five_class_export):
     """The README's `verify-parity --data digits` on a digits-5–9 adapter: 5–9 only."""
     adapter, path = five_class_export
-    report = verify_parity(path, adapter, data="digits", samples=4, images=60, show_progress=False)
+    report = verify_parity(path, adapter, data="digits", samples=4, images=60, progress=False)
     assert report.passed, report.failures
     images = next(i for i in report.to_dict()["inputs"] if i["name"] == "images")
     assert images["classes_selected"] == DIGITS_5_TO_9

@@ -90,7 +90,7 @@ def test_a_grayscale_backbone_trains_exports_and_verifies_on_16_bit_images(tmp_p
         data=str(data),
         samples=8,
         images=16,
-        show_progress=False,
+        progress=False,
     )
     assert report.passed, report.failures
     assert report.inputs[1]["samples"] == 16
