@@ -22,7 +22,7 @@ import torch
 
 from karst_deploy import cli
 from karst_deploy.provenance import read_provenance
-from tests.test_docs import code_blocks, karst_commands, logical_lines
+from tests.test_docs import cli_root, code_blocks, karst_commands, logical_lines, option_names
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONT_DOOR = "## Your own deployment: five commands"
@@ -41,6 +41,15 @@ TINY = {
 # TODO(runners, issue 14 "latency verdict"): add the exit code of "inconclusive" once bench
 # has the three-outcome verdict, and assert the one the JSON states.
 BENCH_VERDICT_CODES = {0, 1}
+
+
+def json_out(command: str) -> str:
+    """The flag that writes a command's JSON report to a path.
+
+    TODO(cli, issue 13 "--json-out PATH"): once merged, use "--json-out" directly.
+    """
+    options = option_names(cli_root().commands[command])
+    return "--json-out" if "--json-out" in options else "--json"
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
@@ -203,10 +212,10 @@ def test_own_grayscale_image_folder_and_plain_timm_checkpoint(tmp_path, monkeypa
          "--out", "merged-fp16.onnx"],
         ["verify-parity", "--adapter", "runs/lora", "--checkpoint", "user.pth",
          "--onnx", "merged-fp16.onnx", "--data", "shapes", "--samples", "8",
-         "--json", "parity.json"],
+         json_out("verify-parity"), "parity.json"],
         ["bench", "--onnx", "merged.onnx", "--baseline", "base.onnx", "--fp16",
          "merged-fp16.onnx", "--rounds", "6", "--warmup", "1", "--sessions", "1",
-         "--batch", "1", "--json", "bench.json"],
+         "--batch", "1", json_out("bench"), "bench.json"],
     ]  # fmt: skip
     for args in steps:
         code, out = run(capsys, *args)
