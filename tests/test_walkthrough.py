@@ -76,8 +76,9 @@ def readme_front_door() -> list[list[str]]:
 def save_stand_in_demo_backbone(path: Path, model_kwargs: str) -> None:
     """What `karst-deploy demo` leaves in its report: the backbone, a timm state dict.
 
-    The demo's pretraining is tested in tests/test_pipeline.py; here the same architecture
-    (at TINY_KWARGS's depth) with seeded weights stands in, 5 classes like digits 0–4.
+    The demo's pretraining is tested in tests/test_pipeline.py (and costs half a minute);
+    here the same architecture (at TINY_KWARGS's depth) with seeded weights stands in, with
+    5 classes like digits 0–4.
     """
     import timm
     from safetensors.torch import save_file
@@ -88,6 +89,17 @@ def save_stand_in_demo_backbone(path: Path, model_kwargs: str) -> None:
     )
     path.parent.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int) -> None:
+    """Full-batch AdamW steps: a user's pretraining, in plain torch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    model.eval()
 
 
 @pytest.mark.slow  # ~15 s of CPU; in the default suite all the same
@@ -120,7 +132,7 @@ def test_readme_front_door_on_the_builtin_digits(tmp_path, monkeypatch, capsys):
         assert code in expected, f"README command `karst-deploy {shlex.join(args)}`:\n{out}"
 
     log = json.loads((tmp_path / "runs/karst/train_log.json").read_text())
-    assert log["best_epoch"] in (1, 2) and 0 <= log["test_accuracy"] <= 1
+    assert log["best_epoch"] in (1, 2) and log["data"]["classes"] == ["5", "6", "7", "8", "9"]
     provenance = {
         name: read_provenance(tmp_path / name)
         for name in ("merged.onnx", "base.onnx", "merged-int8.onnx")
@@ -182,11 +194,7 @@ def pretrain_with_plain_timm(folder: Path, out: Path) -> None:
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     images = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
     labels = torch.tensor([CLASSES.index(f.parent.name) for f in files])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(15):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
+    fit(model, images, labels, steps=20)
     torch.save(model.state_dict(), out)
 
 
