@@ -74,6 +74,14 @@ def logical_lines(body: list[str], first: int) -> Iterator[tuple[int, str]]:
         yield start, pending
 
 
+def shell_tokens(line: str) -> list[str]:
+    """Words of a shell line as the shell splits them; `;`, `&&`, `|` apart; comments gone."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    return list(lexer)
+
+
 def karst_commands(tokens: list[str]) -> Iterator[list[str]]:
     """The arguments of each karst-deploy invocation in a tokenised shell line."""
     segment: list[str] = []
@@ -99,10 +107,7 @@ def shown_commands(path: Path) -> Iterator[Shown]:
             continue
         for number, line in logical_lines(body, first):
             try:
-                lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
-                lexer.whitespace_split = True
-                lexer.commenters = "#"
-                tokens = list(lexer)
+                tokens = shell_tokens(line)
             except ValueError as error:
                 raise AssertionError(
                     f"{path.name}:{number}: cannot split {line!r}: {error}"

@@ -22,7 +22,14 @@ import torch
 
 from karst_deploy import cli
 from karst_deploy.provenance import read_provenance
-from tests.test_docs import cli_root, code_blocks, karst_commands, logical_lines, option_names
+from tests.test_docs import (
+    cli_root,
+    code_blocks,
+    karst_commands,
+    logical_lines,
+    option_names,
+    shell_tokens,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONT_DOOR = "## Your own deployment: five commands"
@@ -68,7 +75,7 @@ def readme_front_door() -> list[list[str]]:
         if language == "bash" and start > first_line:
             commands = []
             for _, line in logical_lines(body, start):
-                commands.extend(karst_commands(shlex.split(line, comments=True)))
+                commands.extend(karst_commands(shell_tokens(line)))
             return commands
     raise AssertionError(f"README.md has no bash block after {FRONT_DOOR!r}")
 
