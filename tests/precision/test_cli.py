@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from karst_deploy.cli import app
 from karst_deploy.onnx_file import read_provenance
 from karst_deploy.precision import convert_precision
+from tests.cli_helpers import run_cli
 
 
-def run(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
+def run(*args: object):
+    return run_cli(*args)
 
 
 def _parity_args(digits_model, onnx_path):
@@ -53,13 +52,13 @@ def test_export_int8_then_verify_parity_passes(digits_model, tmp_path):
         out,
         "--json",
     )
-    assert exported.exit_code == 0, exported.output
-    summary = json.loads(exported.output)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    summary = json.loads(exported.stdout)
     assert summary["precision"] == "int8" and summary["fp32_export"]["kind"] == "merged"
     assert read_provenance(out)["calibration"]["samples"] == 64
     report_path = tmp_path / "report.json"
-    parity = run(*_parity_args(digits_model, out), "--json", report_path)
-    assert parity.exit_code == 0, parity.output
+    parity = run(*_parity_args(digits_model, out), "--json-out", report_path)
+    assert parity.returncode == 0, parity.stdout + parity.stderr
     assert json.loads(report_path.read_text())["passed"] is True
 
 
@@ -78,10 +77,12 @@ def test_a_constant_calibration_fails_verify_parity_with_exit_1(digits_model, tm
         "--out",
         broken,
     )
-    assert converted.exit_code == 0, converted.output
+    assert converted.returncode == 0, converted.stdout + converted.stderr
     parity = run(*_parity_args(digits_model, broken))
-    assert parity.exit_code == 1
-    assert "accuracy drop" in parity.output and "exceeds 1 pt" in parity.output
+    assert parity.returncode == 1
+    assert "accuracy drop" in (parity.stdout + parity.stderr) and "exceeds 1 pt" in (
+        parity.stdout + parity.stderr
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,8 +99,10 @@ def test_bad_conversion_requests_exit_2_with_one_paragraph(digits_model, tmp_pat
     result = run(
         "convert-precision", "--onnx", digits_model.fp32_onnx, "--out", tmp_path / "x.onnx", *args
     )
-    assert result.exit_code == 2
-    assert message in result.output and "Traceback" not in result.output
+    assert result.returncode == 2
+    assert message in (result.stdout + result.stderr) and "Traceback" not in (
+        result.stdout + result.stderr
+    )
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -111,15 +114,15 @@ def test_bench_puts_precisions_side_by_side(digits_model, tmp_path):
     report = tmp_path / "bench.json"
     result = run(
         *bench_args, "--fp16", fp16, "--int8", int8, "--rounds", 3, "--max-seconds", 0,
-        "--json", report,
+        "--json-out", report,
     )  # fmt: skip
     # 1 (not shown) or 75 (inconclusive): a latency verdict on 3 rounds
-    assert result.exit_code in (0, 1, 75), result.output
+    assert result.returncode in (0, 1, 75), result.stdout + result.stderr
     measured = json.loads(report.read_text())
     assert set(measured["models"]) == {"base", "merged", "merged-fp16", "merged-int8"}
     assert set(measured["ratios"]["merged-int8"]) == {"1", "8"}
 
     mislabelled = run(*bench_args, "--int8", fp16, "--rounds", 3)
-    assert mislabelled.exit_code == 2 and "not int8" in mislabelled.output
+    assert mislabelled.returncode == 2 and "not int8" in (mislabelled.stdout + mislabelled.stderr)
     needs_data = run(*_parity_args(digits_model, int8)[:7])  # verify-parity without --data
-    assert needs_data.exit_code == 2 and "--data" in needs_data.output
+    assert needs_data.returncode == 2 and "--data" in (needs_data.stdout + needs_data.stderr)
