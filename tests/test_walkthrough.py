@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from karst_deploy import cli
-from karst_deploy.provenance import read_provenance
+from karst_deploy.onnx_file import read_provenance
 from tests.test_docs import (
     cli_root,
     code_blocks,
@@ -41,22 +42,28 @@ TINY = {
     "export": [],
     "convert-precision": ["--calib-samples", "32", "--no-calib-cache"],
     "verify-parity": ["--samples", "8", "--images", "64"],
-    "bench": ["--rounds", "6", "--warmup", "1", "--sessions", "1", "--batch", "1"],
+    "bench": [
+        "--rounds",
+        "6",
+        "--warmup",
+        "1",
+        "--sessions",
+        "1",
+        "--batch-sizes",
+        "1",
+        "--max-seconds",
+        "0",
+    ],
     "build-engine": [],
 }
-# bench's verdict on a few rounds of a shared CPU: shown (0) or not shown (1).
-# TODO(runners, issue 14 "latency verdict"): add the exit code of "inconclusive" once bench
-# has the three-outcome verdict, and assert the one the JSON states.
-BENCH_VERDICT_CODES = {0, 1}
+# bench's verdict on a few rounds of a shared CPU: shown (0), not shown (1), inconclusive (75).
+BENCH_VERDICT_CODES = {0: "shown", 1: "not shown", 75: "inconclusive"}
 
 
 def json_out(command: str) -> str:
-    """The flag that writes a command's JSON report to a path.
-
-    TODO(cli, issue 13 "--json-out PATH"): once merged, use "--json-out" directly.
-    """
-    options = option_names(cli_root().commands[command])
-    return "--json-out" if "--json-out" in options else "--json"
+    """The flag that writes a command's JSON report to a path (every command has it)."""
+    assert "--json-out" in option_names(cli_root().commands[command])
+    return "--json-out"
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
@@ -211,18 +218,17 @@ def test_own_grayscale_image_folder_and_plain_timm_checkpoint(tmp_path, monkeypa
     make_image_folder(tmp_path / "shapes", {"train": 16, "val": 8, "test": 8})
     pretrain_with_plain_timm(tmp_path / "shapes", tmp_path / "user.pth")
     backbone = ["--backbone", "vit_tiny_patch16_224", "--checkpoint", "user.pth"]
-    # TODO(data, issue 14 "defaults a user's checkpoint does not fit"): once the class count
-    # and input size are read from the checkpoint, drop --img-size here and --num-classes
-    # below, and assert the printed "inferred" line instead.
-    architecture = ["--img-size", "28", "--model-kwargs", json.dumps(USER_KWARGS)]
+    kwargs = ["--model-kwargs", json.dumps(USER_KWARGS)]
+    architecture = ["--img-size", "28", *kwargs]
 
     steps = [
         ["train", *backbone, *architecture, "--data", "shapes", "--method", "lora",
          "--rank", "4", "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "16",
          "--out", "runs/lora"],
         ["export", "--adapter", "runs/lora", "--checkpoint", "user.pth", "--out", "merged.onnx"],
-        ["export", "--no-adapter", *backbone, *architecture, "--num-classes", "3",
-         "--out", "base.onnx"],
+        # class count and input size read from the user's checkpoint, not given
+        ["export", "--no-adapter", *backbone, *kwargs, "--out", "base.onnx", "--json-out",
+         "base.json"],
         ["convert-precision", "--onnx", "merged.onnx", "--precision", "fp16",
          "--out", "merged-fp16.onnx"],
         ["verify-parity", "--adapter", "runs/lora", "--checkpoint", "user.pth",
@@ -230,17 +236,44 @@ def test_own_grayscale_image_folder_and_plain_timm_checkpoint(tmp_path, monkeypa
          json_out("verify-parity"), "parity.json"],
         ["bench", "--onnx", "merged.onnx", "--baseline", "base.onnx", "--fp16",
          "merged-fp16.onnx", "--rounds", "6", "--warmup", "1", "--sessions", "1",
-         "--batch", "1", json_out("bench"), "bench.json"],
+         "--batch-sizes", "1", "--max-seconds", "0", json_out("bench"), "bench.json"],
     ]  # fmt: skip
+    steps_codes = {}
     for args in steps:
         code, out = run(capsys, *args)
         expected = BENCH_VERDICT_CODES if args[0] == "bench" else {0}
         assert code in expected, f"`karst-deploy {shlex.join(args)}` exited {code}:\n{out}"
+        steps_codes[args[0]] = code
 
     log = json.loads((tmp_path / "runs/lora/train_log.json").read_text())
     assert log["data"]["classes"] == sorted(CLASSES) and log["data"]["img_size"] == 28
-    # TODO(data, issue 14 "verify-parity on the wrong classes passes"): assert the adapter
-    # itself records the class names and that verify-parity refuses a folder whose differ.
+    config = json.loads((tmp_path / "runs/lora/adapter_config.json").read_text())
+    assert config["classes"] == sorted(CLASSES)  # recorded at training time
+    base = json.loads((tmp_path / "base.json").read_text())
+    assert base["inferred"] == {"num_classes": 3, "img_size": 28}
+    assert read_provenance(tmp_path / "base.onnx")["num_classes"] == 3
+    # A folder with other class names is refused (exit 2), not judged on the wrong labels.
+    for split in ("train", "test"):
+        for kind in ("dot", "ring", "wave"):
+            (tmp_path / "other" / split / kind).mkdir(parents=True)
+            shutil.copy(
+                next((tmp_path / "shapes/test/bar").iterdir()), tmp_path / "other" / split / kind
+            )
+    code, out = run(
+        capsys,
+        "verify-parity",
+        "--adapter",
+        "runs/lora",
+        "--checkpoint",
+        "user.pth",
+        "--onnx",
+        "merged.onnx",
+        "--data",
+        "other",
+        "--samples",
+        "4",
+    )
+    assert code == 2 and "circle" in out, out
     assert not any("random" in w for w in log["warnings"])  # the user's weights were used
     merged = read_provenance(tmp_path / "merged.onnx")
     assert merged["img_size"] == 28 and merged["num_classes"] == 3
@@ -252,6 +285,7 @@ def test_own_grayscale_image_folder_and_plain_timm_checkpoint(tmp_path, monkeypa
     assert (images["labelled"], images["split"], images["samples"]) == (True, "test", 24)
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert set(bench["models"]) == {"base", "merged", "merged-fp16"}
+    assert bench["verdict"]["outcome"] == BENCH_VERDICT_CODES[steps_codes["bench"]]
     assert bench["latency"]["merged-fp16"]["1"]["median_ms"] > 0
     assert bench["verdict"]["structure"]["same"] is True  # merged has the base graph's shape
 

@@ -63,9 +63,9 @@ def test_a_grayscale_backbone_trains_exports_and_verifies_on_16_bit_images(tmp_p
     import json
 
     from karst_deploy.export import export_onnx
+    from karst_deploy.onnx_file import read_provenance
     from karst_deploy.parity import verify_parity
     from karst_deploy.precision import convert_precision
-    from karst_deploy.provenance import read_provenance
     from tests.train.tiny import TINY_KWARGS
 
     data = _gray_sixteen_bit_folder(tmp_path / "data")
