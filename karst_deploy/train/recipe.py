@@ -110,8 +110,7 @@ def training_adapter(
     structured = structured or "karst"
     if structured not in structured_configs:
         raise InputError(
-            f"structured is {clip(structured)!r}; expected one of {sorted(structured_configs)}.",
-            parameters=("structured",),
+            f"--structured is {clip(structured)!r}; expected one of {sorted(structured_configs)}."
         )
     return SptRequest(
         budget,
