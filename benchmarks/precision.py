@@ -12,7 +12,7 @@ Three measurements, one JSON (``benchmarks/results/precision.json``):
    show it runs. Also recorded: fp16's max |Δlogit| relative to the logit scale on random
    inputs (what the fp16 parity tolerance must allow).
 2. **Accuracy on the demo task**: a tiny ViT pretrained on digits 0–4, KARST adapters
-   trained on digits 5–9 (`karst_deploy.train.transfer`). The merged model is exported fp32,
+   trained on digits 5–9 (`karst_deploy.demo.task`). The merged model is exported fp32,
    fp16, and int8 for every calibration method × node choice (256 calibration images from
    the train split); each is scored on the digits 5–9 test split: accuracy, drop against
    fp32, top-1 agreement, and the verdict of the parity gates (`karst_deploy.parity`).
@@ -42,10 +42,10 @@ from rich.table import Table
 
 import karst_deploy as kd
 from karst_deploy.bench import bench
+from karst_deploy.compare import TOLERANCES, accuracy, compare_logits
 from karst_deploy.data import open_images
 from karst_deploy.doctor import cpu_model
 from karst_deploy.export import export_onnx
-from karst_deploy.parity import TOLERANCES, accuracy, compare_logits
 from karst_deploy.precision import load_calibration, quantize_int8, to_fp16
 from karst_deploy.precision.base import run_onnx
 
@@ -105,7 +105,7 @@ def latency(name: str, img_size: int | None, args, workdir: Path) -> dict[str, A
 
 def demo_task(quick: bool, workdir: Path) -> tuple[Path, np.ndarray, np.ndarray, dict]:
     """The demo's model: merged fp32 ONNX of KARST on digits 5–9, and the target test split."""
-    from karst_deploy.train.transfer import (
+    from karst_deploy.demo.task import (
         TARGET_DATA,
         SourceRecipe,
         pretrain_source_backbone,
@@ -153,7 +153,7 @@ def score(fp32_logits, logits, labels, precision: str) -> dict[str, Any]:
 
 def demo_accuracy(fp32: Path, images, labels, samples: list[int], workdir: Path) -> dict:
     """Parts 2 and 3 on the demo's merged model."""
-    from karst_deploy.train.transfer import TARGET_DATA
+    from karst_deploy.demo.task import TARGET_DATA
 
     fp32_logits = run_onnx(fp32, images)
     rows: dict[str, Any] = {"fp32": {"accuracy": accuracy(fp32_logits, labels)}}

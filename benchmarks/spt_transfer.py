@@ -1,17 +1,22 @@
-"""SPT-KARST vs uniform KARST vs SPT-LoRA at one budget, on the digits transfer task.
+"""SPT-KARST and SPT-LoRA (old and official forms) vs uniform KARST at one budget, digits task.
 
-The backbone is pretrained on digits 0–4 (karst_deploy.train.transfer, cached) and frozen;
+The backbone is pretrained on digits 0–4 (karst_deploy.demo.task, cached) and frozen;
 adapters and a fresh head learn digits 5–9. The budget is the trainable size of uniform KARST
 with ``--uniform-kernels`` kernels (head excluded): SPT spends the same number of entries
 where the sensitivity says, on KARST (N = 8) or LoRA (r = 8) structured modules plus sparse
-deltas. Per method and seed: held-out (test split) accuracy and trainable entries; per SPT
-run the seconds its sensitivity took (16 batches of 32, on the fly); then, for the first
-SPT-KARST model, that merging adds nothing: the merged state dict has the backbone's keys and
-shapes, and eager PyTorch latency of merged vs plain backbone (and unmerged vs plain) as
-medians over interleaved rounds. Writes JSON.
+deltas. Each SPT method runs in two forms: ``old`` (the candidates before issue 11: one
+candidate per fused weight matrix, no vectors, no cls token, the exact-budget top-up) and
+``official`` (ziplab/SPT: q, k, v separate, every bias and LayerNorm vector, the cls token,
+the τ-grid sweep); both take their sensitivity from the first 16 × 32 training images in
+order with drop-path active. Per method and seed: held-out (test split) accuracy and
+trainable entries; per SPT run the seconds its sensitivity took (16 batches of 32, on the
+fly); then, for the first SPT model, that merging adds nothing: the merged state dict
+has the backbone's keys and shapes, and eager PyTorch latency of merged vs plain backbone
+(and unmerged vs plain) as medians over interleaved rounds. Writes JSON.
 
     python benchmarks/spt_transfer.py [--seeds 0,1,2] [--epochs 30] [--rounds 200]
     python benchmarks/spt_transfer.py --seeds 0 --epochs 1 --rounds 5   # smoke run
+    python benchmarks/spt_transfer.py --methods spt-karst-official,spt-karst-old
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ from pathlib import Path
 import torch
 
 import karst_deploy as kd
-from karst_deploy.doctor import cpu_model
-from karst_deploy.placement import SptRequest
-from karst_deploy.train.transfer import (
+from karst_deploy.demo.task import (
     TARGET_DATA,
     SourceRecipe,
     pretrain_source_backbone,
     train_transfer_target,
 )
+from karst_deploy.doctor import cpu_model
+from karst_deploy.placement import SptRequest
 
 
 def uniform_budget(recipe: SourceRecipe, checkpoint: Path, kernels: int) -> int:
@@ -66,6 +71,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=200, help="Latency rounds per model.")
     parser.add_argument("--batch", type=int, default=32, help="Latency batch size.")
+    parser.add_argument("--methods", default="", help="Comma-separated subset (default: all).")
     parser.add_argument("--out", default="benchmarks/results/spt_transfer.json")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -79,11 +85,21 @@ def main() -> None:
         f"uniform-karst (N={args.uniform_kernels})": lambda: kd.KarstConfig(
             kernels=args.uniform_kernels
         ),
-        "spt-karst": lambda: SptRequest(budget, kd.KarstConfig(), sigma=args.sigma),
-        "spt-lora": lambda: SptRequest(budget, kd.LoraConfig(), sigma=args.sigma),
     }
+    for name, structured in (("karst", kd.KarstConfig()), ("lora", kd.LoraConfig())):
+        methods[f"spt-{name}-old"] = lambda s=structured: SptRequest(
+            budget, s, sigma=args.sigma, rule="exact", candidates="matrices"
+        )
+        methods[f"spt-{name}-official"] = lambda s=structured: SptRequest(
+            budget, s, sigma=args.sigma
+        )
+    if args.methods:
+        unknown = sorted(set(args.methods.split(",")) - set(methods))
+        if unknown:
+            parser.error(f"--methods: unknown {unknown}; expected some of {list(methods)}")
+        methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
 
-    runs, first_spt_karst = [], None
+    runs, first_spt = [], None
     for name, adapter in methods.items():
         for seed in seeds:
             result = train_transfer_target(
@@ -98,8 +114,8 @@ def main() -> None:
             run = {
                 "method": name,
                 "seed": seed,
-                "test_accuracy": result.log["test_accuracy"],
-                "best_val_accuracy": result.log["best_val_accuracy"],
+                "test_accuracy": result.log.test_accuracy,
+                "best_val_accuracy": result.log.best_val_accuracy,
                 "trainable": kd.count_trainable(result.model),
             }
             if isinstance(config, kd.adapters.SptConfig):
@@ -107,30 +123,33 @@ def main() -> None:
                 run["sensitivity_seconds"] = config.placement.scores["seconds"]
             runs.append(run)
             print(json.dumps(run))
-            if name == "spt-karst" and first_spt_karst is None:
-                first_spt_karst = result.model
+            if isinstance(config, kd.adapters.SptConfig) and first_spt is None:
+                first_spt = result.model
 
     summary = {}
     for name in methods:
         accuracy = [r["test_accuracy"] for r in runs if r["method"] == name]
+        trainable = [r["trainable"] for r in runs if r["method"] == name]
         summary[name] = {
             "test_accuracy_mean": statistics.mean(accuracy),
             "test_accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
-            "trainable": next(r["trainable"] for r in runs if r["method"] == name),
+            "trainable_mean": statistics.mean(trainable),
+            "trainable_range": [min(trainable), max(trainable)],
+            "budget_reached_mean": statistics.mean(trainable) / budget,
         }
-    sensitivity = [r["sensitivity_seconds"] for r in runs if "sensitivity_seconds" in r]
+    sensitivity = [r["sensitivity_seconds"] for r in runs if "sensitivity_seconds" in r] or [0.0]
 
     base = kd.create_model(
         recipe.backbone, num_classes=5, checkpoint=checkpoint, **recipe.model_kwargs
     )
-    merged = kd.merge(first_spt_karst)
+    merged = kd.merge(first_spt)
     same_structure = {k: v.shape for k, v in merged.state_dict().items()} == {
         k: v.shape for k, v in base.state_dict().items()
     }
     size = base.patch_embed.img_size[0]
     images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     latency = interleaved_latency(
-        {"base": base.eval(), "merged": merged, "unmerged": first_spt_karst.eval()},
+        {"base": base.eval(), "merged": merged, "unmerged": first_spt.eval()},
         images,
         args.rounds,
     )

@@ -1,7 +1,7 @@
 """Held-out accuracy of KARST, KAdaptation, LoRA and a linear probe on the digits transfer task,
 and the training step time of KARST vs LoRA on the same backbone and batch.
 
-The task (karst_deploy.train.transfer): a tiny ViT pretrained on digits 0–4, frozen; adapters
+The task (karst_deploy.demo.task): a tiny ViT pretrained on digits 0–4, frozen; adapters
 and a fresh head learn digits 5–9; accuracy on the target's test split (never used for
 selection). Budgets are matched to KARST's defaults: LoRA's rank and KAdaptation's kernel count
 are the ones whose trainable count (head excluded) comes closest to KARST's. Every method runs
@@ -17,9 +17,10 @@ the ratio of medians.
     python benchmarks/transfer_accuracy.py --methods karst,karst-v1 --step-backbones '' \\
         --use-cache --out benchmarks/results/transfer_accuracy_karst_forms.json --plot ''
 
-``karst-v1`` is KARST as the release before the official layout trained it (fused qkv, A
-initialised with fan-in r), for the old-vs-new comparison; ``karst`` is today's default
-(split qkv, A with fan-in k, as the official code).
+Old and new forms side by side (``--forms``: every form below, plus LoRA as the reference):
+
+    python benchmarks/transfer_accuracy.py --forms --use-cache --step-backbones '' --plot '' \\
+        --out benchmarks/results/transfer_accuracy_forms.json
 """
 
 from __future__ import annotations
@@ -37,16 +38,29 @@ import torch
 from torch.nn import functional as F
 
 import karst_deploy as kd
-from karst_deploy.doctor import cpu_model
-from karst_deploy.train.transfer import (
+from karst_deploy.demo.task import (
     TARGET_DATA,
     TARGET_RECIPE,
     SourceRecipe,
     pretrain_source_backbone,
     train_transfer_target,
 )
+from karst_deploy.doctor import cpu_model
 
 TARGET_CLASSES = 5
+# The forms compared by --forms: today's defaults and what earlier releases trained.
+FORMS = {
+    "karst": "today's default: split qkv (one Kronecker product per q/k/v block), A "
+    "Kaiming-uniform with fan-in k (as the official code)",
+    "karst-fused": "fused qkv (one product over the 3d rows), A with fan-in k",
+    "karst-split-fanin-r": "split qkv, A with fan-in r (the previous release's initialisation)",
+    "karst-v1": "the previous release: fused qkv, A with fan-in r",
+    "kadaptation": "the paper's form (full n×n slow weights shared by q and v, scale 1)",
+    "kadaptation-pevit": "PEViT's structure (rank-1 slow weights per q/v, scale 160, "
+    "dropout 0.5 on the Kronecker weight, per-layer q/v bias), same n as 'kadaptation'",
+    "lora": "reference: LoRA with the rank whose count is closest to KARST's",
+}
+OLD_INIT = ("karst-v1", "karst-split-fanin-r")  # A re-drawn with fan-in r after install
 
 
 def _trainable(recipe: SourceRecipe, config: kd.adapters.AdapterConfig) -> int:
@@ -69,8 +83,11 @@ def matched_configs(recipe: SourceRecipe) -> dict[str, kd.adapters.AdapterConfig
     )
     return {
         "karst": karst,
+        "karst-fused": kd.KarstConfig(qkv_layout="fused"),
+        "karst-split-fanin-r": karst,
         "karst-v1": kd.KarstConfig(qkv_layout="fused"),
         "kadaptation": kadaptation,
+        "kadaptation-pevit": kd.KAdaptationConfig(kernels=kadaptation.kernels, structure="pevit"),
         "lora": lora,
         "linear": kd.LinearConfig(),
     }
@@ -200,6 +217,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TARGET_RECIPE["epochs"])
     parser.add_argument("--methods", default="karst,kadaptation,lora,linear")
     parser.add_argument(
+        "--forms", action="store_true", help=f"Old vs new forms: --methods {','.join(FORMS)}."
+    )
+    parser.add_argument(
         "--step-backbones",
         default="transfer,vit_base_patch16_224",
         help="'transfer' (the task's backbone, batch 32) and/or timm names (224 px).",
@@ -213,6 +233,7 @@ def main() -> None:
     parser.add_argument("--plot", default="benchmarks/results/transfer_accuracy.png")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    names = list(FORMS) if args.forms else args.methods.split(",")
     recipe = SourceRecipe()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -223,13 +244,11 @@ def main() -> None:
             pretrain_source_backbone(recipe, progress=False)
         configs = matched_configs(recipe)
         methods: dict[str, Any] = {}
-        for name in args.methods.split(","):
+        for name in names:
             runs = []
             for seed in seeds:
                 started = time.perf_counter()
-                patch = (
-                    _patched_adapters(v1_init) if name == "karst-v1" else contextlib.nullcontext()
-                )
+                patch = _patched_adapters(v1_init) if name in OLD_INIT else contextlib.nullcontext()
                 with patch:
                     result = train_transfer_target(
                         configs[name],
@@ -241,17 +260,22 @@ def main() -> None:
                     )
                 run = {
                     "seed": seed,
-                    "test_accuracy": result.log["test_accuracy"],
-                    "best_val_accuracy": result.log["best_val_accuracy"],
-                    "best_epoch": result.log["best_epoch"],
+                    "test_accuracy": result.log.test_accuracy,
+                    "best_val_accuracy": result.log.best_val_accuracy,
+                    "best_epoch": result.log.best_epoch,
                     "train_seconds": time.perf_counter() - started,
                 }
                 runs.append(run)
                 print(json.dumps({"method": name, **run}), flush=True)
             methods[name] = {
                 "config": {"method": configs[name].method, **configs[name].to_hparams()},
-                "trainable": result.log["trainable_parameters"]["adapter"],
-                "trainable_with_head": result.log["trainable_parameters"]["total"],
+                **(
+                    {"a_init_fan_in": "r" if name in OLD_INIT else "k"}
+                    if configs[name].method == "karst"
+                    else {}
+                ),
+                "trainable": result.log.trainable_parameters.adapter,
+                "trainable_with_head": result.log.trainable_parameters.total,
                 "test_accuracy": summary([r["test_accuracy"] for r in runs]),
                 "best_val_accuracy": summary([r["best_val_accuracy"] for r in runs]),
                 "train_seconds": summary([r["train_seconds"] for r in runs]),
@@ -271,6 +295,7 @@ def main() -> None:
         "source_recipe": recipe.to_dict(),
         "target_recipe": {**TARGET_RECIPE, "epochs": args.epochs},
         "seeds": seeds,
+        "forms": {name: FORMS[name] for name in names if name in FORMS},
         "pretrain_seconds": None if args.use_cache else pretrain_seconds,
         "demo_seconds_pretrain_plus_karst": (
             None

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from karst_deploy.errors import InconclusiveError, InputError, VerificationError
+from karst_deploy.onnx_file import OnnxFile
 
 DEFAULT_TOLERANCE = 0.03
 BOOTSTRAP_RESAMPLES = 2000
@@ -222,26 +223,6 @@ def ratio_of_medians(
     }
 
 
-def _input_shape(path: Path) -> tuple[int | str, int, int, int]:
-    """The (batch, 3, H, W) input of an ONNX file; batch is a name when dynamic."""
-    import onnx
-
-    try:
-        graph = onnx.load(os.fspath(path), load_external_data=False).graph
-    except Exception as exc:  # DecodeError, OSError
-        raise InputError(f"'{path}' is not a readable ONNX file: {exc}") from None
-    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
-        raise InputError(f"'{path}' takes input of shape {dims}; expected (batch, 3, H, W).")
-    return tuple(dims)  # type: ignore[return-value]
-
-
-def _precision(path: Path) -> str:
-    from karst_deploy.graph_precision import graph_precision
-
-    return graph_precision(path)
-
-
 @dataclass
 class _Plan:
     """A checked request: the files, their common image shape, and who is judged."""
@@ -266,40 +247,51 @@ def _check_request(
             raise InputError(f"'{label}' is not one of the models {list(paths)}.")
     if numbers["rounds"] < 2 or numbers["warmup"] < 0 or numbers["sessions"] < 1:
         raise InputError(
-            "rounds must be at least 2, warmup at least 0 and sessions at least 1 (got "
-            f"{numbers['rounds']}, {numbers['warmup']}, {numbers['sessions']})."
+            f"rounds must be at least 2, warmup at least 0 and sessions at least 1 (got "
+            f"{numbers['rounds']}, {numbers['warmup']}, {numbers['sessions']}).",
+            parameters=("rounds", "warmup", "sessions"),
         )
     if not batches or min(batches) < 1:
-        raise InputError(f"batches must be positive batch sizes, got {list(batches)}.")
-    if not 0 < numbers["tolerance"] < 1:
         raise InputError(
-            f"tolerance must be a fraction between 0 and 1, got {numbers['tolerance']}."
+            f"batches must list positive batch sizes, got {list(batches)}.", parameters=("batches",)
+        )
+    tolerance = numbers["tolerance"]
+    if not 0 < tolerance < 1:
+        raise InputError(
+            f"tolerance must be a fraction between 0 and 1, got {tolerance}.",
+            parameters=("tolerance",),
         )
     if not numbers["max_seconds"] >= 0:
-        raise InputError(f"max_seconds must be at least 0, got {numbers['max_seconds']}.")
-    for label, path in paths.items():
-        if not path.is_file():
-            raise InputError(f"Model '{label}': file '{path}' does not exist.")
-    shapes = {label: _input_shape(path) for label, path in paths.items()}
-    if len({shape[1:] for shape in shapes.values()}) != 1:
+        raise InputError(
+            f"max_seconds must be at least 0, got {numbers['max_seconds']}.",
+            parameters=("max_seconds",),
+        )
+    images, precisions = {}, {}
+    for label, path in paths.items():  # one parsed graph at a time: each runner loads its own
+        file = OnnxFile(path)
+        # The graph's precision; its label is not policed here (verify-parity refuses a lie).
+        images[label], precisions[label] = file.image_input, file.graph_precision[0]
+    if len({image.chw for image in images.values()}) != 1:
+        shapes = {label: image.chw for label, image in images.items()}
         raise InputError(
             f"The models take different image shapes: {shapes}; bench compares one network."
         )
-    for label, shape in shapes.items():
-        fixed = [b for b in batches if isinstance(shape[0], int) and shape[0] != b]
+    image_shape = next(iter(images.values())).chw
+    for label, image in images.items():
+        fixed = [b for b in batches if not image.accepts(b)]
         if fixed:
             raise InputError(
                 f"Model '{label}' ('{paths[label]}') was exported with a fixed batch of "
-                f"{shape[0]}, so it cannot run batch {fixed[0]}; export it with --batch dynamic."
+                f"{image.batch}, so it cannot run batch {fixed[0]}; export it with a dynamic "
+                "batch axis (karst-deploy export --batch dynamic)."
             )
     notes = []
-    if candidate is not None and _precision(paths[candidate]) != _precision(paths[baseline]):
+    if candidate is not None and precisions[candidate] != precisions[baseline]:
         notes.append(
-            f"No zero-added-latency verdict: '{candidate}' is {_precision(paths[candidate])} and "
-            f"'{baseline}' is {_precision(paths[baseline])}; the table compares them as measured."
+            f"No zero-added-latency verdict: '{candidate}' is {precisions[candidate]} and "
+            f"'{baseline}' is {precisions[baseline]}; the table compares them as measured."
         )
         candidate = None
-    image_shape = next(iter(shapes.values()))[1:]
     return _Plan(paths, image_shape, candidate, notes)
 
 

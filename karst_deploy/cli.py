@@ -35,6 +35,7 @@ from karst_deploy.errors import (
     clip,
     clip_words,
     os_error,
+    with_flags,
 )
 
 app = typer.Typer(
@@ -90,7 +91,7 @@ def handle_error(error: Exception) -> int:
         )
         return ENVIRONMENT
     if isinstance(error, KarstDeployError):
-        print_error(str(error))
+        print_error(with_flags(error))  # library messages name parameters; we show flags
         return error.exit_code
     print_error(
         f"internal error: {type(error).__name__} in {_where(error)}: {clip(error)}. This is a "
@@ -158,6 +159,26 @@ Pretrained = Annotated[
         "(an adapter file alone never triggers a download).",
     ),
 ]
+
+
+#: CPU threads of every compute command; the default is `karst_deploy.threads`'s policy.
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads for PyTorch and ONNX Runtime (default: the available cores minus "
+        "those the load average shows busy, at least 1; KARST_DEPLOY_THREADS sets it).",
+    ),
+]
+
+
+def _use_threads(requested: int | None) -> int:
+    """Set PyTorch's threads for this command (`karst_deploy.threads` policy); the count,
+    which commands pass on to ONNX Runtime."""
+    check_flags(threads=requested)
+    from karst_deploy.threads import apply_threads
+
+    return apply_threads(requested).threads
 
 
 #: Sane ranges of the numeric flags, flag -> (low, high); checked before any work starts.
@@ -307,9 +328,9 @@ def doctor(as_json: AsJson = False, json_out: JsonOut = None, force: Force = Fal
     from karst_deploy.report.tables import doctor_table
 
     report = diagnose()
-    emit(report, as_json, json_out, force)
+    emit(report.to_dict(), as_json, json_out, force)
     if not as_json:
-        table, hints = doctor_table(report)
+        table, hints = doctor_table(report.to_dict())
         show(table, *hints)
 
 
@@ -324,7 +345,9 @@ def merge_command(
     adapter: Path = typer.Option(
         ..., "--adapter", help="Adapter directory (adapter_config.json + adapter.safetensors)."
     ),
-    out: Path = typer.Option(..., "--out", help="Merged checkpoint to write (.safetensors)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Merged checkpoint to write: .safetensors, or .pth/.pt/.bin (torch)."
+    ),
     backbone: str | None = typer.Option(
         None, "--backbone", help="timm name; checked against the adapter's (PEFT: required)."
     ),
@@ -338,20 +361,25 @@ def merge_command(
         None, "--model-kwargs", help="PEFT adapter only: extra timm arguments as JSON."
     ),
     pretrained: Pretrained = False,
+    threads: Threads = None,
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
 ):
-    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint."""
+    """Fold an adapter (ours or a PEFT one) into its backbone; write a plain timm checkpoint.
+
+    The format follows --out's suffix: .safetensors, or .pth/.pt/.bin (torch.save state dict).
+    """
+    _use_threads(threads)
     from karst_deploy.adapters.merging import MergeOptions, merge_adapter_directory
     from karst_deploy.report.tables import key_value_table
 
     refuse_outputs(force, json_out)
     options = MergeOptions(backbone, checkpoint, pretrained, img_size, parse_kwargs(model_kwargs))
     result = merge_adapter_directory(adapter, out, options, force=force)
-    emit(result, as_json, json_out, force)
+    emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
-        show(key_value_table("merged checkpoint", result))
+        show(key_value_table("merged checkpoint", result.to_dict()))
     wrote(as_json, out, json_out)
 
 
@@ -468,11 +496,11 @@ def build_engine_command(
         version_compat, fp16, no_precision_check,
     )  # fmt: skip
     result = build_engine(onnx, out, options, force=force, progress=True)
-    emit(result, as_json, json_out, force)
+    emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
-        table, fallbacks = engine_table(result)
+        table, fallbacks = engine_table(result.to_dict())
         show(table, *fallbacks)
-    wrote(as_json, result["engine"], result["sidecar"], json_out)
+    wrote(as_json, result.engine, result.sidecar, json_out)
 
 
 @command(
@@ -534,6 +562,21 @@ CalibCache = Annotated[
 ]
 
 
+def _parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """``0.5,0.5,0.5`` -> (0.5, 0.5, 0.5); the model checks count and range."""
+    from karst_deploy.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"{flag} is '{clip(text)}'; expected numbers separated by commas, e.g. "
+            "0.485,0.456,0.406 (one per input channel)."
+        ) from None
+
+
 def parse_kwargs(text: str | None) -> dict[str, Any] | None:
     """``--model-kwargs`` JSON -> the allow-listed timm keyword arguments."""
     from karst_deploy.jsonfile import parse_object
@@ -593,12 +636,14 @@ def export_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
+    threads: Threads = None,
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
 ):
     """Merge an adapter into its backbone and export one checked ONNX file with provenance."""
     check_flags(num_classes=num_classes, img_size=img_size, calib_samples=calib_samples)
+    _use_threads(threads)
     from karst_deploy.export import ExportOptions, export_in_precision, parse_onnx_batch
     from karst_deploy.precision import CalibrationOptions
     from karst_deploy.report.tables import key_value_table
@@ -647,7 +692,7 @@ def verify_parity_command(
         None, "--atol", help="Replace atol_scale: max abs diff <= ATOL x max(1, max|ref|)."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per inference call."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per runtime."),
+    threads: Threads = None,
     engine: Path | None = typer.Option(
         None, "--engine", help="TensorRT engine built from --onnx: a stage after ONNX Runtime."
     ),
@@ -657,6 +702,9 @@ def verify_parity_command(
         metavar="RUNNER",
         help="Also run --onnx on this runner, as a stage after ONNX Runtime (repeatable): "
         "onnxruntime-cuda, onnxruntime-tensorrt or tensorrt (built in memory).",
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write accuracy per stage and logit-difference histograms (PNG)."
     ),
     as_json: AsJson = False,
     json_out: JsonOut = None,
@@ -674,13 +722,18 @@ def verify_parity_command(
 
     if atol is not None and not (math.isfinite(atol) and atol > 0):
         raise InputError(f"--atol must be a finite positive number, got {atol}.")
-    refuse_outputs(force, json_out)
+    refuse_outputs(force, json_out, plot)
+    threads = _use_threads(threads)
     report = verify_parity(
         onnx, adapter, backbone=backbone, checkpoint=checkpoint, pretrained=pretrained,
         data=data, split=split, samples=samples, images=images, seed=seed, atol_scale=atol,
         batch_size=batch_size, threads=threads, engine=engine, runners=stage or (),
     )  # fmt: skip
     emit(report.to_dict(), as_json, json_out, force)
+    if plot is not None:  # before a failure is raised: the plot is what explains it
+        from karst_deploy.report.curves import plot_parity
+
+        plot_parity(report, plot, force=force)
     if not as_json:
         from karst_deploy.report.render import note
 
@@ -689,7 +742,7 @@ def verify_parity_command(
             note(text)
         if report.white_box is not None:
             show(white_box_table(report.white_box))
-    wrote(as_json, json_out)
+    wrote(as_json, json_out, plot)
     report.raise_if_failed()
     if not as_json:
         show("[green]parity: every check passed[/]")
@@ -727,7 +780,7 @@ def bench_command(
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph", help="tensorrt runner: replay one CUDA graph per batch size."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per model."),
+    threads: Threads = None,
     rounds: int = typer.Option(50, "--rounds", help="Measured rounds per batch size."),
     warmup: int = typer.Option(5, "--warmup", help="Unmeasured rounds per session first."),
     sessions: int = typer.Option(
@@ -758,6 +811,7 @@ def bench_command(
     from karst_deploy.report.render import note
     from karst_deploy.report.tables import bench_table, verdict_lines
 
+    threads = _use_threads(threads)
     refuse_outputs(force, json_out, plot)
     request = BenchRequest(
         onnx, baseline, unmerged, fp16, int8, parse_batch_sizes(batch_sizes), runner, copies,
@@ -795,6 +849,9 @@ def train_command(
         ..., "--out", help="Adapter directory to write (with train_log.json inside)."
     ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Backbone checkpoint."),
+    pretrained: bool = typer.Option(
+        False, "--pretrained", help="Start from timm's own pretrained weights (needs its hub)."
+    ),
     method: str = typer.Option("karst", "--method", help="karst, kadaptation, lora or linear."),
     factor: int | None = typer.Option(None, "--factor", help="karst: Kronecker factor [8]."),
     rank: int | None = typer.Option(None, "--rank", help="karst, lora: rank [8]."),
@@ -805,7 +862,15 @@ def train_command(
     rescale: str | None = typer.Option(
         None, "--rescale", help="karst: channel (paper) or scalar (reference code) [channel]."
     ),
-    scale: float | None = typer.Option(None, "--scale", help="kadaptation: ΔW scale [1]."),
+    scale: float | None = typer.Option(
+        None, "--scale", help="kadaptation: ΔW scale [1; 160 with --structure pevit]."
+    ),
+    structure: str | None = typer.Option(
+        None,
+        "--structure",
+        help="kadaptation: paper (n×n slow weights) or pevit (PEViT's ≈50k structure: rank-1 "
+        "slow weights per q/v, scale 160, dropout 0.5, q/v bias) [paper].",
+    ),
     stage_ranks: str | None = typer.Option(
         None, "--stage-ranks", help="karst: rank per Swin stage, e.g. 2,2,4,8 [--rank everywhere]."
     ),
@@ -816,7 +881,8 @@ def train_command(
         "vtab",
         "--recipe",
         help="Official preset: vtab (100 cosine + 10 epochs at min lr), few-shot (karst N=2, "
-        "LayerNorms trained), swin (karst N=2, stage ranks 2,2,4,8). Explicit flags win.",
+        "LayerNorms trained), swin (karst N=2, stage ranks 2,2,4,8); or quick, for a first try "
+        "on a CPU (10 epochs, 1 warm-up; karst 2 kernels, kadaptation 4). Explicit flags win.",
     ),
     placement: str = typer.Option(
         "uniform", "--placement", help="uniform (every target) or spt (sensitivity-aware SPT)."
@@ -844,6 +910,16 @@ def train_command(
     model_kwargs: str | None = typer.Option(
         None, "--model-kwargs", help="Extra timm arguments as JSON, e.g. '{\"depth\": 6}'."
     ),
+    mean: str | None = typer.Option(
+        None,
+        "--mean",
+        help="Normalisation mean per channel, e.g. 0.485,0.456,0.406 (one value with "
+        "in_chans 1; default: the backbone's timm config); recorded in the adapter and ONNX.",
+    ),
+    std: str | None = typer.Option(
+        None, "--std", help="Normalisation std per channel, as --mean (default: timm config)."
+    ),
+    threads: Threads = None,
     epochs: int | None = typer.Option(
         None, "--epochs", help="Epochs, warm-up and cool-down included [recipe: 110]."
     ),
@@ -870,11 +946,21 @@ def train_command(
     strict_images: bool = typer.Option(
         False, "--strict-images", help="Fail on an unreadable image instead of skipping it."
     ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write loss and accuracy curves per epoch (PNG)."
+    ),
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
 ):
     """Train adapters (and the head) on labelled images with the KARST recipe.
+
+    Images: 8-bit and 16-bit, grayscale, palette, CMYK and alpha images are read at their
+    own range into [0, 1] (alpha composited over black), resized to the backbone's input
+    size (bicubic, square, aspect ratio not kept), then normalised with --mean/--std.
+    A grayscale image is repeated into R, G, B for an RGB backbone; with --model-kwargs
+    '{"in_chans": 1}' images are reduced to one luma channel (BT.601) instead. The class
+    names (sorted sub-folders of train/) are recorded in the adapter.
 
     Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel).
     """
@@ -886,22 +972,29 @@ def train_command(
     from karst_deploy.report.tables import train_tables
     from karst_deploy.train.options import TrainOptions, train_with_options
 
-    refuse_outputs(force, json_out)
+    _use_threads(threads)
+    refuse_outputs(force, json_out, plot)
     options = TrainOptions(
         backbone, data, checkpoint, method, factor, rank, kernels, alpha, rescale, scale,
-        stage_ranks, targets, recipe, placement, budget, structured, sigma, budget_rule, scores,
+        structure, stage_ranks, targets, recipe, placement, budget, structured, sigma,
+        budget_rule, scores,
         img_size, parse_kwargs(model_kwargs) or {}, epochs, batch_size, lr, weight_decay,
         warmup_epochs, cooldown_epochs, warmup_lr, min_lr, drop_path, seed, num_workers, device,
-        amp, strict_images,
+        amp, strict_images, pretrained=pretrained, mean=_parse_floats(mean, "--mean"),
+        std=_parse_floats(std, "--std"),
     )  # fmt: skip
     result = train_with_options(options, out, force=force)
     if not result.is_main:
         return
-    emit({"out": str(result.out), **result.log}, as_json, json_out, force)
+    if plot is not None:
+        from karst_deploy.report.curves import plot_training
+
+        plot_training(result.log, plot, force=force)
+    emit({"out": str(result.out), **result.log.to_dict()}, as_json, json_out, force)
     if not as_json:
         tables, warnings = train_tables(result, f"{method} on {data}")
         show(*tables, *warnings)
-    wrote(as_json, result.out, json_out)
+    wrote(as_json, result.out, plot, json_out)
 
 
 @command(
@@ -933,6 +1026,9 @@ def sensitivity_command(
     plot: Path | None = typer.Option(
         None, "--plot", help="Also write a PNG of each matrix's share of the sensitivity."
     ),
+    mean: str | None = typer.Option(None, "--mean", help="As train --mean."),
+    std: str | None = typer.Option(None, "--std", help="As train --std."),
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Overwrite --out (and --plot)."),
     as_json: AsJson = False,
     json_out: JsonOut = None,
@@ -942,6 +1038,7 @@ def sensitivity_command(
     The scores feed `train --placement spt --scores FILE`.
     """
     check_flags(batches=batches, batch_size=batch_size, seed=seed, img_size=img_size)
+    _use_threads(threads)
     from karst_deploy.placement import sensitivity_for_backbone
     from karst_deploy.report.tables import key_value_table
 
@@ -950,6 +1047,7 @@ def sensitivity_command(
         backbone, data, out, checkpoint=checkpoint, img_size=img_size,
         model_kwargs=parse_kwargs(model_kwargs), batches=batches, batch_size=batch_size,
         seed=seed, shuffle_seed=shuffle_seed, force=force, progress=True,
+        mean=_parse_floats(mean, "--mean"), std=_parse_floats(std, "--std"),
     )  # fmt: skip
     if plot is not None:  # drawn from the scores file just written
         from karst_deploy.placement import load_scores
@@ -976,12 +1074,14 @@ def convert_precision_command(
     calib_samples: CalibSamples = 256,
     calib_method: CalibMethod = "minmax",
     calib_cache: CalibCache = True,
+    threads: Threads = None,
     force: Force = False,
     as_json: AsJson = False,
     json_out: JsonOut = None,
 ):
     """Convert an fp32 ONNX to fp16, or calibrate it to symmetric int8 QDQ (for TensorRT)."""
     check_flags(calib_samples=calib_samples)
+    _use_threads(threads)
     from karst_deploy.precision import CalibrationOptions, convert_precision
     from karst_deploy.report.tables import key_value_table
 
@@ -1005,24 +1105,23 @@ def demo_command(
         False, "--quick", help="Reduced mode for tests/CI: shorter training, fewer bench rounds."
     ),
     seed: int = typer.Option(0, "--seed", help="Seeds adapter training, parity and bench inputs."),
-    threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for PyTorch and ONNX Runtime (default: theirs)."
-    ),
+    threads: Threads = None,
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print demo.json instead of tables."),
     json_out: JsonOut = None,
 ):
     """The whole pipeline on real digits: pretrain, train KARST, export, verify, bench, report."""
     check_flags(seed=seed, threads=threads)
-    from karst_deploy.pipeline import run_demo
+    threads = _use_threads(threads)
+    from karst_deploy.demo import run_demo
+    from karst_deploy.demo.report import summary_tables
     from karst_deploy.report.render import note
-    from karst_deploy.report.tables import demo_tables
 
     refuse_outputs(force, json_out)
     result = run_demo(out, quick=quick, seed=seed, force=force, threads=threads)
     emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
-        show(*demo_tables(result))
+        show(*summary_tables(result))
         if result.settings.note:
             note(result.settings.note)
     result.raise_if_failed()
@@ -1057,6 +1156,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main() -> None:
     from karst_deploy.interrupts import exit_on_interrupt
+    from karst_deploy.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch starts OpenMP (karst_deploy.threads)
 
     with exit_on_interrupt(restore=False):  # SIGINT/SIGTERM: 130, temporaries removed
         sys.exit(run())

@@ -2,7 +2,10 @@
 
 Every source is opened with `open_images(source, split, img_size, mean, std)` and yields
 ``(image, label)`` pairs: float32 CHW tensors resized to the backbone's input size and
-normalised, and integer labels. Used by training, `verify-parity --data`, and INT8
+normalised, and integer labels. Pixels are read by `read_image` at their own range (8- and
+16-bit, palette, CMYK; alpha composited over black) and converted by `preprocess` (bicubic
+resize to a square, C = len(mean) channels: grayscale repeated for RGB backbones, colour
+reduced to luma for one-channel ones). Used by training, `verify-parity --data`, and INT8
 calibration alike, so all three see identical preprocessing.
 
 Sources
@@ -44,6 +47,7 @@ import torch
 
 from karst_deploy.errors import InputError, clip
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL converts RGB to L
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DIGITS_SPLITS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 #: Largest image decoded (width × height): 25 megapixels, e.g. 5000×5000 (300 MB as float32).
@@ -84,7 +88,7 @@ class LabelledImages(torch.utils.data.Dataset):
         return int(self.labels[index]) if self.labels is not None else self.items[index][1]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.arrays[index] if self.arrays is not None else _read_rgb(self.items[index][0])
+        image = self.arrays[index] if self.arrays is not None else read_image(self.items[index][0])
         return preprocess(image, self.img_size, self.mean, self.std), self.label(index)
 
     def preprocessed_as(
@@ -93,19 +97,65 @@ class LabelledImages(torch.utils.data.Dataset):
         """The same images, resized and normalised for another backbone."""
         return dataclasses.replace(self, img_size=img_size, mean=tuple(mean), std=tuple(std))
 
+    def select_classes(self, classes: Sequence[str], what: str) -> LabelledImages:
+        """The images of `classes` only, relabelled to their index in `classes`.
+
+        `classes` are the names a model was trained on (its head's outputs, in order); the
+        data must have every one of them (InputError naming the missing ones and `what`
+        asked, e.g. ``--data``). Classes of the data the model does not know are dropped.
+        """
+        classes = list(classes)
+        if classes == self.classes:
+            return self
+        missing = [name for name in classes if name not in self.classes]
+        if missing:
+            raise InputError(
+                f"{what} '{clip(self.source)}' does not have the classes the model was trained "
+                f"on: it lacks {_names(missing)} (it has {_names(self.classes)}; the model's "
+                f"are {_names(classes)}). Pass the data the adapter was trained on, or one with "
+                "those classes (a superset is narrowed to them)."
+            )
+        new_label = {self.classes.index(name): index for index, name in enumerate(classes)}
+        if self.arrays is not None:
+            keep = np.isin(self.labels, list(new_label))
+            labels = np.array([new_label[int(v)] for v in self.labels[keep]], dtype=np.int64)
+            return dataclasses.replace(
+                self, classes=classes, arrays=self.arrays[keep], labels=labels
+            )
+        items = [(file, new_label[label]) for file, label in self.items if label in new_label]
+        return dataclasses.replace(self, classes=classes, items=items)
+
     def batch(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `count` images (all by default) as one ``(N, 3, H, W)`` tensor and labels."""
+        """The first `count` images (all by default) as one ``(N, C, H, W)`` tensor and labels."""
         count = len(self) if count is None else min(count, len(self))
         pairs = [self[i] for i in range(count)]
         return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
 
 
+def _names(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(repr(clip(n, 40)) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def preprocess(
     image: np.ndarray, img_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """[0, 1] HW/HWC array → normalised float32 ``(3, img_size, img_size)`` tensor (bicubic)."""
+    """[0, 1] HW/HWC array → normalised float32 ``(C, img_size, img_size)`` tensor (bicubic).
+
+    C is ``len(mean)``: 3 for an RGB backbone (a grayscale image is repeated into the three
+    channels), 1 for a single-channel one (``in_chans: 1``; a colour image is reduced to
+    its luma, ITU-R BT.601 weights as PIL's ``L`` mode, and a grayscale one is used as is).
+    """
+    channels = len(mean)
+    if channels not in (1, 3) or len(std) != channels:
+        raise InputError(
+            f"mean {tuple(mean)} and std {tuple(std)} must both have 1 (grayscale backbone) or "
+            "3 (RGB backbone) values."
+        )
     tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
-    tensor = tensor[None].expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    if tensor.ndim == 3 and channels == 1:
+        tensor = (tensor * torch.tensor(LUMA_WEIGHTS)).sum(-1)
+    tensor = tensor[None].expand(channels, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tuple(tensor.shape[1:]) != (img_size, img_size):
         tensor = torch.nn.functional.interpolate(
             tensor[None], size=(img_size, img_size), mode="bicubic", align_corners=False
@@ -148,9 +198,47 @@ def open_image(path: Path):
     return image
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """The pixels of an image file as float32 in [0, 1]: HW for grayscale, HWC (RGB) for colour.
+
+    Every PIL mode is scaled by its own range, never clipped: 8-bit modes by 255, 16-bit
+    grayscale (``I;16*``, and ``I`` as PIL opens 16-bit PNGs) by 65535, float (``F``) taken
+    as [0, 1]. Palette images are expanded, CMYK (and YCbCr, LAB, HSV) converted to RGB by
+    PIL, bilevel to grayscale. An alpha channel (``RGBA``, ``LA``, palette transparency) is
+    composited over black (colour × alpha), so what a fully transparent pixel hides never
+    reaches the model.
+    """
     with open_image(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return image_pixels(image, str(path))
+
+
+def image_pixels(image, name: str = "image") -> np.ndarray:
+    """`read_image` on an open PIL image (`name` labels errors)."""
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode.startswith("I;16") or mode == "I":
+        array = np.asarray(image, dtype=np.float64)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise InputError(
+                f"Image '{clip(name)}' holds 32-bit integer pixels ({array.min():g} to "
+                f"{array.max():g}); karst-deploy reads 8- and 16-bit images."
+            )
+        return (array / 65535.0).astype(np.float32)
+    elif mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if image.mode in ("LA", "RGBA"):  # composite over black: colour × alpha
+        array = array[..., :-1] * array[..., -1:]
+        if image.mode == "LA":
+            array = array[..., 0]
+    return array
 
 
 def _readable(path: Path) -> bool:

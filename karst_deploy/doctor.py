@@ -6,12 +6,15 @@ import importlib
 import os
 import platform
 import sys
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 TENSORRT_HINT = (
     "On a Jetson, TensorRT comes with JetPack: create the virtual environment with "
-    "--system-site-packages so it sees JetPack's tensorrt module. On a desktop GPU: "
-    "pip install 'karst-deploy[tensorrt]' (pulls NVIDIA's tensorrt wheels)."
+    "--system-site-packages so it sees JetPack's tensorrt module. On a desktop GPU, from the "
+    "karst-deploy checkout (karst-deploy is not on PyPI, so 'karst-deploy[tensorrt]' means "
+    "the checkout's extra): pip install -e '.[tensorrt]', or pip install 'tensorrt>=10' "
+    "into the same environment (its wheels fetch NVIDIA's libraries from pypi.nvidia.com)."
 )
 CUDA_HINT = (
     "PyTorch sees no CUDA GPU. On a Jetson install NVIDIA's PyTorch wheel for your JetPack "
@@ -45,26 +48,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def tensorrt_status(gpu_present: bool = False) -> dict[str, Any]:
+@dataclass
+class TensorRTStatus:
+    """Whether TensorRT imports here; if not, why (`reason`) and how to get it (`hint`)."""
+
+    available: bool
+    reason: str | None = None
+    version: str | None = None
+    # TensorRT 11 removed BuilderFlag.FP16: precision comes from the ONNX alone.
+    fp16_builder_flag: bool | None = None
+    hint: str | None = None
+    dla_cores: int | None = None
+    builder_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON: only the fields that apply (a missing TensorRT has no version)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def tensorrt_status(gpu_present: bool = False) -> TensorRTStatus:
     """Whether TensorRT imports here, and if not, why and how to get it."""
     try:
         import tensorrt
     except Exception as exc:
-        return {"available": False, "reason": f"{type(exc).__name__}: {exc}", "hint": TENSORRT_HINT}
+        return TensorRTStatus(False, reason=f"{type(exc).__name__}: {exc}", hint=TENSORRT_HINT)
     major = int(tensorrt.__version__.split(".")[0])
-    status: dict[str, Any] = {
-        "available": True,
-        "version": tensorrt.__version__,
-        # TensorRT 11 removed BuilderFlag.FP16: precision comes from the ONNX alone.
-        "fp16_builder_flag": hasattr(tensorrt.BuilderFlag, "FP16"),
-    }
+    status = TensorRTStatus(
+        True,
+        version=tensorrt.__version__,
+        fp16_builder_flag=hasattr(tensorrt.BuilderFlag, "FP16"),
+    )
     if major < 10:
-        status["hint"] = f"karst-deploy needs TensorRT 10.x or 11.x. {TENSORRT_HINT}"
+        status.hint = f"karst-deploy needs TensorRT 10.x or 11.x. {TENSORRT_HINT}"
     if gpu_present:  # a Builder needs a CUDA context, so only where a GPU is
         try:
-            status["dla_cores"] = tensorrt.Builder(tensorrt.Logger()).num_DLA_cores
+            status.dla_cores = tensorrt.Builder(tensorrt.Logger()).num_DLA_cores
         except Exception as exc:
-            status["builder_error"] = f"{type(exc).__name__}: {exc}"
+            status.builder_error = f"{type(exc).__name__}: {exc}"
     return status
 
 
@@ -85,44 +105,70 @@ def gpu_devices() -> list[dict[str, Any]]:
     return devices
 
 
-def missing_runtimes(report: dict[str, Any]) -> dict[str, str]:
+def missing_runtimes(
+    cuda_available: bool, tensorrt: TensorRTStatus, onnxruntime_providers: list[str]
+) -> dict[str, str]:
     """What this machine lacks for the GPU paths, each with how to get it."""
     missing = {}
-    if not report["cuda_available"]:
+    if not cuda_available:
         missing["CUDA GPU"] = CUDA_HINT
-    if not report["tensorrt"]["available"] or "hint" in report["tensorrt"]:
-        missing["TensorRT"] = report["tensorrt"]["hint"]
-    providers = report["onnxruntime_providers"]
-    if "CUDAExecutionProvider" not in providers:
+    if tensorrt.hint is not None:  # missing, or a version we do not support
+        missing["TensorRT"] = tensorrt.hint
+    if "CUDAExecutionProvider" not in onnxruntime_providers:
         missing["onnxruntime-gpu"] = ORT_GPU_HINT
     return missing
 
 
-def diagnose() -> dict[str, Any]:
-    """Versions, accelerators and runtimes, as one JSON-ready dict."""
+@dataclass
+class Diagnosis:
+    """Versions, accelerators and runtimes of this machine; `to_dict` is doctor's JSON."""
+
+    karst_deploy: str | None
+    python: str
+    platform: str
+    torch: str
+    timm: str | None
+    onnx: str | None
+    onnxruntime: str
+    onnxruntime_providers: list[str]
+    cuda_available: bool
+    cuda_build: str | None  # the CUDA torch was built for (None: CPU-only torch)
+    gpus: list[dict[str, Any]]
+    tensorrt: TensorRTStatus
+    cpu: str
+    cpu_cores: int | None
+    cpu_cores_usable: int | None
+    torch_threads: int
+    missing: dict[str, str] = field(default_factory=dict)  # what is lacking -> how to get it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"tensorrt": self.tensorrt.to_dict()}
+
+
+def diagnose() -> Diagnosis:
+    """Versions, accelerators and runtimes of this machine, and what it lacks."""
     import onnxruntime
     import torch
 
     cuda = torch.cuda.is_available()
-    report = {
-        "karst_deploy": _version("karst_deploy"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "timm": _version("timm"),
-        "onnx": _version("onnx"),
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
-        "cuda_available": cuda,
-        "cuda_build": torch.version.cuda,  # the CUDA torch was built for (None: CPU-only torch)
-        "gpus": gpu_devices(),
-        "tensorrt": tensorrt_status(gpu_present=cuda),
-        "cpu": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else None,
-        "torch_threads": torch.get_num_threads(),
-    }
-    report["missing"] = missing_runtimes(report)
-    return report
+    providers = onnxruntime.get_available_providers()
+    tensorrt = tensorrt_status(gpu_present=cuda)
+    return Diagnosis(
+        karst_deploy=_version("karst_deploy"),
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        torch=torch.__version__,
+        timm=_version("timm"),
+        onnx=_version("onnx"),
+        onnxruntime=onnxruntime.__version__,
+        onnxruntime_providers=providers,
+        cuda_available=cuda,
+        cuda_build=torch.version.cuda,
+        gpus=gpu_devices(),
+        tensorrt=tensorrt,
+        cpu=cpu_model(),
+        cpu_cores=os.cpu_count(),
+        cpu_cores_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        torch_threads=torch.get_num_threads(),
+        missing=missing_runtimes(cuda, tensorrt, providers),
+    )

@@ -103,9 +103,19 @@ def clip_words(message: str) -> str:
 
 
 class KarstDeployError(Exception):
-    """Base class: a failure with a message meant for the user."""
+    """Base class: a failure with a message meant for the user.
+
+    Library code names the Python *parameters* at fault, never a command-line flag, and
+    lists them in `parameters`; the CLI rewrites them to its flags (`with_flags`), so a
+    Python caller of ``verify_parity(atol_scale=-1)`` reads ``atol_scale`` and a CLI user
+    ``--atol``.
+    """
 
     exit_code = BAD_INPUT
+
+    def __init__(self, *args: object, parameters: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.parameters = tuple(parameters)
 
 
 class InputError(KarstDeployError):
@@ -206,3 +216,36 @@ def check_range(
     too_low = low is not None and (value <= low if low_open else value < low)
     if too_low or (high is not None and value > high):
         raise InputError(f"{name} must be {bounds}, got {clip(value)}.")
+
+
+#: The command-line flag of each library parameter whose flag is not simply ``--`` plus the
+#: parameter with ``-`` for ``_`` (``batch_size`` → ``--batch-size``). The CLI's one map
+#: from library vocabulary to its own (`with_flags`).
+PARAMETER_FLAGS: dict[str, str] = {
+    "atol_scale": "--atol",
+    "batches": "--batch",
+    "source": "--onnx",
+    "adapter_dir": "--adapter",
+}
+
+
+def flag_for(parameter: str, flags: dict[str, str] | None = None) -> str:
+    """The flag the CLI gives `parameter` (`PARAMETER_FLAGS`, else ``--`` + dashed name)."""
+    table = PARAMETER_FLAGS if flags is None else flags
+    return table.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def with_flags(error: KarstDeployError, flags: dict[str, str] | None = None) -> str:
+    """`error`'s message with each of its `parameters` named by its flag (`flag_for`).
+
+    The first place a parameter stands as a word of its own is replaced (``samples``, not
+    the one inside ``calib_samples``, a quoted value or a path): messages name the
+    parameter before any value they echo.
+    """
+    message = str(error)
+    for parameter in error.parameters:
+        flag = flag_for(parameter, flags)
+        if flag:
+            word = rf"(?<![\w./'\"-]){re.escape(parameter)}(?![\w/'\"-]|\.\w)"
+            message = re.sub(word, flag, message, count=1)
+    return message

@@ -7,7 +7,10 @@ cannot replace anything, even a file another process created meanwhile: it is on
 two runs writing the same output exactly one succeeds. With ``force`` a regular file,
 a directory or a symlink (the link itself, never its target) is replaced atomically; a
 device, FIFO or socket, or a file where a directory is expected (and the reverse), is
-refused even then. Outputs get the usual ``0666 & ~umask`` (directories ``0777``).
+refused even then. An existing *empty* directory, where a directory is written, counts as
+free (people ``mkdir`` the output first, as PEFT's ``save_pretrained`` allows): the
+publish renames over it, which rename(2) does only while it is still empty. Outputs get
+the usual ``0666 & ~umask`` (directories ``0777``).
 
 Temporaries are named ``.NAME.karst-HOST-PID-RANDOM.tmp`` next to the output and
 registered with `karst_deploy.interrupts`, which removes them on every exit path; a run
@@ -77,12 +80,25 @@ def _kind(path: Path) -> str | None:
     return _KINDS.get(stat.S_IFMT(mode), "special file")
 
 
-def _check_target(path: Path, force: bool, directory: bool) -> None:
-    """Refuse `path` if it exists (unless `force`) or is something we never replace."""
+def _is_empty_directory(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+def _check_target(path: Path, force: bool, directory: bool) -> bool:
+    """Refuse `path` if it exists (unless `force`) or is something we never replace.
+
+    True when `path` is an empty directory where a directory is to be written: free.
+    """
     kind = _kind(path)
     if kind is None:
-        return
+        return False
     expected = "directory" if directory else "regular file"
+    if directory and kind == "directory" and _is_empty_directory(path):
+        return True  # an empty directory someone made for us (`mkdir out` first)
     if kind not in (expected, "symbolic link"):
         raise OutputExistsError(
             f"Output '{path}' is a {kind}, where karst-deploy writes a {expected}; it never "
@@ -99,8 +115,9 @@ def _check_target(path: Path, force: bool, directory: bool) -> None:
         )
 
 
-def _prepare(path: Path, force: bool, directory: bool) -> None:
-    _check_target(path, force, directory)
+def _prepare(path: Path, force: bool, directory: bool) -> bool:
+    """`_check_target`, then the parent created and swept; True for a free empty directory."""
+    empty = _check_target(path, force, directory)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -109,6 +126,7 @@ def _prepare(path: Path, force: bool, directory: bool) -> None:
             f"{exc.strerror or exc}."
         ) from None
     sweep_stale(path.parent)
+    return empty
 
 
 def refuse_existing(path: str | os.PathLike[str], force: bool, *, directory: bool = False) -> None:
@@ -314,8 +332,14 @@ def _appeared(path: Path) -> OutputExistsError:
     )
 
 
-def _publish(tmp: Path, path: Path, *, force: bool, directory: bool, cache: bool) -> None:
-    """Give the complete temporary `tmp` its final name `path` (see the module doc)."""
+def _publish(
+    tmp: Path, path: Path, *, force: bool, directory: bool, cache: bool, onto_empty: bool = False
+) -> None:
+    """Give the complete temporary `tmp` its final name `path` (see the module doc).
+
+    `onto_empty`: `path` was an empty directory when the run began, and may be taken over
+    while it stays empty (one that appears during the run is never replaced).
+    """
     final = not cache and not interrupts.is_registered_inside(path)
     _apply_umask(tmp, directory)
     aside = None
@@ -333,7 +357,10 @@ def _publish(tmp: Path, path: Path, *, force: bool, directory: bool, cache: bool
                     os.rename(path, aside)
                     interrupts.register(aside)
                 try:
-                    rename_noreplace(tmp, path)
+                    if onto_empty and aside is None and _kind(path) == "directory":
+                        _rename_onto_empty(tmp, path)
+                    else:
+                        rename_noreplace(tmp, path)
                 except FileExistsError:
                     if aside is not None:
                         with contextlib.suppress(OSError):
@@ -352,6 +379,17 @@ def _publish(tmp: Path, path: Path, *, force: bool, directory: bool, cache: bool
             interrupts.mark_committed()
     if aside is not None:
         interrupts.remove(aside)
+
+
+def _rename_onto_empty(tmp: Path, path: Path) -> None:
+    """Publish directory `tmp` over the empty directory `path` (rename(2) replaces an empty
+    directory atomically, and fails with ENOTEMPTY once anything was put in it)."""
+    try:
+        os.rename(tmp, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(exc.errno, "filled while publishing", os.fspath(path)) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -379,14 +417,15 @@ def atomic_directory(
 ) -> Iterator[Path]:
     """Yield a temporary directory next to `path`; publish it as `path` on success.
 
-    A directory that appears at `path` during the run is never replaced without `force`.
+    An empty directory at `path` when the run begins is taken over (while it stays empty);
+    a directory that appears at `path` during the run is never replaced without `force`.
     """
     path = Path(path)
-    _prepare(path, force, directory=True)
+    empty = _prepare(path, force, directory=True)
     tmp = _create_temp(path, directory=True)
     try:
         yield tmp
-        _publish(tmp, path, force=force, directory=True, cache=cache)
+        _publish(tmp, path, force=force, directory=True, cache=cache, onto_empty=empty)
     finally:
         interrupts.remove(tmp)
 

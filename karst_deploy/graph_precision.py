@@ -1,8 +1,9 @@
 """The one rule for "what precision is this ONNX graph", read from the graph itself.
 
 A provenance label is a claim anyone can edit; the graph is what runs. Every reader that
-needs the precision of an ONNX file (verify-parity's tolerance, bench, precision checks)
-asks `graph_precision`. Leaf module: it imports nothing from karst-deploy.
+needs the precision of an ONNX file (verify-parity's tolerance, bench, precision checks,
+engine builds) asks `karst_deploy.onnx_file.OnnxFile.precision`, which applies this rule
+and refuses a label that disagrees. Leaf module: it imports nothing from karst-deploy.
 
 * ``int8``: any quantize/dequantize node (QuantizeLinear, DequantizeLinear and the other
   ONNX/ORT quantized operators), in any domain or subgraph.
@@ -13,8 +14,9 @@ asks `graph_precision`. Leaf module: it imports nothing from karst-deploy.
 
 from __future__ import annotations
 
-import os
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import onnx
 from onnx import TensorProto
@@ -34,7 +36,7 @@ QUANTIZED_OPS = frozenset(
 HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and every subgraph (If/Loop/Scan bodies) inside it."""
     stack = [graph]
     while stack:
@@ -62,7 +64,7 @@ def _half_tensors(graph: onnx.GraphProto) -> int:
 
 def precision_evidence(model: onnx.ModelProto) -> tuple[str, str]:
     """The graph's precision and what shows it, e.g. ``("int8", "24 Q/DQ nodes")``."""
-    graphs = list(_graphs(model.graph))
+    graphs = list(all_graphs(model.graph))
     quantized = sum(node.op_type in QUANTIZED_OPS for g in graphs for node in g.node)
     if quantized:
         return "int8", f"{quantized} quantize/dequantize node(s)"
@@ -72,8 +74,21 @@ def precision_evidence(model: onnx.ModelProto) -> tuple[str, str]:
     return "fp32", "no quantize/dequantize nodes and no float16 tensors"
 
 
-def graph_precision(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
+def graph_precision(model: onnx.ModelProto) -> str:
     """``int8``, ``fp16`` or ``fp32``, from the graph alone (see the module docstring)."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model), load_external_data=False)
     return precision_evidence(model)[0]
+
+
+def describe_precision(model: onnx.ModelProto) -> dict[str, Any]:
+    """The precision the graph shows, with the counts that show it (for reports)."""
+    ops = Counter(node.op_type for node in model.graph.node)
+    initializer_types = Counter(
+        TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer
+    )
+    return {
+        "precision": graph_precision(model),
+        "quantize_linear": ops["QuantizeLinear"],
+        "dequantize_linear": ops["DequantizeLinear"],
+        "cast": ops["Cast"],
+        "initializer_types": dict(sorted(initializer_types.items())),
+    }

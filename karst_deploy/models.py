@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ MODEL_KWARGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "proj_drop_rate": _number_in(0.0, 0.99),
     "attn_drop_rate": _number_in(0.0, 0.99),
     "drop_path_rate": _number_in(0.0, 0.99),
+    # 1: a grayscale backbone (images reduced to luma, never replicated); 3: RGB.
+    "in_chans": ((lambda v: v in (1, 3) and not isinstance(v, bool)), "1 or 3"),
 }
 #: Backbone fields with their own argument (and flag): never accepted among the kwargs.
 OWN_ARGUMENTS = {"num_classes": "--num-classes", "img_size": "--img-size"}
@@ -169,12 +172,20 @@ class BackboneSpec:
     checkpoint_sha256: str | None = None
     pretrained: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    # Image normalisation, one value per input channel. None (a spec read from an adapter
+    # that predates recording them) means the backbone's timm default, set when built.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels: 3 (RGB) unless the model_kwargs ask for a grayscale backbone."""
+        return int(self.model_kwargs.get("in_chans", 3))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
+        for key in ("mean", "std"):
+            data[key] = None if data[key] is None else list(data[key])
         return data
 
     def build(self, checkpoint: str | os.PathLike[str] | None = None) -> nn.Module:
@@ -189,6 +200,8 @@ class BackboneSpec:
             img_size=self.img_size,
             checkpoint=checkpoint,
             pretrained=self.pretrained,
+            mean=self.mean,
+            std=self.std,
             **self.model_kwargs,
         )
 
@@ -207,15 +220,46 @@ def _json_safe(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
         ) from None
 
 
+def check_normalisation(value: Any, key: str, channels: int, where: str) -> tuple[float, ...]:
+    """`value` as a mean or std tuple: `channels` finite numbers (std > 0), or InputError."""
+    low, high = (1e-6, 1e3) if key == "std" else (-1e3, 1e3)
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == channels
+        and all(_number_in(low, high)[0](v) for v in value)
+    )
+    if not ok:
+        raise InputError(
+            f"{where} is {_short(repr(value))}; expected {channels} number(s) in [{low:g}, "
+            f"{high:g}], one per input channel ({'grayscale' if channels == 1 else 'R, G, B'})."
+        )
+    return tuple(float(v) for v in value)
+
+
+def _default_normalisation(cfg: dict[str, Any], key: str, channels: int) -> tuple[float, ...]:
+    """timm's pretrained-config mean or std; for a grayscale backbone, its luma average."""
+    from karst_deploy.data import LUMA_WEIGHTS
+
+    values = tuple(float(v) for v in cfg.get(key, (0.5, 0.5, 0.5)))
+    if channels == 1 and len(values) == 3:
+        return (sum(w * v for w, v in zip(LUMA_WEIGHTS, values, strict=True)),)
+    return values
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
     img_size: int | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     pretrained: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Create a timm model with ``exportable=True`` and optionally load a local checkpoint.
+
+    `mean`/`std` (one value per input channel) are recorded as the images' normalisation;
+    None takes timm's pretrained config (for ``in_chans: 1``, its luma-weighted average).
 
     `checkpoint` may be ``.safetensors``, ``.pth``/``.pt``/``.bin`` (plain state dicts or
     nested under ``state_dict``/``model``), or a Google ViT ``.npz``. When `num_classes`
@@ -228,6 +272,12 @@ def create_model(
     if not isinstance(pretrained, bool):
         raise InputError(f"pretrained must be True or False, not {_short(repr(pretrained))}.")
     kwargs = _checked_arguments(name, num_classes, img_size, timm_kwargs)
+    channels = int(timm_kwargs.get("in_chans", 3))
+    given = {
+        key: check_normalisation(value, key, channels, f"--{key}")
+        for key, value in (("mean", mean), ("std", std))
+        if value is not None
+    }
     skeleton(name, num_classes, img_size, **timm_kwargs)  # sizes and shapes before memory
     try:
         with torch.random.fork_rng(devices=[]):  # leaves the caller's random state alone
@@ -249,8 +299,8 @@ def create_model(
         checkpoint_sha256=checkpoint_sha,
         pretrained=bool(pretrained),
         model_kwargs=_json_safe(dict(timm_kwargs), name),
-        mean=tuple(float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5))),
+        mean=given.get("mean") or _default_normalisation(cfg, "mean", channels),
+        std=given.get("std") or _default_normalisation(cfg, "std", channels),
     )
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model.eval()
@@ -327,7 +377,8 @@ def skeleton(
         )
     try:
         with torch.no_grad():
-            model.eval()(torch.empty(1, 3, size, size, device="meta"))
+            channels = int(kwargs.get("in_chans", 3))
+            model.eval()(torch.empty(1, channels, size, size, device="meta"))
     except NotImplementedError:
         pass  # an operator without a meta kernel says nothing about the arguments
     except (TypeError, ValueError, AssertionError, RuntimeError, IndexError) as exc:
@@ -347,6 +398,12 @@ def _image_size(model: nn.Module, cfg: dict[str, Any]) -> int:
     return int(size)
 
 
+def input_channels(model: nn.Module) -> int:
+    """Channels of the images `model` takes: its patch embedding's (3 when it has none)."""
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    return int(getattr(proj, "in_channels", 3))
+
+
 def backbone_spec(model: nn.Module) -> BackboneSpec:
     """The spec recorded by `create_model` (models made elsewhere are described from timm)."""
     spec = getattr(model, SPEC_ATTRIBUTE, None)
@@ -360,7 +417,11 @@ def backbone_spec(model: nn.Module) -> BackboneSpec:
             "architecture name for it; create it with karst_deploy.create_model(name, ...)."
         )
     return BackboneSpec(
-        name=name, num_classes=int(model.num_classes), img_size=_image_size(model, cfg)
+        name=name,
+        num_classes=int(model.num_classes),
+        img_size=_image_size(model, cfg),
+        mean=_default_normalisation(cfg, "mean", 3),
+        std=_default_normalisation(cfg, "std", 3),
     )
 
 
@@ -399,6 +460,37 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "'state_dict' and 'model')."
         )
     return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def infer_from_checkpoint(
+    name: str, checkpoint: str | os.PathLike[str], **timm_kwargs: Any
+) -> dict[str, int]:
+    """The class count and, where a learned position embedding fixes it, the input size
+    that the checkpoint of backbone `name` was trained with (keys ``num_classes``,
+    ``img_size``; a key is absent when the file does not say).
+
+    The class count is the first dimension of the classifier's weight; the input size is
+    the patch size times the side of the square patch grid the position embedding holds
+    (after the class/register tokens). Only shapes are read; nothing is built in memory.
+    """
+    if Path(checkpoint).suffix.lower() in (".npz", ".npy"):
+        return {}
+    state = read_state_dict(checkpoint)
+    model = skeleton(name, **timm_kwargs)
+    found: dict[str, int] = {}
+    weights = [n for n in classifier_parameter_names(model) if n.endswith("weight")]
+    if weights and weights[0] in state and state[weights[0]].ndim == 2:
+        found["num_classes"] = int(state[weights[0]].shape[0])
+    pos_embed = state.get("pos_embed")
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if pos_embed is not None and pos_embed.ndim == 3 and isinstance(patch, int):
+        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        cells = int(pos_embed.shape[1]) - prefix
+        side = math.isqrt(cells) if cells > 0 else 0
+        if side > 0 and side * side == cells and side * patch <= MAX_IMG_SIZE:
+            found["img_size"] = side * patch
+    return found
 
 
 def classifier_parameter_names(model: nn.Module) -> list[str]:

@@ -6,13 +6,12 @@ Inputs are seeded random tensors and, optionally, real labelled images. For ever
 adjacent pair of stages and every input set it reports max abs diff, max relative diff,
 cosine similarity, top-1 and top-5 agreement, and with labels the accuracy of each stage.
 
-Pass/fail limits live in one table, `TOLERANCES`, keyed by the precision of the stage
-being judged (read from the ONNX graph itself, `karst_deploy.graph_precision`; a provenance
-label that disagrees is refused), so a reduced-precision model is judged by its own gates.
+Pass/fail limits live in one table, `karst_deploy.compare.TOLERANCES`, keyed by the
+precision of the stage being judged (read from the ONNX graph itself,
+`karst_deploy.onnx_file.OnnxFile.precision`; a provenance label that disagrees is refused),
+so a reduced-precision model is judged by its own gates.
 Besides running inputs, `verify_parity` compares the ONNX graph with a fresh export of the
 same model (`karst_deploy.export.whitebox`), so a branch no test input triggers is found.
-Polygraphy's default elementwise atol = rtol = 1e-5 is the wrong statistic for a classifier;
-we bound the error relative to the logit scale and require the answers (top-1) to be the same.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from karst_deploy.backends.base import Runner
-from karst_deploy.comparison import (
+from karst_deploy.compare import (
     TOLERANCES,
     Check,
     Tolerance,
@@ -38,6 +37,7 @@ from karst_deploy.comparison import (
     tolerance_for,
 )
 from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.onnx_file import OnnxFile
 
 if TYPE_CHECKING:
     from karst_deploy.export.whitebox import WhiteBoxResult
@@ -70,6 +70,8 @@ class Comparison:
     tolerance: Tolerance
     metrics: dict[str, float]
     checks: list[Check]
+    # Per input, the largest |candidate − reference| logit: what `--plot` histograms; not JSON.
+    max_abs_diff_per_input: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -173,14 +175,14 @@ def run_stages(
     comparisons = []
     for (previous, stage), tolerance in zip(itertools.pairwise(stages), judged_by, strict=True):
         for inputs in input_sets:
-            metrics, checks = compare_logits(
-                outputs[previous.name, inputs.name],
-                outputs[stage.name, inputs.name],
-                tolerance,
-                inputs.labels,
-            )
+            reference = outputs[previous.name, inputs.name]
+            candidate = outputs[stage.name, inputs.name]
+            metrics, checks = compare_logits(reference, candidate, tolerance, inputs.labels)
+            difference = np.abs(candidate.astype(np.float64) - reference).max(axis=-1)
             comparisons.append(
-                Comparison(previous.name, stage.name, inputs.name, tolerance, metrics, checks)
+                Comparison(
+                    previous.name, stage.name, inputs.name, tolerance, metrics, checks, difference
+                )
             )
     accuracies = {
         inputs.name: {s.name: accuracy(outputs[s.name, inputs.name], inputs.labels) for s in stages}
@@ -199,10 +201,10 @@ def run_stages(
     )
 
 
-def random_inputs(samples: int, img_size: int, seed: int = 0) -> InputSet:
+def random_inputs(samples: int, img_size: int, seed: int = 0, channels: int = 3) -> InputSet:
     """Seeded standard-normal images: the scale of normalised pixels."""
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((samples, 3, img_size, img_size), dtype=np.float32)
+    images = rng.standard_normal((samples, channels, img_size, img_size), dtype=np.float32)
     return InputSet("random", images, description={"seed": seed})
 
 
@@ -214,22 +216,33 @@ def image_inputs(
     mean: Sequence[float],
     std: Sequence[float],
     num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> InputSet:
     """Up to `samples` labelled images, evenly spaced over the split (so every class appears).
 
-    With `num_classes` (the model's head), data with another number of classes is refused:
-    its labels would be compared with outputs that mean other classes.
+    With `classes` (the names of the model's outputs, recorded at training), the data's
+    images of those classes are taken and relabelled to the model's order; data lacking
+    one of them is refused. Without (an adapter that predates the record), data whose class
+    count differs from `num_classes` (the model's head) is refused: its labels would be
+    compared with outputs that mean other classes.
     """
     from karst_deploy.data import has_split, open_images
 
     if split is None:
         split = "test" if has_split(source, "test") else "val"
     data = open_images(source, split, img_size, mean, std)
-    if num_classes is not None and data.num_classes != num_classes:
+    selected = None
+    if classes is not None:
+        before = data.num_classes
+        data = data.select_classes(classes, "--data")
+        if data.num_classes != before:
+            selected = list(classes)
+    elif num_classes is not None and data.num_classes != num_classes:
         raise InputError(
-            f"--data '{source}' has {data.num_classes} classes but the model's head has "
+            f"data '{source}' has {data.num_classes} classes but the model's head has "
             f"{num_classes}: its labels do not name the model's outputs. Pass the data the "
-            "adapter was trained on (e.g. digits:A-B for a subset of digits)."
+            "adapter was trained on (e.g. digits:A-B for a subset of digits).",
+            parameters=("data",),
         )
     if len(data) == 0:
         raise InputError(f"Split '{split}' of data source '{source}' has no readable images.")
@@ -237,12 +250,10 @@ def image_inputs(
     pairs = [data[int(i)] for i in index]
     images = np.stack([image.numpy() for image, _ in pairs]).astype(np.float32)
     labels = np.array([label for _, label in pairs], dtype=np.int64)
-    return InputSet(
-        "images",
-        images,
-        labels,
-        {"source": str(source), "split": split, "skipped": len(data.skipped)},
-    )
+    description = {"source": str(source), "split": split, "skipped": len(data.skipped)}
+    if selected is not None:
+        description["classes_selected"] = selected
+    return InputSet("images", images, labels, description)
 
 
 def _runner_stages(
@@ -316,44 +327,41 @@ def verify_parity(
     appends a stage that runs `onnx` on that runner (``Runner.from_file``), judged by the
     tolerance of the graph's precision.
     """
-    import onnx as onnx_lib
-
-    from karst_deploy.adapters import load_adapted_model, merge
+    from karst_deploy.adapters import AdapterFile, load_adapted_model, merge
     from karst_deploy.adapters.peft_format import is_peft_directory, peft_parity_models
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from karst_deploy.backends.torch import TorchRunner
-    from karst_deploy.export.record import check_precision_label, check_source
+    from karst_deploy.export.record import check_source
     from karst_deploy.export.whitebox import white_box
     from karst_deploy.models import backbone_spec
-    from karst_deploy.provenance import require_provenance
+    from karst_deploy.onnx_file import require_provenance
 
     if samples < 1 or images < 1:
-        raise InputError(f"--samples and --images must be at least 1, got {samples}, {images}.")
+        raise InputError(
+            f"samples and images must be at least 1, got {samples}, {images}.",
+            parameters=("samples", "images"),
+        )
     if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise InputError(
+            f"batch_size must be at least 1, got {batch_size}.", parameters=("batch_size",)
+        )
     overrides = None
     if atol_scale is not None:
         if not (math.isfinite(atol_scale) and atol_scale > 0):
-            raise InputError(f"atol_scale must be a finite positive number, got {atol_scale}.")
+            raise InputError(
+                f"atol_scale must be a finite positive number, got {atol_scale}.",
+                parameters=("atol_scale",),
+            )
         overrides = {
             p: dataclasses.replace(t, atol_scale=atol_scale) for p, t in TOLERANCES.items()
         }
-    onnx = Path(onnx)
-    record = require_provenance(onnx)
+    source = OnnxFile(onnx, "onnx")  # checked: size, no external data, one image input
+    onnx = source.path
+    record = require_provenance(source)
     check_source(record, onnx, adapter_dir=adapter, backbone=backbone, checkpoint=checkpoint)
-    try:  # never follow external-data paths a file names: our exports are one file
-        graph = onnx_lib.load(os.fspath(onnx), load_external_data=False)
-    except Exception as exc:  # DecodeError, OSError, ...
-        raise InputError(f"'{onnx}' is not a readable ONNX file: {exc}") from None
-    external = [
-        t.name for t in graph.graph.initializer if t.data_location == onnx_lib.TensorProto.EXTERNAL
-    ]
-    if external:
-        raise InputError(
-            f"'{onnx}' keeps tensor '{external[0]}' in an external data file; karst-deploy "
-            "exports are single self-contained files, export it again."
-        )
-    precision = check_precision_label(record, graph, onnx)
+    precision = source.precision  # the graph's; a provenance label that disagrees is refused
+    graph = source.model
+    del source
     extra_stages = [
         *_runner_stages(runners, onnx, precision, threads),
         # named apart from a `runners` stage "tensorrt" (the ONNX built in memory)
@@ -364,6 +372,7 @@ def verify_parity(
     ]
     notes: list[str] = []
     first: list[Stage] = []
+    classes = None
     if is_peft_directory(adapter):  # PEFT's own forward first, when PEFT is installed
         unmerged, reference, notes = peft_parity_models(
             adapter, record, checkpoint, pretrained=pretrained
@@ -372,6 +381,7 @@ def verify_parity(
             first = [Stage("peft", TorchRunner(reference, threads=threads))]
     else:
         unmerged = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
+        classes = AdapterFile(adapter).classes
     merged = merge(unmerged)
     spec = backbone_spec(unmerged)
     stages = [
@@ -386,13 +396,28 @@ def verify_parity(
         raise InputError(
             f"'{onnx}' is {judged_on_images[0].precision}: reduced precision is judged on real "
             "labelled images (accuracy drop and top-1 agreement against the fp32 merged "
-            "model); pass --data digits|IMAGE_FOLDER|VTAB_DIR."
+            "model); pass data (digits, an image folder or a VTAB-1k directory).",
+            parameters=("data",),
         )
-    input_sets = [random_inputs(samples, spec.img_size, seed)]
+    input_sets = [random_inputs(samples, spec.img_size, seed, spec.in_chans)]
     if data is not None:
         input_sets.append(
-            image_inputs(data, split, images, spec.img_size, spec.mean, spec.std, spec.num_classes)
+            image_inputs(
+                data, split, images, spec.img_size, spec.mean, spec.std, spec.num_classes, classes
+            )
         )
+        chosen = input_sets[-1].description.get("classes_selected")
+        if chosen is not None:
+            notes.append(
+                f"--data '{data}' has more classes than the adapter; its images of the "
+                f"adapter's {len(chosen)} classes ({', '.join(chosen[:10])}) were taken and "
+                "relabelled to the adapter's order"
+            )
+        elif classes is None and not is_peft_directory(adapter):
+            notes.append(
+                "the adapter records no class names (made before karst-deploy recorded them): "
+                "--data was matched to its head by class count only"
+            )
     # The file's kind label only picks which model it is compared with: a wrong one fails.
     unmerged_file = record.get("kind") == "unmerged"
     checked = white_box(

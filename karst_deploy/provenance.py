@@ -2,20 +2,20 @@
 
 One key, ``karst_deploy.provenance``, holds a JSON object (the full record); a few flat
 ``karst_deploy.*`` keys repeat the essentials so Netron and ``onnx`` users can read them
-at a glance. Readers use `read_provenance` and never parse the flat keys; it checks every key
-of the record against `SCHEMA` (types and ranges, unknown keys refused) before returning it.
+at a glance. Readers use `record_of` (files: `karst_deploy.onnx_file.read_provenance`) and
+never parse the flat keys; it checks every key of the record against `SCHEMA` (types and
+ranges, unknown keys refused) before returning it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import onnx
 
 from karst_deploy import records as r
-from karst_deploy.errors import InputError, clip
+from karst_deploy.graph_precision import PRECISIONS
 from karst_deploy.jsonfile import parse_object
 
 KEY = "karst_deploy.provenance"
@@ -27,8 +27,9 @@ SCHEMA: dict[str, r.Checker] = {
     "backbone": r.name,
     "img_size": r.integer(1, 4096),
     "num_classes": r.integer(1, 100_000),
-    "mean": r.list_of(r.number(-1e3, 1e3), 3),
-    "std": r.list_of(r.number(1e-6, 1e3), 3),
+    # One value per input channel: 3 (RGB), or 1 for a grayscale (in_chans 1) backbone.
+    "mean": r.either(r.list_of(r.number(-1e3, 1e3), 3), r.list_of(r.number(-1e3, 1e3), 1)),
+    "std": r.either(r.list_of(r.number(1e-6, 1e3), 3), r.list_of(r.number(1e-6, 1e3), 1)),
     "model_kwargs": r.scalars,
     "pretrained": r.boolean,
     "method": r.optional(r.name),
@@ -36,7 +37,7 @@ SCHEMA: dict[str, r.Checker] = {
     "adapter_sha256": r.optional(r.map_of(r.sha256)),
     "checkpoint_sha256": r.optional(r.sha256),
     "kind": r.one_of("merged", "unmerged", "base"),
-    "precision": r.one_of("fp32", "fp16", "int8"),
+    "precision": r.one_of(*PRECISIONS),
     "opset": r.integer(1, 1000),
     "exporter": r.text(200),
     "batch": r.either(r.one_of("dynamic"), r.integer(1, 1 << 20)),
@@ -74,40 +75,14 @@ def write_provenance(model: onnx.ModelProto, record: dict[str, Any]) -> onnx.Mod
     return model
 
 
-def read_provenance(
-    model: onnx.ModelProto | str | os.PathLike[str], where: str | os.PathLike[str] | None = None
-) -> dict[str, Any] | None:
-    """The checked provenance record of an ONNX model or file, or None if it has none.
+def record_of(model: onnx.ModelProto, where: str = "the ONNX model") -> dict[str, Any] | None:
+    """The checked provenance record in `model`'s metadata, or None if it has none.
 
-    `where` names the file in messages (default: the path given, else "the ONNX model").
+    `where` names the model in messages. Files are read by `karst_deploy.onnx_file`
+    (`OnnxFile.provenance`, `read_provenance`), which loads them with its checks.
     """
-    if not isinstance(model, onnx.ModelProto):
-        where = model if where is None else where
-        try:
-            model = onnx.load(os.fspath(model), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError, OSError, ...
-            raise InputError(f"'{clip(model)}' is not a readable ONNX file: {clip(exc)}") from None
-    label = f"'{clip(where)}'" if where is not None else "the ONNX model"
     for prop in model.metadata_props:
         if prop.key == KEY:
-            record = parse_object(prop.value, f"{label}: metadata {KEY}")
-            return r.validate(record, SCHEMA, f"{label}: provenance", nested=NESTED)
+            record = parse_object(prop.value, f"{where}: metadata {KEY}")
+            return r.validate(record, SCHEMA, f"{where}: provenance", nested=NESTED)
     return None
-
-
-def require_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The record of an ONNX file, or a clear error when it has none."""
-    record = read_provenance(path)
-    if record is None:
-        raise InputError(
-            f"'{path}' carries no karst-deploy provenance (metadata key "
-            "'karst_deploy.provenance'); export it with `karst-deploy export` so it records "
-            "the backbone and adapter it was made from."
-        )
-    missing = [key for key in EXPORT_KEYS if key not in record]
-    if missing:
-        raise InputError(
-            f"'{clip(path)}': provenance lacks key '{missing[0]}', which every export records; "
-            "the metadata was edited. Export the model again with `karst-deploy export`."
-        )
-    return record

@@ -1,5 +1,8 @@
 """Central tables of test cases: every adapter check runs over METHOD_CASES × BACKBONE_CASES.
 
+The method table is derived from the adapter registry (`karst_deploy.adapters.registry`);
+the backbones are a table.
+
 Backbones are tiny versions of real timm architectures (random weights, 32×32 inputs) so
 the whole table runs in seconds on two CPU cores, while keeping the properties that
 matter: widths 192/384/768, qkv with and without bias, Swin's windowed attention, and a
@@ -18,6 +21,7 @@ import torch
 
 import karst_deploy as kd
 from karst_deploy.adapters import AdapterConfig
+from karst_deploy.adapters.registry import method_options, standalone_configs, structured_configs
 
 
 @dataclass(frozen=True, eq=False)  # identity hash: cases are module-level singletons
@@ -65,21 +69,51 @@ BACKBONE_CASES = [
     ),
 ]
 
+# Hyper-parameters per registered method for the tiny backbones, with its variants (case id ->
+# config). The method table itself is derived from the adapter registry: every registered
+# method that adapts Linear layers (its config has `targets`) is a case, with its config's
+# defaults when it has no entry here, so a new method is tested by registering it.
+METHOD_VARIANTS: dict[str, dict[str, AdapterConfig]] = {
+    "karst": {
+        "karst-channel": kd.KarstConfig(rescale="channel"),
+        "karst-scalar": kd.KarstConfig(rescale="scalar"),
+        "karst-fused": kd.KarstConfig(qkv_layout="fused"),  # adapters written before split qkv
+    },
+    "lora": {"lora": kd.LoraConfig(rank=4, alpha=8.0)},
+    "kadaptation": {
+        "kadaptation": kd.KAdaptationConfig(kernels=4, scale=0.5),
+        "kadaptation-pevit": kd.KAdaptationConfig(kernels=4, scale=0.5, structure="pevit"),
+    },
+}
+LAYER_METHODS = [name for name in standalone_configs if "targets" in method_options(name)]
 METHOD_CASES: dict[str, AdapterConfig] = {
-    "karst-channel": kd.KarstConfig(rescale="channel"),
-    "karst-scalar": kd.KarstConfig(rescale="scalar"),
-    "karst-fused": kd.KarstConfig(qkv_layout="fused"),  # adapters written before split qkv
-    "lora": kd.LoraConfig(rank=4, alpha=8.0),
-    "kadaptation": kd.KAdaptationConfig(kernels=4, scale=0.5),
+    case: config
+    for name in LAYER_METHODS
+    for case, config in METHOD_VARIANTS.get(name, {name: standalone_configs[name]()}).items()
 }
 
 method_params = pytest.mark.parametrize("method", list(METHOD_CASES))
 
-# SPT places its modules per model, so an SPT case is the structured method's config, which
-# `spt_config` turns into a placement for each backbone; `adapted` takes these names too.
+# (method, backbone) pairs a method refuses by design: the table's tests skip them (conftest),
+# and the refusal itself is tested beside the method.
+INAPPLICABLE: dict[tuple[str, str], str] = {
+    ("kadaptation-pevit", "vit-384-noqkvbias"): "PEViT adds a bias to the q and v outputs; "
+    "this qkv has none to fold it into (refusal: tests/adapters/test_kadaptation.py)",
+}
+
+
+def inapplicable(params: dict[str, Any]) -> str | None:
+    """Why a test's (method, backbone) parameters are a pair the method refuses, or None."""
+    backbone = params.get("backbone")
+    return INAPPLICABLE.get((params.get("method"), getattr(backbone, "id", None)))
+
+
+# SPT places its modules per model, so an SPT case is the structured method's config (its
+# first variant above), which `spt_config` turns into a placement for each backbone;
+# `adapted` takes these names too. Derived from the registry's structurable methods.
 SPT_CASES: dict[str, AdapterConfig] = {
-    "spt-karst": kd.KarstConfig(),
-    "spt-lora": kd.LoraConfig(rank=4, alpha=8.0),
+    f"spt-{name}": next(iter(METHOD_VARIANTS.get(name, {name: config()}).values()))
+    for name, config in structured_configs.items()
 }
 spt_params = pytest.mark.parametrize("method", list(SPT_CASES))
 backbone_params = pytest.mark.parametrize("backbone", BACKBONE_CASES, ids=lambda c: c.id)
@@ -97,23 +131,36 @@ def randomize_adapters(model: torch.nn.Module, seed: int = 1, std: float = 0.1) 
 
 
 def spt_config(model: torch.nn.Module, structured: AdapterConfig) -> kd.adapters.SptConfig:
-    """An SPT placement for `model` holding structured and sparse matrices (synthetic scores).
+    """An official-layout SPT placement for `model` exercising every kind of part.
 
-    The first candidate matrix is uniformly the most sensitive, so it crosses P_struct/σ and
-    becomes structured; the others hold lower random scores and share a small sparse budget.
+    Synthetic scores: the k block of the first qkv is uniformly the most sensitive, so it
+    alone crosses P_struct/σ (a structured module on a single block of the fused qkv); the
+    first LayerNorm weight too, so it is tuned whole; everything else holds lower random
+    scores and shares a small sparse budget (matrices and vectors). The cls token, where
+    the backbone has one, is trained. The exact rule spends the budget within 2 %.
     """
+    from karst_deploy.adapters.spt import block_linear
     from karst_deploy.placement import allocate
     from karst_deploy.placement.allocation import structured_size
-    from karst_deploy.placement.sensitivity import candidate_weights
+    from karst_deploy.placement.sensitivity import candidate_parameters
 
     generator = torch.Generator().manual_seed(0)
-    weights = candidate_weights(model)
-    scores = {name: torch.rand(w.shape, generator=generator) for name, w in weights.items()}
-    first = next(iter(scores))
-    scores[first] += 1.0
-    path = first.removesuffix(".weight")
-    budget = structured_size(path, model.get_submodule(path), structured) + 20 * len(scores)
-    # The exact rule spends this budget within 2 % (the official sweep may overshoot it).
+    candidates = candidate_parameters(model)
+    scores = {name: torch.rand(p.shape, generator=generator) for name, p in candidates.items()}
+    qkv = next(name for name in scores if name.endswith("attn.qkv.weight"))
+    rows = scores[qkv].shape[0] // 3
+    scores[qkv][rows : 2 * rows] += 1.0
+    norm = next(name for name in scores if name.endswith("norm1.weight"))
+    scores[norm] += 1.0
+    path = qkv.removesuffix(".weight")
+    block = block_linear(model.get_submodule(path), 3)
+    token = dict(model.named_parameters()).get("cls_token")
+    budget = (
+        structured_size(path, block, structured)
+        + scores[norm].numel()
+        + (0 if token is None else token.numel())
+        + 20 * len(scores)
+    )
     return allocate(model, scores, budget, structured=structured, rule="exact")
 
 
@@ -124,11 +171,12 @@ def spt_case_config(backbone: BackboneCase, method: str) -> kd.adapters.SptConfi
 
 
 def adapted(backbone: BackboneCase, method: str, seed: int = 1) -> torch.nn.Module:
-    """The backbone with the method's adapters, set to random non-zero values."""
+    """The backbone with the method's adapters, set to random non-zero values, in eval mode
+    (what merge folds: training-only parts such as PEViT's dropout are off)."""
     spt = method in SPT_CASES
     config = spt_case_config(backbone, method) if spt else METHOD_CASES[method]
     model = kd.add_adapters(backbone.build(), config)
-    return randomize_adapters(model, seed)
+    return randomize_adapters(model, seed).eval()
 
 
 def images(backbone: BackboneCase, batch: int = 3, seed: int = 0) -> torch.Tensor:

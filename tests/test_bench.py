@@ -27,7 +27,8 @@ from karst_deploy.bench import (
 from karst_deploy.errors import INCONCLUSIVE as EXIT_INCONCLUSIVE
 from karst_deploy.errors import InconclusiveError, InputError, VerificationError
 from karst_deploy.export import export_onnx
-from karst_deploy.provenance import read_provenance, write_provenance
+from karst_deploy.onnx_file import read_provenance
+from karst_deploy.provenance import write_provenance
 from tests.cli_helpers import run_cli
 from tests.export.artifacts import export_base, save_adapter
 

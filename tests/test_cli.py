@@ -85,6 +85,26 @@ def test_merge_writes_a_checkpoint_timm_loads(tiny_case, tmp_path):
     assert run_cli(*again, "--force").returncode == 0
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".pt"])
+def test_merge_writes_the_format_its_suffix_names(tiny_case, tmp_path, suffix):
+    """`--out merged.pth` is a torch state dict timm loads (it used to get safetensors bytes)."""
+    model, checkpoint = _adapter_on_checkpoint(tiny_case, "karst-channel", tmp_path)
+    common = ["merge", "--adapter", str(tmp_path / "adapter"), "--checkpoint", str(checkpoint)]
+    out = tmp_path / f"merged{suffix}"
+    result = run_cli(*common, "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["format"] == "torch"
+    state = torch.load(out, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    plain = timm.create_model(tiny_case.name, checkpoint_path=str(out), **tiny_case.kwargs)
+    x = images(tiny_case)
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), model(x), atol=1e-5)
+    refused = run_cli(*common, "--out", str(tmp_path / "merged.ckpt"))
+    assert refused.returncode == 2 and "'.ckpt'" in refused.stderr
+    assert not (tmp_path / "merged.ckpt").exists()
+
+
 def test_merge_without_the_training_checkpoint_is_refused(tiny_case, tmp_path):
     _adapter_on_checkpoint(tiny_case, "lora", tmp_path)
     result = run_cli(

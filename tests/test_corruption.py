@@ -33,7 +33,8 @@ from karst_deploy.backends.tensorrt.sidecar import (
 )
 from karst_deploy.errors import KarstDeployError
 from karst_deploy.files import sha256_file
-from karst_deploy.provenance import KEY, NESTED, SCHEMA, require_provenance
+from karst_deploy.onnx_file import require_provenance
+from karst_deploy.provenance import KEY, NESTED, SCHEMA
 from tests.backends.tensorrt.graphs import tiny_classifier
 
 TIME_LIMIT_S = 5

@@ -219,3 +219,87 @@ def test_vtab_entries_stay_inside_the_root_and_labels_are_bounded(tmp_path, entr
         open_images(root, "train", 16)
     assert str(root / "train800.txt") in str(error.value)
     assert "line 3" in str(error.value) or "UTF-8" in message
+
+
+# Every image kind the reader must take, as (writer, expected [0, 1] pixels): generated here.
+def _sixteen_bit(path):
+    values = np.array([[0, 1000, 30000], [40000, 65535, 255]], dtype=np.uint16)
+    Image.fromarray(values).save(path)  # a 16-bit grayscale PNG (I;16)
+    return values / 65535.0
+
+
+def _palette(path):
+    image = Image.new("P", (3, 2))
+    image.putpalette([255, 0, 0, 0, 128, 255] + [0] * 762)
+    image.putdata([0, 1, 0, 1, 1, 0])
+    image.save(path)
+    red, blue = (1.0, 0.0, 0.0), (0.0, 128 / 255, 1.0)
+    return np.array([[red, blue, red], [blue, blue, red]])
+
+
+def _alpha(path):
+    rgba = np.array([[[255, 255, 255, 0], [200, 100, 50, 255], [255, 0, 0, 128]]], np.uint8)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return rgba[..., :3] / 255.0 * (rgba[..., 3:] / 255.0)  # over black
+
+
+def _gray_alpha(path):
+    la = np.array([[[255, 0], [100, 255]]], np.uint8)
+    Image.fromarray(la, "LA").save(path)
+    return la[..., 0] / 255.0 * (la[..., 1] / 255.0)
+
+
+def _cmyk(path):
+    cmyk = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 0, 0, 255], [0, 128, 0, 64]]], np.uint8)
+    Image.fromarray(cmyk, "CMYK").save(path)
+    c, m, y, k = (cmyk[..., i] / 255.0 for i in range(4))
+    return np.stack([(1 - c) * (1 - k), (1 - m) * (1 - k), (1 - y) * (1 - k)], -1)
+
+
+@pytest.mark.parametrize(
+    ("writer", "suffix"),
+    [
+        (_sixteen_bit, ".png"),
+        (_palette, ".png"),
+        (_alpha, ".png"),
+        (_gray_alpha, ".png"),
+        (_cmyk, ".tif"),
+    ],
+    ids=["16-bit", "palette", "alpha", "gray-alpha", "cmyk"],
+)
+def test_images_that_are_not_8_bit_rgb_are_read_by_their_own_range(tmp_path, writer, suffix):
+    from karst_deploy.data import read_image
+
+    path = tmp_path / f"image{suffix}"
+    expected = writer(path)
+    pixels = read_image(path)
+    assert pixels.dtype == np.float32 and pixels.shape == expected.shape
+    np.testing.assert_allclose(pixels, expected, atol=1.5 / 255)
+
+
+def test_sixteen_bit_pixels_are_scaled_not_saturated(tmp_path):
+    """The reported bug: 16-bit grayscale saturated to white by an 8-bit conversion."""
+    path = tmp_path / "train" / "a" / "x.png"
+    path.parent.mkdir(parents=True)
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
+    Image.fromarray(ramp).save(path)
+    from karst_deploy.data import read_image
+
+    pixels = read_image(path)
+    assert (pixels >= 0.999).mean() < 0.01  # an 8-bit conversion made most of them 1.0
+    assert abs(float(pixels.mean()) - 0.5) < 0.01
+
+
+def test_grayscale_backbone_gets_one_channel_and_colour_is_reduced_to_luma():
+    from karst_deploy.data import LUMA_WEIGHTS, preprocess
+
+    gray = np.full((4, 4), 0.25, np.float32)
+    one = preprocess(gray, 4, (0.5,), (0.5,))
+    assert one.shape == (1, 4, 4) and torch.allclose(one, torch.tensor(-0.5))
+    colour = np.zeros((4, 4, 3), np.float32)
+    colour[..., 1] = 1.0  # pure green
+    luma = preprocess(colour, 4, (0.0,), (1.0,))
+    assert torch.allclose(luma, torch.tensor(LUMA_WEIGHTS[1]))
+    assert preprocess(gray, 4, (0.5,) * 3, (0.5,) * 3).shape == (3, 4, 4)
+    with pytest.raises(InputError, match=r"1 \(grayscale backbone\) or 3"):
+        preprocess(gray, 4, (0.5, 0.5), (0.5, 0.5))

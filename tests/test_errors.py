@@ -16,6 +16,7 @@ from karst_deploy.errors import (
     clip,
     clip_words,
     os_error,
+    with_flags,
 )
 
 
@@ -60,3 +61,26 @@ def test_ranges_name_the_flag(value, ok):
     else:
         with pytest.raises(InputError, match="--rounds must be"):
             check_range("--rounds", value, 1, 10)
+
+
+def test_library_errors_name_parameters_and_the_cli_shows_flags(capsys):
+    from karst_deploy.bench import bench
+    from karst_deploy.cli import handle_error
+
+    with pytest.raises(InputError, match=r"^rounds must be at least 2") as refused:
+        bench({"base": "base.onnx"}, baseline="base", rounds=1)
+    assert refused.value.parameters == ("rounds", "warmup", "sessions")
+    assert handle_error(refused.value) == BAD_INPUT
+    shown = " ".join(capsys.readouterr().err.split())
+    assert "--rounds must be at least 2, --warmup at least 0 and --sessions at least 1" in shown
+
+
+def test_only_the_parameter_word_becomes_a_flag():
+    error = InputError(
+        "atol_scale is -1 for 'atol_scale/data.onnx'; calib_samples and samples differ; data.npz",
+        parameters=("atol_scale", "samples", "data"),
+    )
+    assert with_flags(error) == (
+        "--atol is -1 for 'atol_scale/data.onnx'; calib_samples and --samples differ; data.npz"
+    )
+    assert with_flags(InputError("no parameters here: samples")) == "no parameters here: samples"

@@ -64,6 +64,29 @@ def test_directory_replacement_is_all_or_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
 
 
+def test_an_empty_directory_made_beforehand_is_taken_over_a_filled_one_refused(tmp_path):
+    target = tmp_path / "adapter"
+    target.mkdir()  # people `mkdir` the output first
+    refuse_existing(target, False, directory=True)
+    with atomic_directory(target) as tmp:
+        (tmp / "new").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+    with pytest.raises(OutputExistsError, match="already exists"):
+        refuse_existing(target, False, directory=True)
+    # Filled while the run works: the publish refuses, their file stays.
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(OutputExistsError), atomic_directory(other) as tmp:
+        (tmp / "ours").write_text("1")
+        (other / "theirs").write_text("2")
+    assert [p.name for p in other.iterdir()] == ["theirs"] and _temporaries(tmp_path) == []
+    empty_file_target = tmp_path / "model.onnx"
+    empty_file_target.mkdir()  # an empty directory where a file goes is still refused
+    with pytest.raises(OutputExistsError):
+        refuse_existing(empty_file_target, False)
+
+
 # -- an output that appears while we work is never replaced without force ---------------------
 
 

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "leaf utilities",
         ("", "errors", "interrupts", "jsonfile", "records", "files", "provenance", "progress",
-         "graph_precision", "comparison", "data", "doctor", "onnx_file"),
+         "graph_precision", "compare", "data", "doctor", "onnx_file", "threads"),
     ),
     ("timm backbones", ("models",)),
     ("adapters", ("adapters",)),

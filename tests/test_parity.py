@@ -10,17 +10,12 @@ import onnxruntime as ort
 import pytest
 
 from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
+from karst_deploy.compare import TOLERANCES, Tolerance, compare_logits, tolerance_for
 from karst_deploy.errors import InputError, VerificationError
-from karst_deploy.export import export_onnx
-from karst_deploy.parity import (
-    TOLERANCES,
-    Stage,
-    Tolerance,
-    compare_logits,
-    tolerance_for,
-    verify_parity,
-)
-from karst_deploy.provenance import read_provenance, write_provenance
+from karst_deploy.export import compare_structure, export_onnx
+from karst_deploy.onnx_file import read_provenance
+from karst_deploy.parity import Stage, verify_parity
+from karst_deploy.provenance import write_provenance
 from tests.cases import METHOD_CASES, method_params
 from tests.cli_helpers import run_cli
 from tests.export.artifacts import export_base, save_adapter
@@ -69,6 +64,8 @@ def test_parity_passes_for_every_method(method, exports):
             1, comparison.metrics["max_abs_reference"]
         )
         assert comparison.metrics["min_cosine"] > 0.999999
+        per_input = comparison.max_abs_diff_per_input  # what --plot histograms
+        assert per_input.max() == pytest.approx(comparison.metrics["max_abs_diff"], rel=1e-6)
     accuracy = report.accuracy["images"]
     assert len(set(accuracy.values())) == 1  # the same answers, so the same accuracy
     assert report.white_box.passed and report.white_box.precision == "fp32"
@@ -85,16 +82,18 @@ def test_merged_onnx_differs_from_the_plain_backbone(exports, tmp_path):
     for _, path in exports.values():
         with OnnxRuntimeRunner(path) as runner:
             assert np.abs(runner.infer(images) - plain).max() > 1e-2
+        assert compare_structure(base, path).same  # the backbone's graph, other numbers
 
 
 def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path):
     adapter, _ = exports["karst-channel"]
-    report_path = tmp_path / "report.json"
+    report_path, plot = tmp_path / "report.json", tmp_path / "parity.png"
     result = run_cli(
         "verify-parity", "--adapter", str(adapter), "--onnx", str(perturbed),
-        "--samples", "16", "--json-out", str(report_path),
+        "--samples", "16", "--json-out", str(report_path), "--plot", str(plot),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
+    assert plot.read_bytes()[:4] == b"\x89PNG"  # written before the failure: it explains it
     assert "torch-merged → onnxruntime" in result.stderr and "max abs diff" in result.stderr
     assert "white-box" in result.stderr and "blocks.0.attn.qkv.weight" in result.stderr
     assert "Traceback" not in result.stderr
@@ -109,10 +108,12 @@ def test_a_perturbed_initializer_fails_with_exit_1(exports, perturbed, tmp_path)
 
 def test_cli_passes_with_exit_0(exports, tmp_path):
     adapter, path = exports["lora"]
-    result = run_cli(
+    plot = tmp_path / "parity.png"
+    arguments = (
         "verify-parity", "--adapter", str(adapter), "--onnx", str(path), "--samples", "8",
-        "--data", "digits", "--json-out", str(tmp_path / "ok.json"),
+        "--data", "digits", "--json-out", str(tmp_path / "ok.json"), "--plot", str(plot),
     )  # fmt: skip
+    result = run_cli(*arguments)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "ok.json").read_text())["passed"] is True
     # stdout is not a terminal here (as in CI or `| tee`): the table takes the width it needs
@@ -121,6 +122,12 @@ def test_cli_passes_with_exit_0(exports, tmp_path):
         assert stage in result.stdout
     assert "…" not in result.stdout
     assert str(tmp_path / "ok.json") in result.stdout  # the closing line names the file
+    assert plot.read_bytes()[:4] == b"\x89PNG" and str(plot) in result.stdout
+    (tmp_path / "ok.json").unlink()
+    stamp = plot.stat().st_mtime_ns
+    refused = run_cli(*arguments)  # the PNG exists, no --force
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert plot.stat().st_mtime_ns == stamp and not (tmp_path / "ok.json").exists()
 
 
 def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):
@@ -134,8 +141,8 @@ def test_an_onnx_from_another_adapter_is_refused_with_exit_2(exports):
 
 def test_mismatched_backbone_checkpoint_or_missing_provenance_are_refused(exports, tmp_path):
     adapter, path = exports["lora"]
-    with pytest.raises(InputError, match="--backbone is 'vit_small_patch16_224' but the adapter"):
-        verify_parity(path, adapter, backbone="vit_small_patch16_224")
+    with pytest.raises(InputError, match=r"^backbone is 'vit_small_patch16_224' but the adapter"):
+        verify_parity(path, adapter, backbone="vit_small_patch16_224")  # the parameter's name
     relabelled = onnx.load(str(path))
     write_provenance(
         relabelled, {**read_provenance(relabelled), "backbone": "vit_small_patch16_224"}
@@ -237,7 +244,7 @@ def test_a_fixed_batch_export_is_fed_in_chunks_of_its_batch(exports, tmp_path):
 
 def test_data_with_another_class_count_is_refused(exports):
     adapter, path = exports["lora"]  # a 10-class head
-    with pytest.raises(InputError, match="--data 'digits:0-4' has 5 classes but the model's head"):
+    with pytest.raises(InputError, match=r"^data 'digits:0-4' has 5 classes but the model's head"):
         verify_parity(path, adapter, data="digits:0-4", samples=2, progress=False)
 
 
@@ -251,3 +258,91 @@ def test_an_atol_that_is_not_finite_and_positive_is_refused(exports):
     for atol in (float("inf"), float("nan"), -1.0, 0.0):
         with pytest.raises(InputError, match="atol_scale must be a finite positive number"):
             verify_parity(path, adapter, atol_scale=atol)
+
+
+# -- class names: the adapter's classes select or refuse the data -----------------------------
+DIGITS_5_TO_9 = ["5", "6", "7", "8", "9"]
+
+
+@pytest.fixture(scope="module")
+def five_class_export(tmp_path_factory):
+    """A KARST adapter whose head names digits 5–9 (as `train --data digits:5-9` records)."""
+    import karst_deploy as kd
+    from tests.cases import BackboneCase, adapted
+    from tests.export.artifacts import CASE
+
+    root = tmp_path_factory.mktemp("classes")
+    case = BackboneCase("vit-5", CASE.name, {**CASE.kwargs, "num_classes": 5})
+    adapter = kd.save_adapters(
+        adapted(case, "karst-channel"), root / "adapter", classes=DIGITS_5_TO_9
+    )
+    return adapter, export_onnx(root / "m.onnx", adapter=adapter).path
+
+
+def test_parity_takes_the_adapters_classes_from_a_superset(five_class_export):
+    """The README's `verify-parity --data digits` on a digits-5–9 adapter: 5–9 only."""
+    adapter, path = five_class_export
+    report = verify_parity(path, adapter, data="digits", samples=4, images=60, progress=False)
+    assert report.passed, report.failures
+    images = next(i for i in report.to_dict()["inputs"] if i["name"] == "images")
+    assert images["classes_selected"] == DIGITS_5_TO_9
+    assert any("adapter's 5 classes" in note for note in report.notes)
+    from karst_deploy.parity import image_inputs
+
+    chosen = image_inputs("digits", "test", 1000, 32, (0.5,) * 3, (0.5,) * 3, 5, DIGITS_5_TO_9)
+    subset = image_inputs("digits:5-9", "test", 1000, 32, (0.5,) * 3, (0.5,) * 3, 5)
+    assert sorted(set(chosen.labels.tolist())) == [0, 1, 2, 3, 4]
+    assert len(chosen.labels) == len(subset.labels)  # every test image of 5–9, relabelled
+
+
+def test_parity_refuses_data_without_the_adapters_classes(five_class_export, tmp_path):
+    from PIL import Image
+
+    adapter, path = five_class_export
+    for name in ("cat", "dog", "eel"):  # an unrelated 3-class folder
+        for split in ("train", "val"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (40, 80, 120)).save(tmp_path / split / name / "0.png")
+    for data, lacking in ((str(tmp_path), "'5', '6'"), ("digits:0-4", "'5', '6'")):
+        result = run_cli(
+            "verify-parity",
+            "--adapter",
+            str(adapter),
+            "--onnx",
+            str(path),
+            "--data",
+            data,
+            "--samples",
+            "2",
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"lacks {lacking}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_adapters_without_class_names_keep_the_class_count_check():
+    """Legacy adapters (no 'classes' key): data is matched to the head by count only."""
+    from karst_deploy.parity import image_inputs
+
+    legacy = image_inputs("digits:5-9", "test", 10, 32, (0.5,) * 3, (0.5,) * 3, 5)
+    assert legacy.description.get("classes_selected") is None
+    with pytest.raises(InputError, match="has 10 classes but the model's head has 5"):
+        image_inputs("digits", "test", 10, 32, (0.5,) * 3, (0.5,) * 3, 5)
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [(["5"] * 5, "5 distinct"), (["5", "6"], "has 2 name"), ([5, 6, 7, 8, 9], "class names")],
+)
+def test_a_bad_classes_key_is_refused(five_class_export, tmp_path, classes, message):
+    import shutil
+
+    from karst_deploy.adapters import AdapterFile
+    from karst_deploy.errors import AdapterFileError
+
+    adapter, _ = five_class_export
+    copy = shutil.copytree(adapter, tmp_path / "adapter")
+    document = json.loads((copy / "adapter_config.json").read_text())
+    document["classes"] = classes
+    (copy / "adapter_config.json").write_text(json.dumps(document))
+    with pytest.raises(AdapterFileError, match=message):
+        AdapterFile(copy)

@@ -22,9 +22,10 @@ from onnx import helper, numpy_helper
 from karst_deploy.errors import KarstDeployError
 from karst_deploy.export import export_onnx
 from karst_deploy.graph_precision import graph_precision
+from karst_deploy.onnx_file import read_provenance
 from karst_deploy.parity import verify_parity
 from karst_deploy.precision import convert_precision
-from karst_deploy.provenance import read_provenance, write_provenance
+from karst_deploy.provenance import write_provenance
 from tests.cli_helpers import run_cli
 from tests.export.artifacts import save_adapter
 

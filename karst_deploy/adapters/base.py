@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The registry is its own module; `register` and `METHODS` are re-exported for the method modules.
+from karst_deploy.adapters.registry import METHODS, method_for, register  # noqa: F401
 from karst_deploy.errors import AdapterFileError, InputError, MergeError
 from karst_deploy.models import classifier_parameter_names
 
@@ -207,15 +209,49 @@ class AdaptedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+class AdaptedNorm(nn.Module):
+    """A LayerNorm with an adapter (SPT's entry deltas): like `AdaptedLinear`, the frozen
+    ``weight``/``bias`` keep their names; merging puts back a copy of the original module."""
+
+    def __init__(self, norm: nn.LayerNorm, method: str, adapter: LayerAdapter) -> None:
+        super().__init__()
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.method = method
+        self.add_module(method, adapter)
+        self.original = (norm,)  # a tuple: kept, not registered (its tensors are ours)
+
+    @property
+    def adapter(self) -> LayerAdapter:
+        return getattr(self, self.method)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter.adapted_forward(x, self.weight, self.bias)
+
+
 class AdapterMethod:
     """A registered method: its config type and how it builds layer adapters."""
 
     name: ClassVar[str]
     config_type: ClassVar[type[AdapterConfig]]
+    #: Built from its own options alone (``train --method``); SPT needs a placement.
+    standalone: ClassVar[bool] = True
+    #: Usable as SPT's structured module (one layer adapter per Linear, nothing shared).
+    structurable: ClassVar[bool] = False
 
     def module_targets(self, config: AdapterConfig) -> tuple[str, ...]:
         """The Linear layers (short names or path suffixes) this config adapts."""
         return config.targets
+
+    def resolve(self, config: AdapterConfig, model: nn.Module) -> dict[str, nn.Module]:
+        """The layers this config adapts, by module path (Linear layers by their targets)."""
+        names = self.module_targets(config)
+        # A method with no target layers (the linear probe) trains only the classifier head.
+        return resolve_targets(model, names) if names else {}
+
+    def extra_parameters(self, config: AdapterConfig, model: nn.Module) -> list[str]:
+        """Backbone parameters trained whole besides the head (SPT's cls token)."""
+        return []
 
     def validate(self, config: AdapterConfig, targets: dict[str, nn.Linear]) -> None:
         """Refuse a config that does not fit the model's target layers (before any is built)."""
@@ -245,24 +281,6 @@ class AdapterMethod:
         raise NotImplementedError
 
 
-METHODS: dict[str, AdapterMethod] = {}
-
-
-def register(method: type[AdapterMethod]) -> type[AdapterMethod]:
-    """Class decorator: make a method available under its name."""
-    METHODS[method.name] = method()
-    return method
-
-
-def method_for(name: str) -> AdapterMethod:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise AdapterFileError(
-            f"Unknown adapter method '{name}'; karst-deploy knows {sorted(METHODS)}."
-        ) from None
-
-
 def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Linear]:
     """Module paths of every Linear matched by `targets`, in model order."""
     suffixes = [TARGET_SUFFIXES.get(t, t) for t in targets]
@@ -278,6 +296,18 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.
             f"(looked for module paths ending in {suffixes}). karst-deploy adapts timm "
             "transformers whose attention and MLP use Linear layers named qkv/proj/fc1/fc2."
         )
+    unmatched = [
+        target
+        for target, suffix in zip(targets, suffixes, strict=True)
+        if not any(path.endswith(f".{suffix}") or path == suffix for path in found)
+    ]
+    if unmatched:  # a misspelling (prj) would otherwise train the other targets silently
+        raise InputError(
+            f"--targets {','.join(targets)}: {', '.join(repr(t) for t in unmatched)} "
+            f"match{'es' if len(unmatched) == 1 else ''} no nn.Linear of "
+            f"{type(model).__name__}; expected {', '.join(DEFAULT_TARGETS)} (or a module path "
+            "suffix such as attn.qkv)."
+        )
     return found
 
 
@@ -292,9 +322,9 @@ def adapter_config(model: nn.Module) -> AdapterConfig | None:
     return getattr(model, CONFIG_ATTRIBUTE, None)
 
 
-def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
+def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear | AdaptedNorm]]:
     for path, module in model.named_modules():
-        if isinstance(module, AdaptedLinear):
+        if isinstance(module, (AdaptedLinear, AdaptedNorm)):
             yield path, module
 
 
@@ -314,10 +344,9 @@ class AdapterPlan:
             )
         self.config = config
         method = method_for(config.method)
-        names = method.module_targets(config)
-        # A method with no target layers (the linear probe) trains only the classifier head.
-        targets = resolve_targets(model, names) if names else {}
+        targets = method.resolve(config, model)
         method.validate(config, targets)
+        self.extra = method.extra_parameters(config, model)
         with torch.device("meta") if meta else contextlib.nullcontext():
             self.shared = method.shared_module(config, targets)
             self.layers = {
@@ -351,9 +380,10 @@ class AdapterPlan:
         if self.shared is not None:
             model.add_module(self.config.method, self.shared)
         for path, layer in self.layers.items():
-            linear = model.get_submodule(path)
-            _set_submodule(model, path, AdaptedLinear(linear, self.config.method, layer))
-        head_names = set(classifier_parameter_names(model))
+            module = model.get_submodule(path)
+            wrapper = AdaptedNorm if isinstance(module, nn.LayerNorm) else AdaptedLinear
+            _set_submodule(model, path, wrapper(module, self.config.method, layer))
+        head_names = set(classifier_parameter_names(model)) | set(self.extra)
         for name, parameter in model.named_parameters():
             if name in head_names:
                 parameter.requires_grad_(True)
@@ -407,7 +437,7 @@ def merge(model: nn.Module) -> nn.Module:
         bias = (
             layer.bias.detach().to(torch.float64)
             if has_bias
-            else torch.zeros(layer.out_features, dtype=torch.float64, device=weight.device)
+            else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
         )
         new_weight, new_bias = layer.adapter.fold(weight, bias)
         del weight, bias
@@ -427,6 +457,13 @@ def merge(model: nn.Module) -> nn.Module:
                 f"'{path}' has no bias, yet the {config.method} adapter folds a shift into it; "
                 "the merged model would not keep the backbone's structure."
             )
+        if isinstance(layer, AdaptedNorm):
+            norm = copy.deepcopy(layer.original[0])
+            norm.weight = nn.Parameter(new_weight)
+            if has_bias:
+                norm.bias = nn.Parameter(new_bias)
+            _set_submodule(merged, path, norm)
+            continue
         linear = torch.nn.utils.skip_init(
             nn.Linear,
             layer.in_features,

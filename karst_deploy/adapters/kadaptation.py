@@ -12,11 +12,16 @@ random and v zero, so ΔW = 0 at the start *and* v receives a gradient; and v ha
 factors instead of reusing q's.
 
 ``structure="pevit"`` is the structure PEViT's ≈ 50 k figure counts (50,176 on ViT-B/32
-with n = 32): slow weights also rank 1, A_i = l_i r_iᵀ, one set for q and one for v (still
-shared across layers, ``kadaptation.l_q`` …); ``scale`` α/r·5 = 160 by default there;
-Dropout(0.5) on the Kronecker weight in training; a per-layer bias (``P.kadaptation.bias``,
-width d) added to both the q and the v outputs. Everything folds: the bias into the qkv
-bias rows of q and v (a qkv without bias is refused), the rest into ΔW.
+with n = 32; PEViT ``vision_benchmark/evaluation/model.py``): slow weights also rank 1,
+A_i = l_i r_iᵀ, one set for q and one for v (still shared across layers,
+``kadaptation.l_q`` …, initialised U(−0.01, 0.01) as PEViT's ``phm_rule``); ``scale``
+α/r·5 = 128/4·5 = 160 by default there; Dropout(0.5) on the Kronecker weight in training;
+one per-layer bias (``P.kadaptation.bias``, width d) added to both the q and the v outputs.
+Everything folds: the bias into the qkv bias rows of q and v (a qkv without bias is
+refused), the rest into ΔW. Deliberately not PEViT's: u random (PEViT zeroes both fast
+factors, so no gradient reaches them), the update in timm's head layout (PEViT reshapes
+it without the head transpose), and the update added before the attention's 1/√head_dim
+scaling (PEViT adds it after, so its q branch is √head_dim times larger than its v branch).
 """
 
 from __future__ import annotations
@@ -53,13 +58,21 @@ class KAdaptationConfig(AdapterConfig):
     file_defaults: ClassVar[dict[str, object]] = {"structure": "paper"}  # files before the key
 
     kernels: int = 32
-    scale: float = 1.0
+    scale: float = None  # type: ignore[assignment]  # None: the structure's STRUCTURE_SCALES
     projections: tuple[str, ...] = ("q", "v")
     structure: str = "paper"
     targets: tuple[str, ...] = ("qkv",)
 
+    def __post_init__(self) -> None:
+        if self.scale is None:  # frozen: the default depends on another field
+            object.__setattr__(self, "scale", STRUCTURE_SCALES.get(self.structure, 1.0))
+        super().__post_init__()
 
+
+# Default ΔW scale per structure; PEViT's is lora_attn_alpha / lora_attn_dim · 5 = 128/4·5.
+STRUCTURE_SCALES = {"paper": 1.0, "pevit": 160.0}
 PEVIT_DROPOUT = 0.5
+PEVIT_SLOW_INIT = 0.01  # PEViT's phm_rule factors: U(−0.01, 0.01)
 
 
 class SlowWeights(nn.Module):
@@ -74,7 +87,7 @@ class SlowWeights(nn.Module):
             return
         for name in projections:
             for side in ("l", "r"):
-                factor = torch.empty(kernels, kernels).normal_(0.0, 1.0 / math.sqrt(kernels))
+                factor = torch.empty(kernels, kernels).uniform_(-PEVIT_SLOW_INIT, PEVIT_SLOW_INIT)
                 self.register_parameter(f"{side}_{name}", nn.Parameter(factor))
 
     def slow(self, name: str, dtype: torch.dtype) -> torch.Tensor:

@@ -229,6 +229,7 @@ class KarstLayer(LayerAdapter):
 class Karst(AdapterMethod):
     name = "karst"
     config_type = KarstConfig
+    structurable = True
 
     def validate(self, config: KarstConfig, targets: dict[str, nn.Linear]) -> None:
         for path in targets:

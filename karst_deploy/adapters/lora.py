@@ -48,6 +48,7 @@ class LoraLayer(LayerAdapter):
 class Lora(AdapterMethod):
     name = "lora"
     config_type = LoraConfig
+    structurable = True
 
     def layer_adapter(self, path, linear, config, shared):
         return LoraLayer(linear, config)

@@ -37,7 +37,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,6 +52,9 @@ from karst_deploy.adapters.base import (
 )
 from karst_deploy.errors import AdapterFileError, InputError
 from karst_deploy.files import sha256_file
+
+if TYPE_CHECKING:
+    from karst_deploy.adapters.storage import MergedCheckpoint
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -835,8 +838,8 @@ def peft_reference_model(directory: str | os.PathLike[str], backbone: nn.Module)
         from peft import PeftModel
     except ImportError as exc:
         raise MissingDependencyError(
-            "The 'peft' parity stage needs Hugging Face PEFT (pip install "
-            f"'karst-deploy[peft]'): {exc}"
+            "The 'peft' parity stage needs Hugging Face PEFT (pip install 'peft>=0.14', or "
+            f"pip install -e '.[peft]' from the karst-deploy checkout): {exc}"
         ) from None
     import warnings
 
@@ -862,13 +865,14 @@ def write_merged_peft_checkpoint(
     model_kwargs: dict[str, Any] | None = None,
     pretrained: bool = False,
     force: bool = False,
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """`karst-deploy merge` for a PEFT directory: the folded backbone as a timm checkpoint."""
     from karst_deploy.adapters.base import merge
-    from karst_deploy.adapters.storage import save_merged_checkpoint
+    from karst_deploy.adapters.storage import merged_checkpoint_format, save_merged_checkpoint
     from karst_deploy.files import refuse_existing
     from karst_deploy.models import backbone_spec
 
+    merged_checkpoint_format(out)
     refuse_existing(Path(out), force)
     model = load_peft_model(
         directory,
@@ -908,7 +912,7 @@ def peft_parity_models(
     if not peft_available():
         note = (
             "Hugging Face PEFT is not installed, so the chain starts at karst-deploy's reading "
-            "of the adapter (torch-unmerged); pip install 'karst-deploy[peft]' to compare with "
+            "of the adapter (torch-unmerged); pip install 'peft>=0.14' to compare with "
             "PEFT's own PeftModel first."
         )
         return ours, None, [note]

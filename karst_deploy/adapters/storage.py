@@ -1,8 +1,11 @@
 """The version-1 adapter directory (METHODS.md, "Adapter file format").
 
-``adapter_config.json`` holds the method, its hyper-parameters and the backbone it was
-trained on; ``adapter.safetensors`` holds ``P.<method>.<name>`` tensors plus the whole
-parameters listed in ``trainable_extra`` (the classifier head). An SPT adapter adds
+``adapter_config.json`` holds the method, its hyper-parameters, the backbone it was
+trained on (with the ``mean``/``std`` its images were normalised with) and ``classes``, the
+class names of the head's outputs in order (written by `train`; adapters made before it
+have no ``classes`` key, and their head is then matched to data by class count alone);
+``adapter.safetensors`` holds ``P.<method>.<name>`` tensors plus the whole parameters
+listed in ``trainable_extra`` (the classifier head). An SPT adapter adds
 ``placement.json`` and int64 sparse-index tensors (see `karst_deploy.adapters.spt`).
 Loading validates everything before touching the model and names the first offending key.
 """
@@ -13,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,16 @@ FORMAT = "karst-deploy.adapter"
 VERSION = 1
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
-HEADER_KEYS = ("format", "version", "method", "backbone", "trainable_extra", "created_by")
+HEADER_KEYS = (
+    "format",
+    "version",
+    "method",
+    "backbone",
+    "trainable_extra",
+    "created_by",
+    "classes",
+)
+MAX_CLASS_NAME = 200
 BACKBONE_KEYS = (
     "name",
     "num_classes",
@@ -51,6 +64,8 @@ BACKBONE_KEYS = (
     "checkpoint_sha256",
     "pretrained",
     "model_kwargs",
+    "mean",
+    "std",
 )
 MAX_CONFIG_BYTES = 2**20  # a config is a few hundred bytes; this bounds what a hostile one costs
 
@@ -80,9 +95,17 @@ def read_json(path: Path, max_bytes: int) -> Any:
 
 
 def save_adapters(
-    model: nn.Module, directory: str | os.PathLike[str], *, force: bool = False
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    classes: list[str] | None = None,
 ) -> Path:
-    """Write `model`'s adapters and classifier head as a version-1 adapter directory."""
+    """Write `model`'s adapters and classifier head as a version-1 adapter directory.
+
+    `classes` names the head's outputs in order (the training data's class names); parity
+    and calibration then select or check their data's classes against them.
+    """
     from safetensors.torch import save_file
 
     from karst_deploy import __version__
@@ -95,6 +118,7 @@ def save_adapters(
     # The head, plus LayerNorms when a recipe trains them (few-shot): stored whole.
     extra = classifier_parameter_names(model)
     extra += [n for n in norm_parameter_names(model) if named[n].requires_grad]
+    extra += method_for(config.method).extra_parameters(config, model)  # SPT's cls token
     tensors = dict(adapter_state_dict(model))
     tensors.update({name: named[name] for name in extra})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -107,6 +131,8 @@ def save_adapters(
         "trainable_extra": extra,
         "created_by": f"karst-deploy {__version__}",
     }
+    if classes is not None:
+        document["classes"] = _parse_classes(list(classes), spec.num_classes, "save_adapters()")
     with atomic_directory(directory, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
@@ -152,6 +178,11 @@ class AdapterFile:
                 "parameters stored besides the adapter, [] for none)."
             )
         self.trainable_extra = _parse_extra(document["trainable_extra"], self.config_path)
+        self.classes: list[str] | None = None  # legacy adapters: matched by class count only
+        if "classes" in document:
+            self.classes = _parse_classes(
+                document["classes"], self.backbone.num_classes, self.config_path
+            )
         method = method_for(self.method)
         hparams = {k: v for k, v in document.items() if k not in HEADER_KEYS}
         known = {f.name for f in method.config_type.__dataclass_fields__.values()}
@@ -254,6 +285,10 @@ def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
         )
     except InputError as exc:
         raise AdapterFileError(str(exc)) from None
+    normalisation = {}
+    for key in ("mean", "std"):  # absent in older adapters: the backbone's timm default
+        if key in value:
+            normalisation[key] = _parse_normalisation(value[key], key, kwargs, source)
     return BackboneSpec(
         name=value["name"],
         num_classes=value["num_classes"],
@@ -261,7 +296,39 @@ def _parse_backbone(value: Any, source: Path) -> BackboneSpec:
         checkpoint_sha256=sha,
         pretrained=pretrained,
         model_kwargs=kwargs,
+        **normalisation,
     )
+
+
+def _parse_normalisation(
+    value: Any, key: str, kwargs: dict[str, Any], source: Path
+) -> tuple[float, ...]:
+    from karst_deploy.models import check_normalisation
+
+    try:
+        return check_normalisation(
+            value, key, kwargs.get("in_chans", 3), f"{source}: key 'backbone.{key}'"
+        )
+    except InputError as exc:
+        raise AdapterFileError(str(exc)) from None
+
+
+def _parse_classes(value: Any, num_classes: int, source: Path | str) -> list[str]:
+    """The ``classes`` list: one distinct, non-empty name per output of the head."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and 0 < len(v) <= MAX_CLASS_NAME for v in value
+    ):
+        raise AdapterFileError(
+            f"{source}: key 'classes' must be a list of class names (strings of 1 to "
+            f"{MAX_CLASS_NAME} characters)."
+        )
+    if len(value) != num_classes or len(set(value)) != len(value):
+        raise AdapterFileError(
+            f"{source}: key 'classes' has {len(value)} name(s) ({len(set(value))} distinct); "
+            f"expected {num_classes} distinct names, one per output of the head "
+            "(backbone.num_classes)."
+        )
+    return value
 
 
 def _parse_extra(value: Any, source: Path) -> list[str]:
@@ -385,6 +452,7 @@ def _validated_config(
     named = dict(model.named_parameters())
     head = classifier_parameter_names(model)
     expected_extra = set(head) | set(norm_parameter_names(model))
+    expected_extra |= set(method_for(file.method).extra_parameters(config, model))
     for name in file.trainable_extra:
         if name not in named or name not in expected_extra:
             raise AdapterFileError(
@@ -456,7 +524,7 @@ def write_merged_checkpoint(
     backbone: str | None = None,
     pretrained: bool = False,
     force: bool = False,
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """Merge an adapter directory into its backbone and write the full state dict.
 
     The file loads with ``timm.create_model(name, num_classes=..., checkpoint_path=out)``.
@@ -466,39 +534,83 @@ def write_merged_checkpoint(
 
     refuse_existing(Path(out), force)
     file = AdapterFile(adapter_dir)
+    merged_checkpoint_format(out)  # before the work
     if backbone is not None and backbone != file.backbone.name:
         raise AdapterFileError(
-            f"--backbone is '{backbone}' but {file.config_path} was trained on "
-            f"'{file.backbone.name}'."
+            f"backbone is '{backbone}' but {file.config_path} was trained on "
+            f"'{file.backbone.name}'.",
+            parameters=("backbone",),
         )
     merged = merge(load_adapted_model(adapter_dir, checkpoint, pretrained=pretrained))
     return save_merged_checkpoint(merged, out, spec=file.backbone, method=file.method, force=force)
 
 
+#: Merged checkpoint formats by --out suffix: safetensors, or a torch.save'd state dict.
+MERGED_FORMATS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch"}
+
+
+def merged_checkpoint_format(out: str | os.PathLike[str]) -> str:
+    """The format `out`'s suffix asks for (`MERGED_FORMATS`); InputError for any other."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in MERGED_FORMATS:
+        raise InputError(
+            f"--out '{out}' has suffix '{suffix}'; a merged checkpoint is written as "
+            "safetensors (.safetensors) or a torch state dict (.pth, .pt, .bin), chosen by "
+            "the suffix."
+        )
+    return MERGED_FORMATS[suffix]
+
+
+@dataclass(frozen=True)
+class MergedCheckpoint:
+    """A written merged checkpoint: where, what, and the timm call that loads it."""
+
+    out: str
+    format: str  # safetensors or torch (MERGED_FORMATS)
+    backbone: str
+    method: str
+    tensors: int
+    parameters: int
+    load_with: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def save_merged_checkpoint(
     merged: nn.Module, out: str | os.PathLike[str], *, spec: BackboneSpec, method: str, force: bool
-) -> dict[str, Any]:
-    """Write a merged model's state dict as safetensors (atomically) and describe the file."""
+) -> MergedCheckpoint:
+    """Write a merged model's state dict (atomically) in the format `out`'s suffix names.
+
+    ``.safetensors``: safetensors; ``.pth``/``.pt``/``.bin``: ``torch.save`` of a plain
+    ``{name: tensor}`` dict (loads with ``torch.load(weights_only=True)`` and timm's
+    ``checkpoint_path``).
+    """
     from safetensors.torch import save_file
 
     from karst_deploy.files import atomic_output
 
+    kind = merged_checkpoint_format(out)
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     with atomic_output(out, force=force) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
-    return {
-        "out": str(out),
-        "backbone": spec.name,
-        "method": method,
-        "tensors": len(state),
-        "parameters": sum(v.numel() for v in state.values()),
-        "load_with": (
+        if kind == "safetensors":
+            save_file(state, str(tmp), metadata={"format": "pt", "karst_deploy_method": method})
+        else:
+            torch.save({k: v.clone() for k, v in state.items()}, tmp)
+    return MergedCheckpoint(
+        out=str(out),
+        format=kind,
+        backbone=spec.name,
+        method=method,
+        tensors=len(state),
+        parameters=sum(v.numel() for v in state.values()),
+        load_with=(
             f"timm.create_model({spec.name!r}, num_classes={spec.num_classes}, "
             f"img_size={spec.img_size}"
             + "".join(f", {k}={v!r}" for k, v in spec.model_kwargs.items())
             + f", checkpoint_path={str(out)!r})"
         ),
-    }
+    )
 
 
 def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
@@ -509,7 +621,7 @@ def architecture_from_onnx(path: str | os.PathLike[str]) -> nn.Module:
     """
     from karst_deploy.adapters import add_adapters
     from karst_deploy.adapters.base import method_for
-    from karst_deploy.provenance import require_provenance
+    from karst_deploy.onnx_file import require_provenance
 
     record = require_provenance(path)
     spec = BackboneSpec(

@@ -22,7 +22,8 @@ Provider = str | tuple[str, dict[str, Any]]
 
 GPU_HINT = (
     "GPU execution providers come with the onnxruntime-gpu package "
-    "(pip install 'karst-deploy[gpu]', which replaces onnxruntime) and need a CUDA GPU."
+    "(from the karst-deploy checkout: pip install -e '.[gpu]', which replaces onnxruntime) "
+    "and need a CUDA GPU."
 )
 
 
@@ -55,7 +56,7 @@ class OnnxRuntimeRunner(Runner):
         if not self.path.is_file():
             raise InputError(f"ONNX file '{self.path}' does not exist or is not a file.")
         if threads is not None and threads < 1:
-            raise InputError(f"--threads must be at least 1, got {threads}.")
+            raise InputError(f"threads must be at least 1, got {threads}.", parameters=("threads",))
         self.providers = list(providers) if providers is not None else list(self.default_providers)
         self.threads = threads
         self.allow_spinning = allow_spinning

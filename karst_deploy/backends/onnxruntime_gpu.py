@@ -123,10 +123,11 @@ class OnnxRuntimeTensorRTRunner(OnnxRuntimeRunner):
     def tensorrt_options(self, path: Path, max_batch: int, device: int) -> dict[str, Any]:
         import onnxruntime as ort
 
-        from karst_deploy.backends.tensorrt.onnx_graph import summarize_onnx
+        from karst_deploy.onnx_file import OnnxFile
 
-        summary = summarize_onnx(path)
-        precision = tensorrt_precision(summary.precision, ort.__version__)
+        source = OnnxFile(path, "onnx")
+        image = source.image_input
+        precision = tensorrt_precision(source.precision, ort.__version__)
         self.typing = precision.pop("typing")
         options: dict[str, Any] = {
             "device_id": device,
@@ -136,8 +137,8 @@ class OnnxRuntimeTensorRTRunner(OnnxRuntimeRunner):
             "trt_timing_cache_path": str(self.cache_dir),
             **precision,
         }
-        if summary.fixed_batch is None:
-            name, dims = summary.input_name, "x".join(map(str, summary.input_chw))
+        if image.dynamic_batch:
+            name, dims = image.name, "x".join(map(str, image.chw))
             options.update(
                 trt_profile_min_shapes=f"{name}:1x{dims}",
                 trt_profile_opt_shapes=f"{name}:1x{dims}",

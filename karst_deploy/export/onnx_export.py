@@ -35,7 +35,7 @@ Checks before success (timm's ``onnx_export.py`` does the same two): ``onnx.chec
 with ``full_check=True`` (shape inference included), and an ONNX Runtime forward on a
 seeded batch — 3 images when the batch is dynamic, so a dynamic axis that got
 specialised fails — compared with the PyTorch network that was exported, using the fp32
-tolerance of `karst_deploy.comparison.TOLERANCES`. The file is renamed into place only
+tolerance of `karst_deploy.compare.TOLERANCES`. The file is renamed into place only
 after both pass.
 """
 
@@ -89,6 +89,8 @@ class ExportResult:
     layer_norm_ops: int
     check: dict[str, Any]
     seconds: float
+    # Backbone sizes read from --checkpoint because they were not given (--no-adapter).
+    inferred: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -115,16 +117,19 @@ def export_onnx(
 
     With `adapter`, the backbone is the one its adapter_config.json names (`backbone`, if
     given, must agree); without, it is built from `backbone`, `num_classes`, `img_size` and
-    `model_kwargs`, and so is it for a Hugging Face PEFT `adapter` (which records none;
+    `model_kwargs` (with a `checkpoint`, a class count or input size not given is read from
+    it: `karst_deploy.models.infer_from_checkpoint`, reported in ``inferred``), and so is it
+    for a Hugging Face PEFT `adapter` (which records none;
     `num_classes` then defaults to the head stored in it). `batch=None` exports a dynamic
     batch axis named ``batch``. `pretrained` (the user's --pretrained) lets timm download
     its pretrained weights for the backbone.
     """
     from karst_deploy.adapters import AdapterFile, load_adapted_model
     from karst_deploy.adapters.peft_format import is_peft_directory, load_peft_model
-    from karst_deploy.models import create_model
+    from karst_deploy.models import create_model, infer_from_checkpoint
 
     refuse_existing(Path(out), force)  # before minutes of work, not after
+    inferred: dict[str, int] = {}
     if adapter is not None and is_peft_directory(adapter):
         # PEFT records no backbone: it comes from the flags, num_classes from the stored head.
         model = load_peft_model(
@@ -140,36 +145,46 @@ def export_onnx(
         file = AdapterFile(adapter)
         if backbone is not None and backbone != file.backbone.name:
             raise InputError(
-                f"--backbone is '{backbone}' but the adapter '{adapter}' was trained on "
-                f"'{file.backbone.name}'."
+                f"backbone is '{backbone}' but the adapter '{adapter}' was trained on "
+                f"'{file.backbone.name}'.",
+                parameters=("backbone",),
             )
-        given = {
-            "--num-classes": num_classes,
-            "--img-size": img_size,
-            "--model-kwargs": model_kwargs,
-        }
-        clash = [flag for flag, value in given.items() if value is not None]
+        given = {"num_classes": num_classes, "img_size": img_size, "model_kwargs": model_kwargs}
+        clash = [name for name, value in given.items() if value is not None]
         if clash:
             raise InputError(
-                f"{clash[0]} applies only with --no-adapter; with --adapter the backbone is "
-                f"built exactly as '{file.config_path}' records it."
+                f"{clash[0]} applies only without an adapter; with an adapter the backbone is "
+                f"built exactly as '{file.config_path}' records it.",
+                parameters=(clash[0],),
             )
         model = load_adapted_model(adapter, checkpoint, pretrained=pretrained)
     else:
         if unmerged:
             raise InputError(
-                "--unmerged needs --adapter DIR: a plain backbone has nothing to merge."
+                "unmerged needs an adapter: a plain backbone has nothing to merge.",
+                parameters=("unmerged",),
             )
         if backbone is None:
-            raise InputError("--backbone NAME is required with --no-adapter.")
+            raise InputError(
+                "backbone (a timm name) is required without an adapter.", parameters=("backbone",)
+            )
         kwargs = dict(model_kwargs or {})
-        if "img_size" in kwargs:  # --model-kwargs may carry it, as for train and sensitivity
+        if "img_size" in kwargs:  # model_kwargs may carry it, as for train and sensitivity
             if img_size is not None and img_size != kwargs["img_size"]:
                 raise InputError(
-                    f"--img-size {img_size} contradicts --model-kwargs img_size "
-                    f"{kwargs['img_size']}."
+                    f"img_size {img_size} contradicts model_kwargs img_size {kwargs['img_size']}.",
+                    parameters=("img_size", "model_kwargs"),
                 )
             img_size = kwargs.pop("img_size")
+        if checkpoint is not None and (num_classes is None or img_size is None):
+            found = infer_from_checkpoint(backbone, checkpoint, **kwargs)
+            inferred = {
+                key: value
+                for key, value in found.items()
+                if {"num_classes": num_classes, "img_size": img_size}[key] is None
+            }
+            num_classes = inferred.get("num_classes", num_classes)
+            img_size = inferred.get("img_size", img_size)
         model = create_model(
             backbone,
             num_classes,
@@ -178,7 +193,7 @@ def export_onnx(
             pretrained=pretrained,
             **kwargs,
         )
-    return export_model(
+    result = export_model(
         model,
         out,
         unmerged=unmerged,
@@ -187,6 +202,9 @@ def export_onnx(
         batch=batch,
         force=force,
     )
+    if inferred:
+        result.inferred = inferred
+    return result
 
 
 def export_model(
@@ -215,17 +233,22 @@ def export_model(
     refuse_existing(out, force)
     if opset < MIN_OPSET:
         raise InputError(
-            f"--opset {opset} is too old: karst-deploy exports opset {MIN_OPSET} or newer, where "
-            "LayerNorm is one LayerNormalization op (fp16 engines need it kept whole)."
+            f"opset {opset} is too old: karst-deploy exports opset {MIN_OPSET} or newer, where "
+            "LayerNorm is one LayerNormalization op (fp16 engines need it kept whole).",
+            parameters=("opset",),
         )
     if opset > onnx.defs.onnx_opset_version():
         raise InputError(
-            f"--opset {opset} is newer than the installed onnx {onnx.__version__} knows "
+            f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
             f"(at most {onnx.defs.onnx_opset_version()}); choose {MIN_OPSET} to "
-            f"{onnx.defs.onnx_opset_version()}."
+            f"{onnx.defs.onnx_opset_version()}.",
+            parameters=("opset",),
         )
     if batch is not None and batch < 1:
-        raise InputError(f"--batch must be 'dynamic' or a positive integer, got {batch}.")
+        raise InputError(
+            f"batch must be None (dynamic) or a positive integer, got {batch}.",
+            parameters=("batch",),
+        )
     config = adapter_config(model)
     if config is None:
         if unmerged:
@@ -262,7 +285,7 @@ def export_model(
     network = network.eval()
     example = torch.randn(
         batch or EXAMPLE_BATCH,
-        3,
+        spec.in_chans,
         spec.img_size,
         spec.img_size,
         generator=torch.Generator().manual_seed(0),
@@ -390,7 +413,7 @@ def check_export(
     Raises VerificationError naming the check that failed; returns the measured figures.
     """
     from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
-    from karst_deploy.comparison import TOLERANCES, compare_logits
+    from karst_deploy.compare import TOLERANCES, compare_logits
 
     try:
         onnx.checker.check_model(os.fspath(path), full_check=True)
@@ -398,10 +421,13 @@ def check_export(
         raise VerificationError(
             f"The exported graph fails onnx.checker (full_check): {exc}"
         ) from None
+    from karst_deploy.models import input_channels
+
     model = onnx.load(os.fspath(path), load_external_data=False)
     batch_dim = BATCH_AXIS if batch is None else batch
+    channels = input_channels(network)
     expected = {
-        "input": (INPUT_NAME, [batch_dim, 3, img_size, img_size]),
+        "input": (INPUT_NAME, [batch_dim, channels, img_size, img_size]),
         "output": (OUTPUT_NAME, [batch_dim, num_classes]),
     }
     actual = {
@@ -415,7 +441,11 @@ def check_export(
                 f"expected {expected[role][0]!r} with shape {expected[role][1]}."
             )
     images = torch.randn(
-        batch or CHECK_BATCH, 3, img_size, img_size, generator=torch.Generator().manual_seed(1)
+        batch or CHECK_BATCH,
+        channels,
+        img_size,
+        img_size,
+        generator=torch.Generator().manual_seed(1),
     )
     with torch.inference_mode():
         reference = network(images).float().numpy()

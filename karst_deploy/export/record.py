@@ -18,12 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import sha256_file
-from karst_deploy.graph_precision import precision_evidence
 from karst_deploy.models import BackboneSpec
 
 KINDS = ("merged", "unmerged", "base")
@@ -70,25 +68,6 @@ def provenance_record(
     }
 
 
-def check_precision_label(
-    record: dict[str, Any], model: onnx.ModelProto, onnx_path: str | os.PathLike[str]
-) -> str:
-    """The precision `model`'s graph shows; refuse a provenance label that says otherwise.
-
-    The label is a claim anyone can edit (relabelling an fp32 file "int8" would loosen the
-    parity gates); the graph is what runs (`karst_deploy.graph_precision`).
-    """
-    shown, evidence = precision_evidence(model)
-    label = record.get("precision")
-    if label is not None and label != shown:
-        raise InputError(
-            f"'{onnx_path}': its provenance says precision {label!r} but the graph is {shown} "
-            f"({evidence}); the record does not describe this graph (edited after export?). "
-            "Export or convert it again with karst-deploy."
-        )
-    return shown
-
-
 def _short(sha: str | None) -> str:
     return "none" if sha is None else f"{sha[:12]}…"
 
@@ -115,8 +94,9 @@ def check_source(
         adapter = AdapterFile(adapter_dir)
         if backbone is not None and backbone != adapter.backbone.name:
             raise InputError(
-                f"--backbone is '{backbone}' but the adapter '{adapter_dir}' was trained on "
-                f"'{adapter.backbone.name}'."
+                f"backbone is '{backbone}' but the adapter '{adapter_dir}' was trained on "
+                f"'{adapter.backbone.name}'.",
+                parameters=("backbone",),
             )
         expected_backbone = adapter.backbone.name
     if record.get("backbone") != expected_backbone:
@@ -142,6 +122,7 @@ def check_source(
     if record.get("checkpoint_sha256") != given:
         raise InputError(
             f"'{onnx_path}' was exported from a backbone checkpoint with sha256 "
-            f"{_short(record.get('checkpoint_sha256'))}, but --checkpoint gives "
-            f"{_short(given)}; pass the checkpoint the model was exported from."
+            f"{_short(record.get('checkpoint_sha256'))}, but checkpoint gives "
+            f"{_short(given)}; pass the checkpoint the model was exported from.",
+            parameters=("checkpoint",),
         )

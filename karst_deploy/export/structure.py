@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from karst_deploy.errors import InputError
+from karst_deploy.onnx_file import load_onnx
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,7 @@ class GraphStructure:
 
     @classmethod
     def of(cls, source: onnx.ModelProto | str | os.PathLike[str]) -> GraphStructure:
-        if isinstance(source, onnx.ModelProto):
-            model = source
-        else:
-            try:  # shapes live in the TensorProto headers; the weights are not needed
-                model = onnx.load(os.fspath(source), load_external_data=False)
-            except Exception as exc:  # DecodeError, OSError, ...
-                raise InputError(f"'{source}' is not a readable ONNX file: {exc}") from None
+        model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
         operators: Counter[str] = Counter()
         uses: Counter[str] = Counter()
         _walk(model.graph, {}, operators, uses)

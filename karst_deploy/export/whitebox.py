@@ -46,6 +46,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from karst_deploy.graph_precision import graph_precision
+from karst_deploy.models import input_channels
+from karst_deploy.onnx_file import image_input
 
 FP32_WEIGHT_RTOL = 1e-5
 FP16_RTOL = 2.0**-11  # half an ulp of float16's 10-bit mantissa
@@ -431,16 +433,6 @@ def _compare_nodes(
     return None
 
 
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size the graph's image input fixes, or None when the axis is dynamic."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    if not inputs or not inputs[0].type.tensor_type.shape.dim:
-        return None
-    first = inputs[0].type.tensor_type.shape.dim[0]
-    return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else None
-
-
 #: The last reference export, keyed by `_fingerprint`: verifying the fp32, fp16 and int8
 #: files of one model (as the demo and the tamper tests do) exports it once. One entry, so
 #: a process holds at most one extra copy of a model's weights.
@@ -471,14 +463,14 @@ def reference_graph(
     opset = next(
         (o.version for o in candidate.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET
     )
-    batch = fixed_batch(candidate)
+    batch = image_input(candidate).batch
     key = _fingerprint(network, opset, batch, img_size)
     if _last_reference is not None and _last_reference[0] == key:
         reference = onnx.ModelProto.FromString(_last_reference[1])
     else:
         example = torch.randn(
             batch or EXAMPLE_BATCH,
-            3,
+            input_channels(network),
             img_size,
             img_size,
             generator=torch.Generator().manual_seed(0),

@@ -1,12 +1,19 @@
 """SPT budget allocation (METHODS.md, SPT steps 2–4).
 
+Candidates (``candidates``): ``official`` — every scored parameter, the fused qkv weight and
+bias split into q, k and v blocks; a matrix (or block) *crosses* when its selected count
+reaches P_struct/σ and then spends P_struct (a structured module), a vector when its count
+reaches len/β (β = 5) and then spends len (tuned whole); otherwise each keeps its selected
+entries as a sparse delta; the cls token (if any) adds its size to every total.
+``matrices`` — the layout before the official candidates: one unit per fused weight matrix.
+
 Two rules meet a budget. ``sweep`` (the default, the official ``engine.get_sensitivity``):
 τ, the number of globally most sensitive entries selected, runs over a grid τ_j = ⌈j·step⌉,
 j = 1..79 (the official step is 0.02 M entries for budgets of 0.05–1 M; here ``tau_step``
-defaults to budget/20, the same ratio at 0.4 M); at each τ every matrix is structured when its count
-reaches P_struct/σ and otherwise keeps its selected entries as a sparse delta; the τ whose
-total is closest to the budget is kept (ties: the larger τ, as the official ``<=``). The
-total may overshoot and is never refused; placement.json reports it beside the budget.
+defaults to budget/20, the same ratio at 0.4 M); at each τ every unit is decided as above;
+the τ whose total is closest to the budget is kept (ties: the larger τ, as the official
+``<=``). The total may overshoot and is never refused; placement.json reports it beside the
+budget.
 
 ``exact`` (an explicit option) meets the budget within `tolerance` by bisection and a
 top-up, as follows:
@@ -32,6 +39,7 @@ search is exact in at most 32 steps; entries scoring exactly zero are never sele
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -41,15 +49,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from karst_deploy.adapters.base import AdapterConfig, add_adapters
+from karst_deploy.adapters.base import TARGET_SUFFIXES, AdapterConfig, add_adapters
 from karst_deploy.adapters.karst import KarstConfig
 from karst_deploy.adapters.spt import (
+    BLOCKS,
+    CANDIDATES,
     MatrixPlacement,
     Placement,
     SptConfig,
+    VectorPlacement,
+    block_linear,
     structured_layer,
 )
 from karst_deploy.errors import InputError
+from karst_deploy.models import classifier_parameter_names, norm_parameter_names
 
 BUDGET_UNITS = {"": 1, "k": 1_000, "m": 1_000_000}
 # The official sweep's grid: τ_j = ⌈j·step⌉ for j = 1..79 (step 0.02 M there).
@@ -103,12 +116,92 @@ def _lowest_threshold(spent, low: float, high_bits: int, budget: int) -> float:
     return _bits_float(within)
 
 
-def _top_entries(values: np.ndarray, ascending: np.ndarray, count: int) -> torch.Tensor:
-    """Sorted flat indices of the `count` highest scores (ties go to the lower index)."""
-    cut = ascending[values.size - count]
-    above = np.flatnonzero(values > cut)
-    ties = np.flatnonzero(values == cut)[: count - above.size]
-    return torch.from_numpy(np.sort(np.concatenate([above, ties])).astype(np.int64))
+@dataclasses.dataclass
+class _Unit:
+    """One candidate of the allocation: a matrix (or q/k/v block) or a vector (or block)."""
+
+    parameter: str  # the parameter name, e.g. "blocks.0.attn.qkv.weight"
+    block: int | None  # q/k/v row block of a fused qkv
+    values: np.ndarray  # the unit's scores, flat
+    cost: int  # entries spent once it crosses: P_struct (matrix) or its length (vector)
+    ratio: float  # it crosses at cost / ratio selected entries: σ (matrix) or β (vector)
+    shape: tuple[int, ...]  # of the unit (a block: of the block)
+
+    @property
+    def matrix(self) -> bool:
+        return len(self.shape) == 2
+
+    def crossed(self, count: int) -> bool:
+        return count > 0 and count >= self.cost / self.ratio
+
+
+def _units(
+    model: nn.Module,
+    scores: Mapping[str, torch.Tensor],
+    structured: AdapterConfig,
+    sigma: float,
+    beta: float,
+    candidates: str,
+) -> list[_Unit]:
+    """The candidates the scores cover (module docstring), q/k/v split when official."""
+    excluded = set(classifier_parameter_names(model)) | {"cls_token", "pos_embed"}
+    norms = set(norm_parameter_names(model))
+    units = []
+    for key, tensor in scores.items():
+        module_path, _, leaf = key.rpartition(".")
+        linear = _linear(model, module_path)
+        is_matrix = linear is not None and leaf == "weight"
+        allowed = (
+            is_matrix
+            if candidates == "matrices"
+            else ((linear is not None and leaf in ("weight", "bias")) or key in norms)
+        )
+        if not allowed or key in excluded or key.startswith("patch_embed."):
+            raise InputError(
+                f"Scores key '{key}' is not an SPT candidate of the model ("
+                + (
+                    "the weight of an nn.Linear"
+                    if candidates == "matrices"
+                    else "a weight or bias of an nn.Linear, or a LayerNorm weight or bias, "
+                    "outside the head and the patch embedding"
+                )
+                + ")."
+            )
+        parameter = dict(model.named_parameters())[key]
+        if tuple(tensor.shape) != tuple(parameter.shape):
+            raise InputError(
+                f"Scores key '{key}' has shape {tuple(tensor.shape)}; the parameter is "
+                f"{tuple(parameter.shape)}."
+            )
+        values = tensor.detach().to("cpu", torch.float32).flatten().numpy()
+        if not np.isfinite(values).all() or bool((values < 0).any()):
+            raise InputError(f"Scores key '{key}' holds negative, NaN or infinite values.")
+        split = (
+            candidates == "official"
+            and linear is not None
+            and module_path.endswith(TARGET_SUFFIXES["qkv"])
+            and linear.out_features == 3 * linear.in_features
+        )
+        blocks = 3 if split else 1
+        pieces = np.split(values, blocks)
+        if is_matrix:
+            block = block_linear(linear, blocks) if split else linear
+            cost = structured_size(module_path, block, structured)
+            shape = (linear.out_features // blocks, linear.in_features)
+        for j, piece in enumerate(pieces):
+            units.append(
+                _Unit(
+                    key,
+                    j if split else None,
+                    piece,
+                    cost if is_matrix else piece.size,
+                    sigma if is_matrix else beta,
+                    shape if is_matrix else (piece.size,),
+                )
+            )
+    if not units:
+        raise InputError("No sensitivity scores were given; there is nothing to allocate.")
+    return units
 
 
 def allocate(
@@ -118,126 +211,66 @@ def allocate(
     *,
     structured: AdapterConfig | None = None,
     sigma: float = 10.0,
+    beta: float = 5.0,
     tolerance: float = 0.02,
     rule: str = "sweep",
     tau_step: int | None = None,
+    candidates: str = "official",
     scores_metadata: Mapping[str, Any] | None = None,
 ) -> SptConfig:
-    """Decide structured / sparse / frozen for every scored matrix of `model` (module docstring).
+    """Decide every scored candidate of `model` (module docstring).
 
-    `scores` maps weight parameter names (``blocks.0.attn.qkv.weight``) to non-negative
-    scores of the weight's shape, e.g. `compute_sensitivity(...).scores`. Returns the
-    `SptConfig` (with the sparse indices) that `add_adapters` installs.
+    `scores` maps parameter names (``blocks.0.attn.qkv.weight``, and with the ``official``
+    candidates also biases and LayerNorm parameters) to non-negative scores of the
+    parameter's shape, e.g. `compute_sensitivity(...).scores`; the candidates are the
+    parameters scored. Returns the `SptConfig` (with the sparse indices) that
+    `add_adapters` installs.
     """
     budget = parse_budget(budget)
     structured = structured or KarstConfig()
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise InputError(f"--sigma is {sigma!r}; expected a positive number (SPT uses 10).")
-    flat, ascending, sizes, shapes = {}, {}, {}, {}
-    for key, tensor in scores.items():
-        path = key.removesuffix(".weight")
-        linear = _linear(model, path)
-        if linear is None or not key.endswith(".weight"):
-            raise InputError(f"Scores key '{key}' is not the weight of an nn.Linear of the model.")
-        if tuple(tensor.shape) != tuple(linear.weight.shape):
-            raise InputError(
-                f"Scores key '{key}' has shape {tuple(tensor.shape)}; the weight is "
-                f"{tuple(linear.weight.shape)}."
-            )
-        values = tensor.detach().to("cpu", torch.float32).flatten().numpy()
-        if not np.isfinite(values).all() or bool((values < 0).any()):
-            raise InputError(f"Scores key '{key}' holds negative, NaN or infinite values.")
-        flat[path], ascending[path] = values, np.sort(values)
-        shapes[path] = tuple(linear.weight.shape)
-        sizes[path] = structured_size(path, linear, structured)
-    if not flat:
-        raise InputError("No sensitivity scores were given; there is nothing to allocate.")
-
-    def counts(threshold: float) -> dict[str, int]:
-        t = np.float32(threshold)
-        return {p: v.size - int(np.searchsorted(v, t, side="left")) for p, v in ascending.items()}
-
-    def is_structured(path: str, count: int) -> bool:
-        return count > 0 and count >= sizes[path] / sigma
-
-    def spent(threshold: float) -> int:
-        return sum(sizes[p] if is_structured(p, c) else c for p, c in counts(threshold).items())
-
-    smallest_positive = [
-        float(v[i]) for v in ascending.values() if (i := np.searchsorted(v, 0, "right")) < v.size
-    ]
-    if not smallest_positive:
+    for flag, value, paper in (("--sigma", sigma, 10), ("--beta", beta, 5)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise InputError(f"{flag} is {value!r}; expected a positive number (SPT uses {paper}).")
+    if candidates not in CANDIDATES:
+        raise InputError(f"candidates is {candidates!r}; expected one of {list(CANDIDATES)}.")
+    if rule not in ("sweep", "exact"):
+        raise InputError(f"--budget-rule is {rule!r}; expected 'sweep' (official) or 'exact'.")
+    units = _units(model, scores, structured, sigma, beta, candidates)
+    if not any((u.values > 0).any() for u in units):
         raise InputError(
             "Every sensitivity score is zero; the gradients never reached the weights."
         )
+    token = dict(model.named_parameters()).get("cls_token")
+    cls_size = token.numel() if candidates == "official" and token is not None else 0
     if rule == "sweep":
-        return _sweep(
-            flat, ascending, sizes, shapes, budget, structured, sigma, tau_step, scores_metadata
-        )
-    if rule != "exact":
-        raise InputError(f"--budget-rule is {rule!r}; expected 'sweep' (official) or 'exact'.")
-    low, top = min(smallest_positive), max(float(v[-1]) for v in ascending.values())
-    threshold = _lowest_threshold(spent, low, _float_bits(top), budget)
-    above_top = _bits_float(_float_bits(top) + 1)  # a threshold no entry reaches
-
-    def fill(structured_paths: set[str]) -> tuple[float, dict[str, int]]:
-        """Top-up: the unstructured matrices take their most sensitive entries, each capped
-        below its structured threshold, until the budget is spent (docstring, step 2)."""
-        caps = {
-            p: min(math.ceil(sizes[p] / sigma) - 1, flat[p].size)
-            for p in flat
-            if p not in structured_paths
-        }
-        fixed = sum(sizes[p] for p in structured_paths)
-
-        def spent_filled(t: float) -> int:
-            return fixed + sum(min(c, caps[p]) for p, c in counts(t).items() if p in caps)
-
-        top_up = (
-            above_top
-            if fixed >= budget
-            else _lowest_threshold(spent_filled, low, _float_bits(top), budget)
-        )
-        return top_up, {p: min(c, caps[p]) for p, c in counts(top_up).items() if p in caps}
-
-    def decide(score_threshold: float) -> tuple:
-        selected = counts(score_threshold)
-        structured_paths = {p for p, c in selected.items() if is_structured(p, c)}
-        top_up, sparse_counts = fill(structured_paths)
-        total = sum(sizes[p] for p in structured_paths) + sum(sparse_counts.values())
-        return total, score_threshold, top_up, selected, structured_paths, sparse_counts
-
-    # Candidates: the structured set at the threshold found, and at the next lower one (one
-    # more structured module, which may overshoot a little); the closer total wins.
-    thresholds = [threshold]
-    if threshold > low:
-        thresholds.append(_bits_float(_float_bits(threshold) - 1))
-    options = [decide(t) for t in thresholds]
-    total, threshold, top_up, selected, structured_paths, sparse_counts = min(
-        options, key=lambda option: (abs(option[0] - budget), option[0])
-    )
-    if abs(total - budget) > tolerance * budget:
-        totals = " or ".join(sorted({f"{option[0]:,}" for option in options}))
-        raise InputError(
-            f"--budget {budget:,} cannot be met within {tolerance:.0%}: with σ = {sigma:g} a "
-            f"sparse matrix holds fewer than P_struct/σ entries and a structured one costs "
-            f"P_struct, so over these {len(flat)} matrices the closest SPT allocations spend "
-            f"{totals}. Choose a budget in reach (or another --sigma)."
-        )
-
-    matrices, indices = [], {}
-    for path in flat:
-        if path in structured_paths:
+        counts, threshold, top_up = _sweep(units, budget, cls_size, tau_step)
+    else:
+        counts, threshold, top_up = _exact(units, budget - cls_size, tolerance, sigma)
+    matrices, vectors, indices = [], [], {}
+    for unit, (count, crossed) in zip(units, counts, strict=True):
+        rows = math.prod(unit.shape)
+        offset = 0 if unit.block is None else unit.block * rows
+        name = unit.parameter.rpartition(".")[0] if unit.matrix else unit.parameter
+        block = None if unit.block is None else BLOCKS[unit.block]
+        if unit.matrix and crossed:
             matrices.append(
-                MatrixPlacement(path, shapes[path], "structured", selected[path], sizes[path])
+                MatrixPlacement(name, unit.shape, "structured", count, unit.cost, block)
             )
             continue
-        count = sparse_counts[path]
-        matrices.append(
-            MatrixPlacement(path, shapes[path], "sparse" if count else "frozen", count, count)
-        )
-        if count:
-            indices[path] = _top_entries(flat[path], ascending[path], count)
+        decision = ("whole" if crossed else "sparse") if count else "frozen"
+        spent = unit.cost if crossed else count
+        if unit.matrix:
+            kind = "sparse" if count else "frozen"
+            matrices.append(MatrixPlacement(name, unit.shape, kind, count, count, block))
+        else:
+            vectors.append(VectorPlacement(name, rows, decision, count, spent, block))
+        if not count:
+            continue
+        chosen = np.arange(rows, dtype=np.int64) if crossed else _top_entries(unit.values, count)
+        key = name if candidates == "matrices" else unit.parameter
+        previous = indices.get(key)
+        chosen = torch.from_numpy(chosen + offset)
+        indices[key] = chosen if previous is None else torch.cat([previous, chosen])
     placement = Placement(
         structured=structured.method,
         sigma=float(sigma),
@@ -247,58 +280,123 @@ def allocate(
         top_up_threshold=top_up,
         scores=dict(scores_metadata or {}),
         indices=indices,
+        candidates=candidates,
+        vectors=tuple(vectors),
+        beta=float(beta),
+        cls_token=cls_size,
     )
     return SptConfig(structured=structured, placement=placement)
 
 
-def _sweep(flat, ascending, sizes, shapes, budget, structured, sigma, tau_step, metadata):
-    """The official τ-grid sweep (module docstring): the closest total wins, never refused."""
-    paths = list(flat)
-    every = np.concatenate([flat[p] for p in paths])
-    offsets = np.cumsum([0] + [flat[p].size for p in paths])
-    # Global ranking, ties to the lower index (so each matrix keeps its `_top_entries`).
+def _top_entries(values: np.ndarray, count: int) -> np.ndarray:
+    """Sorted flat indices of the `count` highest scores (ties go to the lower index)."""
+    cut = np.sort(values)[values.size - count]
+    above = np.flatnonzero(values > cut)
+    ties = np.flatnonzero(values == cut)[: count - above.size]
+    return np.sort(np.concatenate([above, ties])).astype(np.int64)
+
+
+def _sweep(units: list[_Unit], budget: int, fixed: int, tau_step: int | None):
+    """The official τ-grid sweep (module docstring): the closest total wins, never refused.
+
+    Returns ``(count, crossed)`` per unit, the score at the τ kept, and 0 (no top-up).
+    """
+    every = np.concatenate([u.values for u in units])
+    offsets = np.cumsum([0] + [u.values.size for u in units])
+    # Global ranking, ties to the lower index (so each unit keeps its `_top_entries`).
     order = np.argsort(-every, kind="stable")
     step = tau_step or max(1, round(budget / 20))
     if not (isinstance(step, int) and step > 0):
         raise InputError(f"tau_step is {tau_step!r}; expected a positive integer.")
-    counts = np.zeros(len(paths), dtype=np.int64)
-    best: tuple[int, int, np.ndarray] | None = None
+    counts = np.zeros(len(units), dtype=np.int64)
+    best = None
     done = 0
     for j in range(1, GRID_POINTS + 1):
         tau = min(every.size, math.ceil(j * step))
         owners = np.searchsorted(offsets, order[done:tau], side="right") - 1
-        counts += np.bincount(owners, minlength=len(paths))
+        counts += np.bincount(owners, minlength=len(units))
         done = tau
-        total = sum(
-            sizes[p] if c > 0 and c >= sizes[p] / sigma else int(c)
-            for p, c in zip(paths, counts, strict=True)
+        total = fixed + sum(
+            u.cost if u.crossed(int(c)) else int(c) for u, c in zip(units, counts, strict=True)
         )
         if best is None or abs(total - budget) <= abs(best[1] - budget):
             best = (tau, total, counts.copy())
         if total - budget > abs(best[1] - budget):  # totals only grow with τ: none closer
             break
     tau, _, chosen = best
-    matrices, indices = [], {}
-    for path, count in zip(paths, (int(c) for c in chosen), strict=True):
-        if count > 0 and count >= sizes[path] / sigma:
-            matrices.append(MatrixPlacement(path, shapes[path], "structured", count, sizes[path]))
-            continue
-        matrices.append(
-            MatrixPlacement(path, shapes[path], "sparse" if count else "frozen", count, count)
+    decided = [(int(c), u.crossed(int(c))) for u, c in zip(units, chosen, strict=True)]
+    return decided, float(every[order[tau - 1]]), 0.0
+
+
+def _exact(units: list[_Unit], budget: int, tolerance: float, sigma: float):
+    """The exact-budget rule (module docstring, "matrix" read as "unit"): bisection, then the
+    capped top-up."""
+    ascending = [np.sort(u.values) for u in units]
+
+    def counts(threshold: float) -> list[int]:
+        t = np.float32(threshold)
+        return [v.size - int(np.searchsorted(v, t, side="left")) for v in ascending]
+
+    def spent(threshold: float) -> int:
+        return sum(
+            u.cost if u.crossed(c) else c for u, c in zip(units, counts(threshold), strict=True)
         )
-        if count:
-            indices[path] = _top_entries(flat[path], ascending[path], count)
-    placement = Placement(
-        structured=structured.method,
-        sigma=float(sigma),
-        budget=budget,
-        matrices=tuple(matrices),
-        score_threshold=float(every[order[tau - 1]]),
-        top_up_threshold=0.0,
-        scores=dict(metadata or {}),
-        indices=indices,
+
+    smallest_positive = [
+        float(v[i]) for v in ascending if (i := np.searchsorted(v, 0, "right")) < v.size
+    ]
+    low, top = min(smallest_positive), max(float(v[-1]) for v in ascending)
+    threshold = _lowest_threshold(spent, low, _float_bits(top), budget)
+    above_top = _bits_float(_float_bits(top) + 1)  # a threshold no entry reaches
+
+    def fill(crossed: set[int]) -> tuple[float, list[int]]:
+        """Top-up: the uncrossed units take their most sensitive entries, each capped
+        below its crossing count, until the budget is spent (docstring, step 2)."""
+        caps = {
+            i: min(math.ceil(u.cost / u.ratio) - 1, u.values.size)
+            for i, u in enumerate(units)
+            if i not in crossed
+        }
+        fixed = sum(units[i].cost for i in crossed)
+
+        def spent_filled(t: float) -> int:
+            return fixed + sum(min(c, caps[i]) for i, c in enumerate(counts(t)) if i in caps)
+
+        top_up = (
+            above_top
+            if fixed >= budget
+            else _lowest_threshold(spent_filled, low, _float_bits(top), budget)
+        )
+        return top_up, [min(c, caps[i]) if i in caps else 0 for i, c in enumerate(counts(top_up))]
+
+    def decide(score_threshold: float) -> tuple:
+        selected = counts(score_threshold)
+        crossed = {i for i, (u, c) in enumerate(zip(units, selected, strict=True)) if u.crossed(c)}
+        top_up, filled = fill(crossed)
+        total = sum(units[i].cost for i in crossed) + sum(filled)
+        return total, score_threshold, top_up, selected, crossed, filled
+
+    # Candidates: the crossed set at the threshold found, and at the next lower one (one
+    # more structured module, which may overshoot a little); the closer total wins.
+    thresholds = [threshold]
+    if threshold > low:
+        thresholds.append(_bits_float(_float_bits(threshold) - 1))
+    options = [decide(t) for t in thresholds]
+    total, threshold, top_up, selected, crossed, filled = min(
+        options, key=lambda option: (abs(option[0] - budget), option[0])
     )
-    return SptConfig(structured=structured, placement=placement)
+    if abs(total - budget) > tolerance * budget:
+        totals = " or ".join(sorted({f"{option[0]:,}" for option in options}))
+        raise InputError(
+            f"--budget {budget:,} cannot be met within {tolerance:.0%}: with σ = {sigma:g} a "
+            f"sparse matrix holds fewer than P_struct/σ entries and a structured one costs "
+            f"P_struct, so over these {len(units)} candidates the closest SPT allocations "
+            f"spend {totals}. Choose a budget in reach (or another --sigma)."
+        )
+    decided = [
+        (selected[i], True) if i in crossed else (filled[i], False) for i in range(len(units))
+    ]
+    return decided, threshold, top_up
 
 
 def _linear(model: nn.Module, path: str) -> nn.Linear | None:

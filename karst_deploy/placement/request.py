@@ -19,11 +19,11 @@ from torch import nn
 
 from karst_deploy.adapters.base import AdapterConfig
 from karst_deploy.adapters.karst import KarstConfig
-from karst_deploy.adapters.spt import STRUCTURED_CONFIGS, SptConfig
+from karst_deploy.adapters.spt import CANDIDATES, STRUCTURED_CONFIGS, SptConfig
 from karst_deploy.errors import InputError
 from karst_deploy.placement.allocation import allocate, parse_budget
 from karst_deploy.placement.sensitivity import (
-    candidate_weights,
+    candidate_parameters,
     check_scores_fit,
     compute_sensitivity,
     load_scores,
@@ -43,6 +43,7 @@ class SptRequest:
     batches: int = 16
     batch_size: int = 32
     rule: str = "sweep"
+    candidates: str = "official"  # or "matrices": fused-qkv matrices only (before issue 11)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budget", parse_budget(self.budget))
@@ -53,6 +54,10 @@ class SptRequest:
         sigma = self.sigma
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
             raise InputError(f"--sigma is {sigma!r}; expected a positive number (SPT uses 10).")
+        if self.candidates not in CANDIDATES:
+            raise InputError(
+                f"candidates is {self.candidates!r}; expected one of {list(CANDIDATES)}."
+            )
         if self.rule not in ("sweep", "exact"):
             raise InputError(f"--budget-rule is {self.rule!r}; expected 'sweep' or 'exact'.")
         if self.scores is not None and not os.path.isfile(self.scores):
@@ -69,6 +74,7 @@ class SptRequest:
             "structured": {"method": self.structured.method, **self.structured.to_hparams()},
             "sigma": self.sigma,
             "budget_rule": self.rule,
+            "candidates": self.candidates,
             "scores": self.scores,
             **({} if self.scores else {"batches": self.batches, "batch_size": self.batch_size}),
         }
@@ -80,7 +86,7 @@ class SptRequest:
         """
         from karst_deploy.models import backbone_spec
 
-        candidates = candidate_weights(model, self.structured.targets)
+        candidates = candidate_parameters(model, self.structured.targets, self.candidates)
         if self.scores is not None:
             sensitivity = load_scores(self.scores)
             check_scores_fit(sensitivity, model, self.scores)
@@ -88,7 +94,9 @@ class SptRequest:
             if missing:
                 raise InputError(
                     f"--scores '{self.scores}' has no scores for '{missing[0]}', a candidate of "
-                    f"--targets {list(self.structured.targets)}."
+                    f"--targets {list(self.structured.targets)} (files from before the official "
+                    "SPT candidates score matrices only: recompute with karst-deploy "
+                    "sensitivity)."
                 )
         else:
             if train is None:
@@ -105,6 +113,7 @@ class SptRequest:
                 batches=self.batches,
                 batch_size=self.batch_size,
                 targets=self.structured.targets,
+                candidates=self.candidates,
                 progress=progress,
             )
         return allocate(
@@ -114,5 +123,6 @@ class SptRequest:
             structured=self.structured,
             sigma=self.sigma,
             rule=self.rule,
+            candidates=self.candidates,
             scores_metadata={"file": self.scores, **sensitivity.metadata},
         )

@@ -2,8 +2,9 @@
 
 With the backbone in train mode and every weight requiring grad, for each of K batches of the
 training split: forward, batch-mean cross-entropy, backward, and ``S += grad²`` for every
-candidate weight (the qkv/proj/fc1/fc2 Linear weights; head, cls token, patch and position
-embeddings are never candidates). The score of a weight entry is its ``S``.
+candidate (`candidate_parameters`: the qkv/proj/fc1/fc2 weights and biases and every
+LayerNorm weight and bias; head, cls token, patch and position embeddings are never
+candidates). The score of an entry is its ``S``.
 
 The classifier head is part of the forward pass. Fine-tuning starts from a fresh head for the
 target classes, so the gradients reaching the backbone pass through a random head — exactly
@@ -15,7 +16,7 @@ draws are seeded by ``seed``, so the scores are repeatable. ``shuffle_seed`` tak
 ``K × B`` images of a seeded permutation instead (for a class-sorted folder whose first
 images are all one class).
 
-Scores file: safetensors, one float32 tensor per candidate weight under its parameter name
+Scores file: safetensors, one float32 tensor per candidate under its parameter name
 (``blocks.0.attn.qkv.weight``), with metadata ``format`` = ``karst-deploy.sensitivity``,
 ``version``, ``backbone`` (name, num_classes, img_size, checkpoint_sha256, model_kwargs; JSON),
 ``data``, ``batches``, ``batch_size``, ``images``, ``seed``, ``shuffle_seed``, ``drop_path`` and
@@ -39,7 +40,7 @@ from karst_deploy.adapters.base import DEFAULT_TARGETS, adapter_config, resolve_
 from karst_deploy.errors import InputError
 from karst_deploy.files import atomic_output
 from karst_deploy.jsonfile import parse_value
-from karst_deploy.models import backbone_spec
+from karst_deploy.models import backbone_spec, classifier_parameter_names, norm_parameter_names
 
 SCORES_FORMAT = "karst-deploy.sensitivity"
 SCORES_VERSION = 1
@@ -47,7 +48,7 @@ SCORES_VERSION = 1
 
 @dataclasses.dataclass
 class Sensitivity:
-    """Scores per candidate weight (parameter name → tensor of its shape) and their origin."""
+    """Scores per candidate (parameter name → tensor of its shape) and their origin."""
 
     scores: dict[str, torch.Tensor]
     metadata: dict[str, Any]
@@ -61,10 +62,34 @@ class Sensitivity:
 def candidate_weights(
     model: nn.Module, targets: tuple[str, ...] = DEFAULT_TARGETS
 ) -> dict[str, nn.Parameter]:
-    """The SPT candidates: weights of the Linear layers matched by `targets`, by parameter name."""
+    """The ``matrices`` candidates: weights of the Linear layers matched by `targets`."""
     return {
         f"{path}.weight": linear.weight for path, linear in resolve_targets(model, targets).items()
     }
+
+
+def candidate_parameters(
+    model: nn.Module, targets: tuple[str, ...] = DEFAULT_TARGETS, candidates: str = "official"
+) -> dict[str, nn.Parameter]:
+    """The SPT candidates by parameter name, in model order (METHODS.md, SPT step 2).
+
+    ``official``: the weights and biases of the Linear layers matched by `targets` and
+    every LayerNorm weight and bias, outside the head and the patch embedding (the cls
+    token and position embedding are never candidates). ``matrices``: `candidate_weights`.
+    """
+    if candidates == "matrices":
+        return candidate_weights(model, targets)
+    linears = resolve_targets(model, targets)
+    norms = set(norm_parameter_names(model))
+    excluded = set(classifier_parameter_names(model))
+    chosen = {}
+    for name, parameter in model.named_parameters():
+        path, _, leaf = name.rpartition(".")
+        if name in excluded or name.startswith("patch_embed."):
+            continue
+        if (path in linears and leaf in ("weight", "bias")) or name in norms:
+            chosen[name] = parameter
+    return chosen
 
 
 def compute_sensitivity(
@@ -77,9 +102,10 @@ def compute_sensitivity(
     shuffle_seed: int | None = None,
     drop_path: float = 0.1,
     targets: tuple[str, ...] = DEFAULT_TARGETS,
+    candidates: str = "official",
     progress: bool = False,
 ) -> Sensitivity:
-    """SPT sensitivity of `model`'s candidate weights on `data` (see the module docstring).
+    """SPT sensitivity of `model`'s candidates on `data` (see the module docstring).
 
     `data` yields ``(image, label)`` pairs preprocessed for `model` (e.g. `open_images`).
     The model's training mode and ``requires_grad`` flags are restored afterwards.
@@ -102,10 +128,12 @@ def compute_sensitivity(
             f"The data has {classes} classes but the model's head has {model.num_classes}; build "
             "the backbone with num_classes equal to the data's."
         )
-    weights = candidate_weights(model, targets)
+    weights = candidate_parameters(model, targets, candidates)
     device = next(iter(weights.values())).device
     if not 0.0 <= drop_path < 1.0:
-        raise InputError(f"--drop-path is {drop_path!r}; expected 0 <= rate < 1.")
+        raise InputError(
+            f"drop_path is {drop_path!r}; expected 0 <= rate < 1.", parameters=("drop_path",)
+        )
     if shuffle_seed is None:
         order = torch.arange(len(data))
     else:
@@ -210,10 +238,10 @@ def load_scores(path: str | os.PathLike[str]) -> Sensitivity:
     if not scores:
         raise InputError(f"{path} holds no scores.")
     for key, tensor in sorted(scores.items()):
-        if not tensor.is_floating_point() or tensor.ndim != 2:
+        if not tensor.is_floating_point() or tensor.ndim not in (1, 2):
             raise InputError(
                 f"{path}: key '{key}' is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}; "
-                "expected a float matrix (one score per weight entry)."
+                "expected a float matrix or vector (one score per parameter entry)."
             )
         if not torch.isfinite(tensor).all() or bool((tensor < 0).any()):
             raise InputError(
@@ -244,8 +272,8 @@ def check_scores_fit(sensitivity: Sensitivity, model: nn.Module, source: str) ->
     weights = dict(model.named_parameters())
     for key, tensor in sorted(sensitivity.scores.items()):
         weight = weights.get(key)
-        if weight is None or not key.endswith(".weight"):
-            raise InputError(f"{source}: key '{key}' is not a weight of {spec.name}.")
+        if weight is None:
+            raise InputError(f"{source}: key '{key}' is not a parameter of {spec.name}.")
         if tuple(weight.shape) != tuple(tensor.shape):
             raise InputError(
                 f"{source}: key '{key}' has shape {tuple(tensor.shape)}; the model's weight is "
@@ -267,6 +295,8 @@ def sensitivity_for_backbone(
     shuffle_seed: int | None = None,
     force: bool = False,
     progress: bool = False,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Build `backbone` for `data`'s classes, compute its sensitivity, write the scores file.
 
@@ -281,7 +311,14 @@ def sensitivity_for_backbone(
     images = open_images(data, "train", 224)
     kwargs = dict(model_kwargs or {})
     kwargs.setdefault("img_size", img_size)
-    model = create_model(backbone, num_classes=images.num_classes, checkpoint=checkpoint, **kwargs)
+    model = create_model(
+        backbone,
+        num_classes=images.num_classes,
+        checkpoint=checkpoint,
+        mean=mean,
+        std=std,
+        **kwargs,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.reset_classifier(images.num_classes)  # fresh, as training starts (module docstring)

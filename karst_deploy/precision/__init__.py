@@ -19,6 +19,8 @@ from typing import Any
 
 from karst_deploy.errors import InputError
 from karst_deploy.files import refuse_existing
+from karst_deploy.graph_precision import describe_precision
+from karst_deploy.onnx_file import require_precision
 from karst_deploy.precision.base import PrecisionResult, open_fp32_source
 from karst_deploy.precision.calibration import (
     CALIBRATION_METHODS,
@@ -28,7 +30,6 @@ from karst_deploy.precision.calibration import (
     load_calibration,
 )
 from karst_deploy.precision.fp16 import to_fp16
-from karst_deploy.precision.graph import describe_precision, require_precision
 from karst_deploy.precision.int8 import CALIBRATION_BATCH, quantize_int8
 from karst_deploy.progress import progress_bar
 
@@ -52,14 +53,18 @@ def check_request(precision: str, calib: object | None, calib_method: str) -> No
     if precision not in ("fp16", "int8"):
         raise InputError(
             f"Unknown precision '{precision}'; choose fp16 or int8 (fp32 is what export "
-            "writes without --precision)."
+            "writes without a precision)."
         )
     if precision == "fp16" and calib is not None:
-        raise InputError("--calib applies to --precision int8 only; fp16 needs no data.")
+        raise InputError(
+            "calib applies to precision int8 only; fp16 needs no data.",
+            parameters=("calib", "precision"),
+        )
     if precision == "int8" and calib is None:
         raise InputError(
-            "--precision int8 needs calibration data: --calib digits|IMAGE_DIR|FILE.npz "
-            "(a few hundred images like the ones the model will see)."
+            "precision int8 needs calibration data: calib digits|IMAGE_DIR|FILE.npz "
+            "(a few hundred images like the ones the model will see).",
+            parameters=("precision", "calib"),
         )
     check_method(calib_method)
 
@@ -87,7 +92,12 @@ def convert_precision(
         return to_fp16(source, out, force=force)
     fp32 = open_fp32_source(source)
     calibration = load_calibration(
-        calib, calib_samples, img_size=fp32.img_size, mean=fp32.mean, std=fp32.std
+        calib,
+        calib_samples,
+        img_size=fp32.img_size,
+        mean=fp32.mean,
+        std=fp32.std,
+        classes=fp32.classes,
     )
     steps = -(-len(calibration.images) // CALIBRATION_BATCH)
     with progress_bar("calibrating", steps, enabled=progress) as advance:

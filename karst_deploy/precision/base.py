@@ -9,7 +9,6 @@ ONNX Runtime on the same inputs as the source; non-finite logits fail the conver
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -19,10 +18,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from karst_deploy.compare import agreement_upper_bound, logit_metrics
 from karst_deploy.errors import InputError, VerificationError
 from karst_deploy.files import atomic_output, sha256_file
-from karst_deploy.precision.graph import describe_precision
-from karst_deploy.provenance import read_provenance, write_provenance
+from karst_deploy.graph_precision import describe_precision
+from karst_deploy.onnx_file import OnnxFile
+from karst_deploy.provenance import write_provenance
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Fp32Source:
     sha256: str
     input_name: str
     img_size: int | None
+    channels: int = 3  # 1 for a grayscale (in_chans 1) backbone
 
     @property
     def mean(self) -> tuple[float, ...] | None:
@@ -102,40 +104,41 @@ class Fp32Source:
     def std(self) -> tuple[float, ...] | None:
         return tuple(self.record["std"]) if "std" in self.record else None
 
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names of the outputs, as the adapter recorded them at training (else None)."""
+        config = self.record.get("adapter_config") or {}
+        classes = config.get("classes")
+        if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+            return classes
+        return None
+
 
 def open_fp32_source(path: str | os.PathLike[str]) -> Fp32Source:
-    """Load and validate the fp32 ONNX a conversion starts from."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ONNX file '{path}' does not exist.")
-    record = read_provenance(path) or {}
-    model = onnx.load(os.fspath(path))
-    stated = record.get("precision", "fp32")
-    shown = describe_precision(model)["precision"]
-    if stated != "fp32" or shown != "fp32":
+    """Load and validate the fp32 ONNX a conversion starts from (`OnnxFile`'s checks)."""
+    source = OnnxFile(path, "source")
+    record = source.provenance or {}
+    shown = source.precision  # refuses a provenance label the graph contradicts
+    if shown != "fp32":
         raise InputError(
-            f"'{path}' is already {stated if stated != 'fp32' else shown}; convert the fp32 "
-            "export instead (precision conversions always start from fp32)."
+            f"{source.label} is already {shown}; convert the fp32 export instead (precision "
+            "conversions always start from fp32)."
         )
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
-    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    image = source.image_input
+    if image.dtype != "float32" or image.channels not in (1, 3):
         raise InputError(
-            f"'{path}' should have one float32 image input [batch, 3, H, W]; found "
-            f"{[value.name for value in inputs]}."
+            f"{source.label} should have one float32 image input [batch, 3, H, W]; its input "
+            f"'{image.name}' is {image.dtype} [batch, {image.channels}, {image.height}, "
+            f"{image.width}]."
         )
-    dims = inputs[0].type.tensor_type.shape.dim
-    static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(static) != 4 or static[1] not in (3, None):
-        raise InputError(f"Input '{inputs[0].name}' of '{path}' is not [batch, 3, H, W].")
-    img_size = static[2] if static[2] and static[2] == static[3] else record.get("img_size")
     return Fp32Source(
-        path=path,
-        model=model,
+        path=source.path,
+        model=source.model,
         record=record,
-        sha256=sha256_file(path),
-        input_name=inputs[0].name,
-        img_size=img_size,
+        sha256=source.sha256,
+        input_name=image.name,
+        img_size=image.size or record.get("img_size"),
+        channels=image.channels,
     )
 
 
@@ -159,22 +162,7 @@ def compare_to_source(
             f"The converted model gives non-finite logits on {len(images)} inputs (the fp32 "
             f"source '{source.path}' does not): a tensor overflowed its reduced precision."
         )
-    return {
-        "samples": len(images),
-        "max_abs_diff": float(np.abs(logits.astype(np.float64) - reference).max()),
-        "max_abs_reference": float(np.abs(reference).max()),
-        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-    }
-
-
-def agreement_upper_bound(rate: float, samples: int, z: float = 1.6449) -> float:
-    """One-sided 95 % upper confidence bound of a proportion (Wilson score interval)."""
-    if samples < 1:
-        return 1.0
-    denominator = 1 + z * z / samples
-    centre = (rate + z * z / (2 * samples)) / denominator
-    half = z * math.sqrt(rate * (1 - rate) / samples + z * z / (4 * samples * samples))
-    return min(1.0, centre + half / denominator)
+    return {"samples": len(images), **logit_metrics(reference, logits)}
 
 
 def write_converted(
@@ -210,7 +198,7 @@ def write_converted(
             f"int8 gate failed: the {precision} conversion of '{source.path}' agrees with the "
             f"fp32 model on the top-1 class of {check['top1_agreement']:.1%} of "
             f"{check['samples']} calibration images (95 % upper bound {upper:.1%}), below the "
-            f"{min_top1_agreement:.0%} of the {precision} tolerance (parity.TOLERANCES); "
+            f"{min_top1_agreement:.0%} of the {precision} tolerance (compare.TOLERANCES); "
             "nothing was written. Try more "
             "or more representative --calib images, another --calib-method, or "
             "--no-calib-cache if the calibration cache may be stale."

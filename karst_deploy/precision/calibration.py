@@ -35,9 +35,9 @@ from karst_deploy.data import (
     IMAGE_SUFFIXES,
     VTAB_LISTS,
     is_image_file,
-    open_image,
     open_images,
     preprocess,
+    read_image,
 )
 from karst_deploy.errors import InputError
 from karst_deploy.files import cache_root
@@ -96,27 +96,34 @@ def load_calibration(
     img_size: int | None,
     mean: Sequence[float] | None = (0.5, 0.5, 0.5),
     std: Sequence[float] | None = (0.5, 0.5, 0.5),
+    classes: Sequence[str] | None = None,
 ) -> CalibrationSet:
     """Open a calibration source (see the module docstring) and take `samples` images.
 
     `img_size`, `mean` and `std` are the model's (from its provenance; None: unknown, and
     then only a preprocessed ``.npz`` can be used). A ``.npz`` must already match
-    `img_size` (None accepts any size).
+    `img_size` (None accepts any size). `classes` (the names the adapter was trained on)
+    narrows a labelled source to those classes and refuses one that lacks any of them.
     """
     if samples < 1:
-        raise InputError(f"--calib-samples must be at least 1, got {samples}.")
+        raise InputError(
+            f"calib_samples must be at least 1, got {samples}.", parameters=("calib_samples",)
+        )
     text = str(source)
     path = Path(text)
     if text.endswith(".npz"):
-        return _from_npz(path, samples, img_size)
+        return _from_npz(path, samples, img_size, None if mean is None else len(mean))
     if img_size is None or mean is None or std is None:
         raise InputError(
             f"Calibration source '{text}' needs the model's input size, mean and std to "
             "preprocess images, but the ONNX file has no karst-deploy provenance recording "
-            "them; pass a preprocessed --calib FILE.npz instead."
+            "them; pass a preprocessed calib FILE.npz instead.",
+            parameters=("calib",),
         )
     if text == "digits" or text.startswith("digits:") or _has_labelled_layout(path):
         dataset = open_images(text, "train", img_size, mean, std)
+        if classes is not None:
+            dataset = dataset.select_classes(classes, "--calib")
         chosen = _subset(len(dataset), samples)
         images = np.stack([dataset[int(i)][0].numpy() for i in chosen])
         return CalibrationSet(
@@ -160,8 +167,7 @@ def _from_plain_folder(
     images, skipped = [], 0
     for index in _subset(len(files), samples):
         try:
-            with open_image(files[index]) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            array = read_image(files[index])
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
             skipped += 1  # skipped and counted, as karst_deploy.data does
             continue
@@ -176,7 +182,9 @@ def _from_plain_folder(
     )
 
 
-def _from_npz(path: Path, samples: int, img_size: int | None) -> CalibrationSet:
+def _from_npz(
+    path: Path, samples: int, img_size: int | None, channels: int | None = None
+) -> CalibrationSet:
     if not path.is_file():
         raise InputError(f"Calibration file '{path}' does not exist.")
     try:
@@ -197,10 +205,11 @@ def _from_npz(path: Path, samples: int, img_size: int | None) -> CalibrationSet:
             "preprocessed (resized, scaled to [0, 1], then normalised with the model's mean "
             "and std), not raw integer pixels."
         )
-    expected = f"(N, 3, {img_size}, {img_size})" if img_size else "(N, 3, H, W)"
+    c = channels or 3
+    expected = f"(N, {c}, {img_size}, {img_size})" if img_size else f"(N, {c}, H, W)"
     if (
         images.ndim != 4
-        or images.shape[1] != 3
+        or images.shape[1] != c
         or len(images) == 0
         or (img_size is not None and images.shape[2:] != (img_size, img_size))
     ):

@@ -77,7 +77,7 @@ def to_fp16(
         )
     rng = np.random.default_rng(CHECK_SEED)
     check_images = rng.standard_normal(
-        (CHECK_SAMPLES, 3, fp32.img_size, fp32.img_size), dtype=np.float32
+        (CHECK_SAMPLES, fp32.channels, fp32.img_size, fp32.img_size), dtype=np.float32
     )
     return write_converted(
         fp32,

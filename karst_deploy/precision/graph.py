@@ -1,60 +1,24 @@
 """Read precision back from an ONNX graph: what it is, and whether it keeps its promises.
 
 Converting is not trusted on its word: after every conversion (and in the tests) these
-checks read the written graph. They are also what other steps (e.g. a TensorRT build)
-can use to learn the precision of an ONNX file that carries no provenance.
+checks read the written graph. What precision a graph *is* has one rule, in
+`karst_deploy.graph_precision` (files: `karst_deploy.onnx_file.OnnxFile.precision`).
 """
 
 from __future__ import annotations
 
-import os
-from collections import Counter
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from karst_deploy.errors import InputError, VerificationError
-from karst_deploy.graph_precision import graph_precision, precision_evidence
-from karst_deploy.provenance import read_provenance
+from karst_deploy.errors import VerificationError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: TensorRT's int8 weights are symmetric in [-127, 127] ("Working with Quantized Types",
 #: TensorRT developer guide); activations use [-128, 127] with zero point 0.
 INT8_WEIGHT_RANGE = (-127, 127)
-
-
-def describe_precision(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, Any]:
-    """The precision the graph itself shows, with the counts that show it."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model))
-    ops = Counter(node.op_type for node in model.graph.node)
-    initializer_types = Counter(
-        TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer
-    )
-    return {
-        "precision": graph_precision(model),
-        "quantize_linear": ops["QuantizeLinear"],
-        "dequantize_linear": ops["DequantizeLinear"],
-        "cast": ops["Cast"],
-        "initializer_types": dict(sorted(initializer_types.items())),
-    }
-
-
-def require_precision(path: str | os.PathLike[str], expected: str) -> None:
-    """Refuse an ONNX file whose graph is not `expected` precision, or whose label disagrees."""
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    actual, evidence = precision_evidence(model)
-    label = (read_provenance(model) or {}).get("precision")
-    if label is not None and label != actual:
-        raise InputError(
-            f"'{path}': its provenance says precision {label!r} but the graph is {actual} "
-            f"({evidence}); the record does not describe this graph."
-        )
-    if actual != expected:
-        raise InputError(f"'{path}' is an {actual} model, not {expected} ({evidence}).")
 
 
 def qdq_violations(model: onnx.ModelProto) -> list[str]:

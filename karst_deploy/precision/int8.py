@@ -35,7 +35,7 @@ file and why (``"cache": "recomputed: ..."``).
 
 Gate: the converted graph is run beside the fp32 source on up to `CHECK_SAMPLES` of the
 calibration images, and a top-1 agreement shown to be below the int8 tolerance of
-`parity.TOLERANCES` (95 % upper bound below it, `base.agreement_upper_bound`) fails the
+`compare.TOLERANCES` (95 % upper bound below it, `compare.agreement_upper_bound`) fails the
 conversion (exit 1) before anything is written.
 """
 
@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from karst_deploy.comparison import TOLERANCES
+from karst_deploy.compare import TOLERANCES
 from karst_deploy.errors import InputError, ToolError, VerificationError, clip
 from karst_deploy.files import refuse_existing, sha256_file, temporary_directory
 from karst_deploy.jsonfile import parse_object

@@ -179,7 +179,7 @@ def engine_table(result: Mapping[str, object]) -> tuple[Table, list[str]]:
 
 def train_tables(result: TrainResult, title: str) -> tuple[list[Table], list[str]]:
     """Per-epoch losses and accuracy (the chosen epoch starred), a summary, and the warnings."""
-    log = result.log
+    log = result.log.to_dict()
     table = Table(title=escape(title), title_justify="left")
     for column in ("epoch", "train loss", "val loss", "val acc", "lr", "seconds"):
         table.add_column(column, justify="right")
@@ -204,61 +204,6 @@ def train_tables(result: TrainResult, title: str) -> tuple[list[Table], list[str
     }
     warnings = [f"[yellow]warning:[/] {escape(w)}" for w in log["warnings"]]
     return [table, key_value_table("trained", summary)], warnings
-
-
-_STATES = {
-    "pass": "[green]pass[/]",
-    "fail": "[bold red]FAIL[/]",
-    "inconclusive": "[yellow]inconclusive[/]",
-    "not shown": "[yellow]not shown[/]",
-}
-
-
-def demo_tables(result: Any) -> list[Table]:
-    """The demo's result as rich tables: run, accuracy per stage, latency, verdicts."""
-    run = Table(title=f"karst-deploy demo ({result.settings.mode})", title_justify="left")
-    for column in ("step", "seconds", "what happened"):
-        run.add_column(column, justify="right" if column == "seconds" else "left")
-    for step in result.steps:
-        run.add_row(step["name"], f"{step['seconds']:.1f}", escape(step.get("detail", "")))
-    run.add_row("total", f"{sum(s['seconds'] for s in result.steps):.1f}", escape(str(result.out)))
-
-    test = result.accuracy["test"]
-    gate_set = next(name for name in result.accuracy if name != "test")
-    by_stage = Table(title="accuracy on held-out digits 5-9 (%)", title_justify="left")
-    by_stage.add_column("stage")
-    by_stage.add_column(f"test ({result.test_images} images)", justify="right")
-    by_stage.add_column(f"{gate_set} (int8 gate)", justify="right")
-    for stage, value in test.items():
-        gated = result.accuracy[gate_set].get(stage)
-        by_stage.add_row(stage, f"{value:.1f}", "–" if gated is None else f"{gated:.1f}")
-
-    latency = result.latency
-    table = Table(
-        title=f"latency, ONNX Runtime CPU, {latency['rounds']} interleaved rounds",
-        title_justify="left",
-    )
-    for column in ("model", "batch", "median ms", "÷ base [95% CI]"):
-        table.add_column(escape(column), justify="left" if column == "model" else "right")
-    for batch in map(str, latency["batches"]):
-        for label, per_batch in latency["latency"].items():
-            ratio = latency["ratios"].get(label, {}).get(batch)
-            table.add_row(
-                label,
-                batch,
-                f"{per_batch[batch]['median_ms']:.3f}",
-                escape(f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]")
-                if ratio
-                else "–",
-            )
-
-    verdicts = Table(title="verdicts", title_justify="left")
-    for column in ("check", "verdict", "detail"):
-        verdicts.add_column(column)
-    for verdict in result.verdicts:
-        name = verdict.name if verdict.hard else f"{verdict.name} (soft)"
-        verdicts.add_row(name, _STATES[verdict.state], escape(verdict.detail))
-    return [run, by_stage, table, verdicts]
 
 
 def trtexec_lines(commands: list[dict[str, Any]]) -> list[str]:

@@ -101,13 +101,15 @@ class GlobalBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __init__(self, size: int, batch_size: int, place: Distributed, seed: int) -> None:
         if batch_size % place.world_size:
             raise InputError(
-                f"--batch-size {batch_size} is the global batch and must divide evenly over "
-                f"the {place.world_size} processes torchrun started."
+                f"batch_size {batch_size} is the global batch and must divide evenly over "
+                f"the {place.world_size} processes torchrun started.",
+                parameters=("batch_size",),
             )
         if size < batch_size:
             raise InputError(
                 f"The training split has {size} images, fewer than one batch of {batch_size}; "
-                "lower --batch-size."
+                "lower batch_size.",
+                parameters=("batch_size",),
             )
         self.size, self.batch_size, self.place, self.seed = size, batch_size, place, seed
         self.share = batch_size // place.world_size

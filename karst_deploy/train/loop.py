@@ -15,7 +15,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,14 +33,24 @@ from karst_deploy.models import (
     training_drop_path,
 )
 from karst_deploy.placement.request import SptRequest
-from karst_deploy.progress import progress_bar
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler, distributed_session
+from karst_deploy.train.log import (
+    LOG_FILE,
+    DataRecord,
+    EpochRecord,
+    RunRecord,
+    TrainableCounts,
+    TrainLog,
+)
+from karst_deploy.train.progress import EpochProgress
 from karst_deploy.train.recipe import TrainConfig
 from karst_deploy.train.schedule import learning_rate, make_optimizer, set_learning_rate
 
-LOG_FILE = "train_log.json"
-LOG_FORMAT = "karst-deploy.train_log"
-SELECTION_RULE = "highest validation accuracy; ties go to the lower validation loss"
+RANDOM_BACKBONE_WARNING = (
+    "the backbone has random weights (no --checkpoint): the adapter fits only these "
+    "weights, which are not saved; pass --checkpoint to adapt real pretrained weights "
+    "(or --pretrained for timm's own, where its hub is reachable)"
+)
 
 
 class TrainingDivergedError(KarstDeployError):
@@ -53,17 +62,17 @@ class TrainResult:
     """A finished run: the adapted model (best epoch loaded, eval mode) and its log."""
 
     model: nn.Module
-    log: dict[str, Any]
+    log: TrainLog
     out: Path | None = None
     is_main: bool = True  # False on torchrun ranks other than 0 (they write and print nothing)
 
     @property
     def best_val_accuracy(self) -> float:
-        return self.log["best_val_accuracy"]
+        return self.log.best_val_accuracy
 
     @property
     def test_accuracy(self) -> float | None:
-        return self.log["test_accuracy"]
+        return self.log.test_accuracy
 
 
 def seed_everything(seed: int) -> None:
@@ -78,7 +87,10 @@ def _requested_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {requested} was asked for, but torch sees no CUDA GPU.")
+        raise InputError(
+            f"device {requested} was asked for, but torch sees no CUDA GPU.",
+            parameters=("device",),
+        )
     return requested
 
 
@@ -119,6 +131,9 @@ def build_model(
         num_classes=num_classes,
         img_size=img_size,
         checkpoint=config.checkpoint,
+        pretrained=config.pretrained,
+        mean=config.mean,
+        std=config.std,
         **kwargs,
     )
     # The head is always freshly initialised for the target classes, as in the reference
@@ -182,6 +197,12 @@ def train_adapters(
     num_classes = splits["train"].num_classes
     model = build_model(config, num_classes, splits["train"])
     spec = backbone_spec(model)
+    if progress and config.checkpoint is None and not spec.pretrained:
+        from rich.console import Console
+
+        Console(stderr=True).print(  # said before training, not only in the final log
+            f"[yellow]warning:[/] {RANDOM_BACKBONE_WARNING}", highlight=False
+        )
     splits = {k: v.preprocessed_as(spec.img_size, spec.mean, spec.std) for k, v in splits.items()}
 
     with distributed_session("cuda" if requested.startswith("cuda") else "cpu") as place:
@@ -190,11 +211,179 @@ def train_adapters(
         if out is not None and place.is_main:
             with atomic_directory(out, force=force) as staging:
                 # `staging` is our own fresh temporary directory; save_adapters replaces it.
-                save_adapters(result.model, staging, force=True)
-                write_json(staging / LOG_FILE, result.log, force=True)
+                save_adapters(result.model, staging, force=True, classes=splits["train"].classes)
+                write_json(staging / LOG_FILE, result.log.to_dict(), force=True)
             result.out = out
         place.barrier()
     return result
+
+
+@dataclass
+class _Session:
+    """What every epoch of one run shares: the (wrapped) model, data, optimizer and schedule."""
+
+    config: TrainConfig
+    model: nn.Module
+    wrapped: nn.Module  # DistributedDataParallel under torchrun, else `model`
+    trainable: dict[str, nn.Parameter]
+    datasets: dict[str, torch.utils.data.Dataset]
+    sampler: GlobalBatchSampler
+    loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    device: torch.device
+    place: Distributed
+    steps_per_epoch: int
+    cosine_steps: int
+    warmup_steps: int
+    eval_batch: int
+
+    def lr(self, step: int) -> float:
+        c = self.config
+        return learning_rate(
+            step,
+            self.cosine_steps,
+            self.warmup_steps,
+            c.lr,
+            c.resolved_warmup_lr,
+            c.resolved_min_lr,
+        )
+
+    def evaluate(self, split: str) -> tuple[float, float]:
+        return evaluate(
+            self.model,
+            self.datasets[split],
+            self.eval_batch,
+            self.device,
+            self.place,
+            self.amp_dtype,
+        )
+
+
+def _session(
+    config: TrainConfig,
+    model: nn.Module,
+    splits: dict[str, LabelledImages],
+    place: Distributed,
+    device: torch.device,
+) -> _Session:
+    amp_dtype = _amp_dtype(device, config.amp)
+    # Every rank built the same model from the same seed; from here on each rank draws its
+    # own drop-path masks.
+    torch.manual_seed(config.seed + place.rank)
+    model.to(device)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    wrapped: nn.Module = model
+    if place.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    datasets = {split: _tensor_dataset(data) for split, data in splits.items()}
+    sampler = GlobalBatchSampler(len(datasets["train"]), config.batch_size, place, config.seed)
+    loader = torch.utils.data.DataLoader(
+        datasets["train"],
+        batch_sampler=sampler,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    steps_per_epoch = len(sampler)
+    return _Session(
+        config=config,
+        model=model,
+        wrapped=wrapped,
+        trainable=trainable,
+        datasets=datasets,
+        sampler=sampler,
+        loader=loader,
+        optimizer=make_optimizer(trainable.values(), config.lr, config.resolved_weight_decay),
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        amp_dtype=amp_dtype,
+        device=device,
+        place=place,
+        steps_per_epoch=steps_per_epoch,
+        # The cosine reaches min_lr after epochs − cooldown_epochs and stays there (the
+        # official loop: 100 cosine epochs, then 10 more at the minimum lr).
+        cosine_steps=steps_per_epoch * (config.epochs - config.cooldown_epochs),
+        warmup_steps=steps_per_epoch * config.warmup_epochs,
+        eval_batch=max(1, config.batch_size // place.world_size),
+    )
+
+
+def _forward_loss(s: _Session, images: torch.Tensor, labels: torch.Tensor, module: nn.Module):
+    images, labels = images.to(s.device), labels.to(s.device)
+    with torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
+        logits = module(images)
+    return logits, labels, F.cross_entropy(logits.float(), labels)
+
+
+def _estimated_epoch_seconds(s: _Session, probes: int = 2) -> float:
+    """Seconds one epoch should take, from timing `probes` training steps before training.
+
+    The steps run on the unwrapped model, with forked RNG state and gradients discarded, so
+    the run that follows is unchanged; the fastest probe (the first pays one-off setup) times
+    the epoch's steps, plus one forward pass over the validation split.
+    """
+    data = s.datasets["train"]
+    count = min(len(data), s.eval_batch)
+    images = torch.stack([data[i][0] for i in range(count)])
+    labels = torch.as_tensor([int(data[i][1]) for i in range(count)])
+    timings = []
+    with torch.random.fork_rng(devices=[s.device] if s.device.type == "cuda" else []):
+        s.model.train()
+        for _ in range(probes):
+            started = time.perf_counter()
+            _, _, loss = _forward_loss(s, images, labels, s.model)
+            loss.backward()
+            if s.device.type == "cuda":
+                torch.cuda.synchronize(s.device)
+            timings.append(time.perf_counter() - started)
+    for parameter in s.trainable.values():
+        parameter.grad = None
+    step = min(timings)
+    validation = len(s.datasets["val"]) / max(1, s.place.world_size) / count * step / 3
+    return step * s.steps_per_epoch + validation
+
+
+def _train_epoch(s: _Session, epoch: int, step: int, advance) -> tuple[EpochRecord, int]:
+    """One pass over the training split, then validation; returns the record and next step."""
+    started = time.perf_counter()
+    s.sampler.set_epoch(epoch)
+    s.wrapped.train()
+    loss_sum, correct, seen, lr = 0.0, 0, 0, s.lr(step)
+    for images, labels in s.loader:
+        lr = s.lr(step)
+        set_learning_rate(s.optimizer, lr)
+        logits, labels, loss = _forward_loss(s, images, labels, s.wrapped)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"Training diverged: the loss is {loss.item()} at epoch {epoch}, step "
+                f"{step + 1}. Lower --lr (now {s.config.lr}) or check the data."
+            )
+        s.optimizer.zero_grad(set_to_none=True)
+        if s.scaler is not None:
+            s.scaler.scale(loss).backward()
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+        else:
+            loss.backward()
+            s.optimizer.step()
+        loss_sum += loss.item() * len(labels)
+        correct += int((logits.argmax(-1) == labels).sum())
+        seen += len(labels)
+        step += 1
+        advance()
+    loss_sum, correct, seen = s.place.sum([loss_sum, correct, seen], s.device)
+    val_loss, val_accuracy = s.evaluate("val")
+    record = EpochRecord(
+        epoch=epoch,
+        train_loss=loss_sum / seen,
+        train_accuracy=correct / seen,
+        val_loss=val_loss,
+        val_accuracy=val_accuracy,
+        lr=lr,
+        seconds=time.perf_counter() - started,
+    )
+    return record, step
 
 
 def _run(
@@ -205,162 +394,91 @@ def _run(
     device: torch.device,
     progress: bool,
 ) -> TrainResult:
-    amp_dtype = _amp_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    # Every rank built the same model from the same seed; from here on each rank draws its
-    # own drop-path masks.
-    torch.manual_seed(config.seed + place.rank)
-    model.to(device)
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    wrapped: nn.Module = model
-    if place.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    datasets = {split: _tensor_dataset(data) for split, data in splits.items()}
-    sampler = GlobalBatchSampler(len(datasets["train"]), config.batch_size, place, config.seed)
-    loader = torch.utils.data.DataLoader(
-        datasets["train"],
-        batch_sampler=sampler,
-        num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    optimizer = make_optimizer(trainable.values(), config.lr, config.resolved_weight_decay)
-    steps_per_epoch = len(sampler)
-    total_steps = steps_per_epoch * config.epochs
-    # The cosine reaches min_lr after epochs − cooldown_epochs and stays there (the official
-    # loop: 100 cosine epochs, then 10 more at the minimum lr).
-    cosine_steps = steps_per_epoch * (config.epochs - config.cooldown_epochs)
-    warmup_steps = steps_per_epoch * config.warmup_epochs
-    eval_batch = max(1, config.batch_size // place.world_size)
-
-    epochs: list[dict[str, Any]] = []
-    best: dict[str, Any] = {}
+    s = _session(config, model, splits, place, device)
+    epochs: list[EpochRecord] = []
+    best: EpochRecord | None = None
     best_state: dict[str, torch.Tensor] = {}
     step = 0
     with (
         training_drop_path(model, config.drop_path) as drop_path_blocks,
-        progress_bar("training", total_steps, enabled=progress and place.is_main) as bar,
+        EpochProgress(progress and place.is_main, config.epochs, s.steps_per_epoch) as shown,
     ):
+        if shown.enabled:
+            shown.expected(_estimated_epoch_seconds(s))
         for epoch in range(1, config.epochs + 1):
-            started = time.perf_counter()
-            sampler.set_epoch(epoch)
-            wrapped.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for images, labels in loader:
-                lr = learning_rate(
-                    step,
-                    cosine_steps,
-                    warmup_steps,
-                    config.lr,
-                    config.resolved_warmup_lr,
-                    config.resolved_min_lr,
-                )
-                set_learning_rate(optimizer, lr)
-                images, labels = images.to(device), labels.to(device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = wrapped(images)
-                loss = F.cross_entropy(logits.float(), labels)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"Training diverged: the loss is {loss.item()} at epoch {epoch}, step "
-                        f"{step + 1}. Lower --lr (now {config.lr}) or check the data."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                loss_sum += loss.item() * len(labels)
-                correct += int((logits.argmax(-1) == labels).sum())
-                seen += len(labels)
-                step += 1
-                bar()
-            loss_sum, correct, seen = place.sum([loss_sum, correct, seen], device)
-            val_loss, val_accuracy = evaluate(
-                model, datasets["val"], eval_batch, device, place, amp_dtype
-            )
-            record = {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_accuracy": correct / seen,
-                "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
-                "lr": lr,
-                "seconds": time.perf_counter() - started,
-            }
+            record, step = _train_epoch(s, epoch, step, shown.advance)
             epochs.append(record)
-            if not best or (val_accuracy, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
+            if best is None or (record.val_accuracy, -record.val_loss) > (
+                best.val_accuracy,
+                -best.val_loss,
+            ):
                 best = record
-                best_state = {n: p.detach().to("cpu", copy=True) for n, p in trainable.items()}
-            bar.describe(
-                f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.3f}  "
-                f"val acc {val_accuracy:.3f}  best {best['val_accuracy']:.3f}  "
-                f"{record['seconds']:.1f} s/epoch"
-            )
+                best_state = {n: p.detach().to("cpu", copy=True) for n, p in s.trainable.items()}
+            shown.epoch_done(record, best.val_accuracy)
 
     with torch.no_grad():
-        for name, parameter in trainable.items():
+        for name, parameter in s.trainable.items():
             parameter.copy_(best_state[name])
-    test_loss = test_accuracy = None
-    if "test" in datasets:
-        test_loss, test_accuracy = evaluate(
-            model, datasets["test"], eval_batch, device, place, amp_dtype
-        )
+    test_loss, test_accuracy = s.evaluate("test") if "test" in s.datasets else (None, None)
     model.eval()
+    log = TrainLog(
+        recipe=config.to_dict(),
+        backbone=backbone_spec(model).to_dict(),
+        data=_data_record(config, splits),
+        trainable_parameters=_trainable_counts(model, s.trainable),
+        run=RunRecord(
+            device=str(device),
+            world_size=place.world_size,
+            amp=None if s.amp_dtype is None else str(s.amp_dtype).removeprefix("torch."),
+            steps=step,
+            steps_per_epoch=s.steps_per_epoch,
+            drop_path_blocks=drop_path_blocks,
+            torch=torch.__version__,
+        ),
+        epochs=epochs,
+        best_epoch=best.epoch,
+        best_val_accuracy=best.val_accuracy,
+        best_val_loss=best.val_loss,
+        test_accuracy=test_accuracy,
+        test_loss=test_loss,
+        warnings=_warnings(config, model, splits),
+    )
+    return TrainResult(model=model.cpu(), log=log, is_main=place.is_main)
+
+
+def _data_record(config: TrainConfig, splits: dict[str, LabelledImages]) -> DataRecord:
+    train = splits["train"]
+    return DataRecord(
+        source=str(config.data),
+        classes=train.classes,
+        img_size=train.img_size,
+        mean=list(train.mean),
+        std=list(train.std),
+        images={split: len(data) for split, data in splits.items()},
+        skipped_images={split: len(data.skipped) for split, data in splits.items()},
+        skipped_files={split: data.skipped[:20] for split, data in splits.items()},
+    )
+
+
+def _trainable_counts(model: nn.Module, trainable: dict[str, nn.Parameter]) -> TrainableCounts:
     head = set(classifier_parameter_names(model))
+    return TrainableCounts(
+        adapter=count_trainable(model),
+        head=sum(p.numel() for n, p in trainable.items() if n in head),
+        total=sum(p.numel() for p in trainable.values()),
+    )
+
+
+def _warnings(
+    config: TrainConfig, model: nn.Module, splits: dict[str, LabelledImages]
+) -> list[str]:
     warnings = []
     if config.checkpoint is None and not backbone_spec(model).pretrained:
-        warnings.append(
-            "the backbone has random weights (no --checkpoint): the adapter fits only these "
-            "weights, which are not saved; pass --checkpoint to adapt real pretrained weights"
-        )
+        warnings.append(RANDOM_BACKBONE_WARNING)
     for split, data in splits.items():
         if data.skipped:
             warnings.append(
                 f"{len(data.skipped)} unreadable image(s) of split '{split}' were skipped, "
                 f"first '{data.skipped[0]}'"
             )
-    log = {
-        "format": LOG_FORMAT,
-        "version": 1,
-        "recipe": config.to_dict(),
-        "backbone": backbone_spec(model).to_dict(),
-        "data": {
-            "source": str(config.data),
-            "classes": splits["train"].classes,
-            "img_size": splits["train"].img_size,
-            "mean": list(splits["train"].mean),
-            "std": list(splits["train"].std),
-            "images": {split: len(data) for split, data in splits.items()},
-            "skipped_images": {split: len(data.skipped) for split, data in splits.items()},
-            "skipped_files": {split: data.skipped[:20] for split, data in splits.items()},
-        },
-        "trainable_parameters": {
-            "adapter": count_trainable(model),
-            "head": sum(p.numel() for n, p in trainable.items() if n in head),
-            "total": sum(p.numel() for p in trainable.values()),
-        },
-        "run": {
-            "device": str(device),
-            "world_size": place.world_size,
-            "amp": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
-            "steps": step,
-            "steps_per_epoch": steps_per_epoch,
-            "drop_path_blocks": drop_path_blocks,
-            "torch": torch.__version__,
-        },
-        "epochs": epochs,
-        "selection": SELECTION_RULE,
-        "best_epoch": best["epoch"],
-        "best_val_accuracy": best["val_accuracy"],
-        "best_val_loss": best["val_loss"],
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
-        "test_note": "reported only; never used to choose the epoch",
-        "warnings": warnings,
-    }
-    return TrainResult(model=model.cpu(), log=log, is_main=place.is_main)
+    return warnings

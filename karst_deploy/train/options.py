@@ -18,7 +18,16 @@ from karst_deploy.train.loop import TrainResult, train_adapters
 from karst_deploy.train.recipe import TrainConfig, apply_recipe, training_adapter
 
 #: The method options (None = the method's default); which method takes which is in recipe.
-METHOD_OPTION_NAMES = ("factor", "rank", "kernels", "alpha", "rescale", "scale", "stage_ranks")
+METHOD_OPTION_NAMES = (
+    "factor",
+    "rank",
+    "kernels",
+    "alpha",
+    "rescale",
+    "scale",
+    "structure",
+    "stage_ranks",
+)
 
 
 @dataclass
@@ -35,6 +44,7 @@ class TrainOptions:
     alpha: float | None = None
     rescale: str | None = None
     scale: float | None = None
+    structure: str | None = None
     stage_ranks: str | None = None
     targets: str | None = None
     recipe: str = "vtab"
@@ -60,6 +70,9 @@ class TrainOptions:
     device: str = "auto"
     amp: bool = True
     strict_images: bool = False
+    pretrained: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def method_options(self) -> dict[str, Any]:
         """The method options as given (None where not), targets included."""

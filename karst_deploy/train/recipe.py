@@ -4,7 +4,13 @@ Defaults are the reference VTAB script's: AdamW with weight decay lr/10, batch 3
 cosine schedule over 100 epochs of which 10 are a linear warm-up starting at lr/100,
 minimum lr lr/10, drop-path 0.1, head trained with the adapters. `RECIPES` are the named
 presets of the official scripts (`--recipe`); `vtab` adds the 10 epochs at the minimum lr
-the script runs after the cosine (110 in all).
+the script runs after the cosine (110 in all). ``quick`` is ours, for a first try on a CPU:
+10 epochs (1 of warm-up), KARST and KAdaptation with 2 and 4 kernels (KAdaptation's 32
+kernels cost 4.4× the time per epoch on two cores).
+
+An explicit ``--epochs`` without ``--warmup-epochs`` scales the preset's warm-up to
+``min(preset, epochs // 10)`` (the paper's 10 of 100), so ``--epochs 10`` has 1 warm-up epoch
+instead of failing; the value used is recorded with what the preset set.
 """
 
 from __future__ import annotations
@@ -15,46 +21,39 @@ import os
 from pathlib import Path
 from typing import Any
 
-from karst_deploy.adapters import (
-    AdapterConfig,
-    KAdaptationConfig,
-    KarstConfig,
-    LinearConfig,
-    LoraConfig,
-)
-from karst_deploy.adapters.spt import STRUCTURED_CONFIGS
-from karst_deploy.errors import InputError
+from karst_deploy.adapters import AdapterConfig, KarstConfig
+from karst_deploy.adapters.registry import method_options, standalone_configs, structured_configs
+from karst_deploy.errors import InputError, clip
 from karst_deploy.placement.request import SptRequest
 
-METHOD_CONFIGS: dict[str, type[AdapterConfig]] = {
-    "karst": KarstConfig,
-    "kadaptation": KAdaptationConfig,
-    "lora": LoraConfig,
-    "linear": LinearConfig,
-}
-# Which command-line method options each method takes (the rest are refused, not ignored).
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "karst": ("factor", "rank", "kernels", "alpha", "rescale", "stage_ranks", "targets"),
-    "lora": ("rank", "alpha", "targets"),
-    "kadaptation": ("kernels", "scale", "targets"),
-    "linear": (),
-}
+#: The methods ``--method`` builds, read from the adapter registry (never listed here).
+METHOD_CONFIGS = standalone_configs
 
 
 def adapter_config_for(method: str, **options: Any) -> AdapterConfig:
     """Build `method`'s config from the options that were given (None means "default").
 
-    An option the method does not take is refused, naming the flag, rather than silently
-    ignored: ``--factor`` means nothing to LoRA.
+    The options a method takes are its config's fields (`registry.method_options`); one it
+    does not take is refused, naming it, rather than silently ignored: ``factor`` means
+    nothing to LoRA. Errors name the parameters (the CLI shows them as its flags).
     """
     if method not in METHOD_CONFIGS:
-        raise InputError(f"--method is '{method}'; expected one of {sorted(METHOD_CONFIGS)}.")
+        raise InputError(
+            f"method is '{clip(method)}'; expected one of {sorted(METHOD_CONFIGS)}. Adapters "
+            "trained with Hugging Face PEFT (LoRA, DoRA, LoKr, LoHa, IA³) are not trained here: "
+            "pass their PEFT directory as the adapter to export or verify-parity.",
+            parameters=("method",),
+        )
     given = {key: value for key, value in options.items() if value is not None}
-    allowed = METHOD_OPTIONS[method]
+    fields = method_options(method)
+    allowed = [key for key in options if key in fields]  # the options offered that it takes
     for key in given:
-        if key not in allowed:
-            takes = ", ".join(f"--{o}" for o in allowed) or "no method options"
-            raise InputError(f"--{key} does not apply to --method {method}; it takes {takes}.")
+        if key not in fields:
+            takes = ", ".join(allowed) or "no method options"
+            raise InputError(
+                f"{key} does not apply to method {method}; it takes {takes}.",
+                parameters=(key, "method", *allowed),
+            )
     if isinstance(given.get("targets"), str):
         given["targets"] = tuple(t.strip() for t in given["targets"].split(",") if t.strip())
     if isinstance(given.get("stage_ranks"), str):
@@ -62,8 +61,9 @@ def adapter_config_for(method: str, **options: Any) -> AdapterConfig:
             given["stage_ranks"] = tuple(int(r) for r in given["stage_ranks"].split(","))
         except ValueError:
             raise InputError(
-                f"--stage-ranks is {given['stage_ranks']!r}; expected ranks per stage such as "
-                "2,2,4,8."
+                f"stage_ranks is {given['stage_ranks']!r}; expected ranks per stage such as "
+                "2,2,4,8.",
+                parameters=("stage_ranks",),
             ) from None
     return METHOD_CONFIGS[method](**given)
 
@@ -108,8 +108,10 @@ def training_adapter(
     if budget is None:
         raise InputError("--placement spt needs --budget, e.g. --budget 0.4M.")
     structured = structured or "karst"
-    if structured not in STRUCTURED_CONFIGS:
-        raise InputError(f"--structured is {structured!r}; expected 'karst' or 'lora'.")
+    if structured not in structured_configs:
+        raise InputError(
+            f"--structured is {clip(structured)!r}; expected one of {sorted(structured_configs)}."
+        )
     return SptRequest(
         budget,
         adapter_config_for(structured, **options),
@@ -126,6 +128,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "vtab": {"train": dict(_SCHEDULE), "karst": {}},
     "few-shot": {"train": {**_SCHEDULE, "train_norms": True}, "karst": {"kernels": 2}},
     "swin": {"train": dict(_SCHEDULE), "karst": {"kernels": 2, "stage_ranks": "2,2,4,8"}},
+    "quick": {"train": {"epochs": 10, "warmup_epochs": 1, "cooldown_epochs": 0}, "karst": {}},
+}
+#: Method options a preset sets for whichever method is trained (never refused for others).
+RECIPE_METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {"karst": {"kernels": 2}, "kadaptation": {"kernels": 4}},
 }
 
 
@@ -140,20 +147,28 @@ def apply_recipe(
     settings applies to the karst method (and SPT's karst modules) only.
     """
     if name not in RECIPES:
-        raise InputError(f"--recipe is {name!r}; expected one of {sorted(RECIPES)}.")
+        raise InputError(
+            f"recipe is {name!r}; expected one of {sorted(RECIPES)}.", parameters=("recipe",)
+        )
     preset = RECIPES[name]
     if preset["karst"] and method != "karst":
         raise InputError(
-            f"--recipe {name} sets KARST options ({', '.join(preset['karst'])}); it applies to "
-            f"--method karst (or --placement spt --structured karst), not {method}."
+            f"recipe {name} sets KARST options ({', '.join(preset['karst'])}); it applies to "
+            f"method karst (or placement spt with structured karst), not {method}.",
+            parameters=("recipe", "method", "placement", "structured"),
         )
     method_options, train_options = dict(method_options), dict(train_options)
     train_preset = dict(preset["train"])
-    if train_options.get("epochs") is not None:
-        # An explicit --epochs replaces the preset's schedule: no cool-down unless asked for.
+    epochs = train_options.get("epochs")
+    if epochs is not None:
+        # An explicit --epochs replaces the preset's schedule: no cool-down unless asked for,
+        # and a warm-up scaled to it (10 of 100 in the paper) so that a short run is valid.
         train_preset["cooldown_epochs"] = 0
+        train_preset["warmup_epochs"] = min(train_preset["warmup_epochs"], epochs // 10)
+    extra = RECIPE_METHOD_DEFAULTS.get(name, {}).get(method, {})
+    method_defaults = {**preset["karst"], **{k: v for k, v in extra.items() if k in method_options}}
     applied: dict[str, Any] = {}
-    for options, values in ((train_options, train_preset), (method_options, preset["karst"])):
+    for options, values in ((train_options, train_preset), (method_options, method_defaults)):
         for key, value in values.items():
             if options.get(key) is None:
                 options[key] = value
@@ -175,8 +190,11 @@ class TrainConfig:
     data: str
     adapter: AdapterConfig | SptRequest = dataclasses.field(default_factory=KarstConfig)
     checkpoint: str | os.PathLike[str] | None = None
+    pretrained: bool = False  # timm's own pretrained weights (downloaded from its hub)
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     img_size: int | None = None
+    mean: tuple[float, ...] | None = None  # image normalisation [the backbone's timm default]
+    std: tuple[float, ...] | None = None
     epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-3
@@ -198,41 +216,62 @@ class TrainConfig:
         positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive_ints.items():
             if not isinstance(value, int) or value < 1:
-                raise InputError(f"--{_flag(name)} is {value!r}; expected a positive integer.")
+                raise InputError(
+                    f"{name} is {value!r}; expected a positive integer.", parameters=(name,)
+                )
         if not 0 <= self.cooldown_epochs < self.epochs:
             raise InputError(
-                f"cooldown epochs are {self.cooldown_epochs}; expected 0 <= cool-down < --epochs "
-                f"({self.epochs})."
+                f"cooldown_epochs is {self.cooldown_epochs}; expected 0 <= cool-down < epochs "
+                f"({self.epochs}).",
+                parameters=("cooldown_epochs", "epochs"),
             )
         if not 0 <= self.warmup_epochs < self.epochs - self.cooldown_epochs:
             raise InputError(
-                f"--warmup-epochs is {self.warmup_epochs}; expected 0 <= warm-up < --epochs "
+                f"warmup_epochs is {self.warmup_epochs}; expected 0 <= warm-up < epochs "
                 f"({self.epochs}) minus the {self.cooldown_epochs} epochs at the minimum lr, so "
-                "that the cosine phase has at least one epoch."
+                "that the cosine phase has at least one epoch.",
+                parameters=("warmup_epochs", "epochs"),
             )
         for name in ("lr", "weight_decay", "warmup_lr", "min_lr"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
-                raise InputError(f"--{_flag(name)} is {value!r}; expected a finite number >= 0.")
+                raise InputError(
+                    f"{name} is {value!r}; expected a finite number >= 0.", parameters=(name,)
+                )
         if self.lr <= 0:
-            raise InputError(f"--lr is {self.lr!r}; expected a positive learning rate.")
+            raise InputError(
+                f"lr is {self.lr!r}; expected a positive learning rate.", parameters=("lr",)
+            )
         if not 0.0 <= self.drop_path < 1.0:
-            raise InputError(f"--drop-path is {self.drop_path!r}; expected 0 <= rate < 1.")
+            raise InputError(
+                f"drop_path is {self.drop_path!r}; expected 0 <= rate < 1.",
+                parameters=("drop_path",),
+            )
         if self.num_workers < 0:
-            raise InputError(f"--num-workers is {self.num_workers}; expected >= 0.")
+            raise InputError(
+                f"num_workers is {self.num_workers}; expected >= 0.", parameters=("num_workers",)
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise InputError(f"--device is {self.device!r}; expected auto, cpu, cuda or cuda:N.")
+            raise InputError(
+                f"device is {self.device!r}; expected auto, cpu, cuda or cuda:N.",
+                parameters=("device",),
+            )
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise InputError(f"--checkpoint '{self.checkpoint}' does not exist or is not a file.")
+            raise InputError(
+                f"checkpoint '{self.checkpoint}' does not exist or is not a file.",
+                parameters=("checkpoint",),
+            )
         if "num_classes" in self.model_kwargs:
             raise InputError(
                 "model_kwargs must not set 'num_classes': the number of classes comes from the "
-                "training data."
+                "training data.",
+                parameters=("model_kwargs",),
             )
         kwargs_size = self.model_kwargs.get("img_size", self.img_size)
         if self.img_size is not None and kwargs_size != self.img_size:
             raise InputError(
-                f"--img-size {self.img_size} contradicts model_kwargs img_size {kwargs_size}."
+                f"img_size {self.img_size} contradicts model_kwargs img_size {kwargs_size}.",
+                parameters=("img_size", "model_kwargs"),
             )
         if not isinstance(self.adapter, (AdapterConfig, SptRequest)):
             raise InputError(f"adapter must be an adapter config, not {self.adapter!r}.")
@@ -258,7 +297,3 @@ class TrainConfig:
         data["warmup_lr"] = self.resolved_warmup_lr
         data["min_lr"] = self.resolved_min_lr
         return data
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")

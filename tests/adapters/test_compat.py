@@ -44,3 +44,40 @@ def test_a_key_from_a_newer_layout_is_refused_by_name(tmp_path):
     path.write_text(json.dumps(document))
     with pytest.raises(AdapterFileError, match="unknown key 'qkv_layout'"):
         AdapterFile(tmp_path / "a")
+
+
+def test_v1_spt_without_candidates_key_loads_as_fused_matrices():
+    """SPT files from before the official candidates: fused-qkv matrices, no vectors."""
+    document = json.loads((FIXTURES / "spt-karst" / "adapter_config.json").read_text())
+    assert "candidates" not in document
+    config = AdapterFile(FIXTURES / "spt-karst").config
+    assert config.candidates == "matrices" and config.placement.vectors == ()
+    assert all(m.block is None for m in config.placement.matrices)
+
+
+def _retag(directory, *, candidates=None, version=None):
+    config_path, placement_path = directory / "adapter_config.json", directory / "placement.json"
+    config, placement = json.loads(config_path.read_text()), json.loads(placement_path.read_text())
+    if candidates is not None:
+        config["candidates"] = candidates
+    if version is not None:
+        placement["version"] = version
+    config_path.write_text(json.dumps(config))
+    placement_path.write_text(json.dumps(placement))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # What a reader of this release does with a placement of a later layout.
+        (dict(version=3), r"key 'version' is 3; expected 1 or 2"),
+        # The two files disagree about the layout.
+        (dict(candidates="official"), r"key 'version' is 1, but .* 'candidates' says 'official'"),
+        (dict(candidates="rows"), r"key 'candidates' is 'rows'"),
+    ],
+)
+def test_spt_layout_keys_are_checked_by_name(edit, message, tmp_path):
+    shutil.copytree(FIXTURES / "spt-karst", tmp_path / "a")
+    _retag(tmp_path / "a", **edit)
+    with pytest.raises(AdapterFileError, match=message):
+        AdapterFile(tmp_path / "a")

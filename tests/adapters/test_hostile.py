@@ -131,7 +131,7 @@ def _config_keys(method: str) -> list[str]:
     if method == "linear":
         return header
     if method in SPT_CASES:
-        return [*header, "structured", "placement"]
+        return [*header, "structured", "placement", "candidates"]
     return [*header, *METHOD_CASES[method].to_hparams()]
 
 
@@ -292,12 +292,15 @@ PLACEMENT_KEYS = [
     "version",
     "structured",
     "sigma",
+    "beta",
     "budget",
     "score_threshold",
     "top_up_threshold",
+    "cls_token",
     "scores",
     "totals",
     "matrices",
+    "vectors",
 ]
 MATRIX_FIELDS = ["name", "shape", "decision", "selected", "parameters"]
 DECISIONS = ("frozen", "sparse", "structured")

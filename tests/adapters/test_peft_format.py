@@ -23,8 +23,8 @@ from karst_deploy.adapters.peft_format import (
     load_peft_model,
     peft_reference_model,
 )
+from karst_deploy.compare import TOLERANCES, compare_logits
 from karst_deploy.errors import AdapterFileError, InputError
-from karst_deploy.parity import TOLERANCES, compare_logits
 from tests.cases import (
     PEFT_BACKBONES,
     images,
@@ -136,7 +136,7 @@ def test_num_classes_comes_from_the_stored_head(adapter_dirs, tmp_path):
 )
 def test_merged_export_has_the_backbone_graph(case, adapter_dirs, base_exports, tmp_path):
     from karst_deploy.export import compare_structure, export_onnx
-    from karst_deploy.provenance import read_provenance
+    from karst_deploy.onnx_file import read_provenance
 
     backbone = next(b for b in PEFT_BACKBONES if b.id == case[0])
     directory = adapter_dirs(backbone, case[1])

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 import karst_deploy as kd
 from karst_deploy.adapters import AdaptedLinear, AdapterFile, count_trainable
-from karst_deploy.adapters.spt import MatrixPlacement, Placement, SparseDelta
+from karst_deploy.adapters.base import AdaptedNorm
+from karst_deploy.adapters.spt import EntryDelta, Placement, _parse_matrix, _parse_vector
 from karst_deploy.errors import AdapterFileError, InputError
 from tests.adapters import test_merge as merge_contract
 from tests.adapters import test_storage as storage_contract
@@ -62,26 +63,66 @@ def test_fresh_spt_adapters_mix_decisions_spend_the_budget_and_change_nothing(me
         assert torch.equal(model(x), base(x))
 
 
+def _entry_deltas(model: torch.nn.Module) -> dict[str, EntryDelta]:
+    """Every entry delta of the adapted model, by the parameter it edits."""
+    return {
+        f"{path}.{leaf}": module.adapter._modules[leaf]
+        for path, module in model.named_modules()
+        if isinstance(module, (AdaptedLinear, AdaptedNorm))
+        for leaf in ("weight", "bias")
+        if leaf in module.adapter._modules and isinstance(module.adapter._modules[leaf], EntryDelta)
+    }
+
+
 @spt_params
 def test_one_step_moves_values_never_indices_and_the_delta_sits_on_them(method, tiny_case):
     model = adapted(tiny_case, method).train()
-    sparse = {p: m.adapter for p, m in model.named_modules() if isinstance(m, AdaptedLinear)}
-    sparse = {p: a for p, a in sparse.items() if isinstance(a, SparseDelta)}
-    assert sparse
-    indices = {p: a.indices.clone() for p, a in sparse.items()}
+    deltas = _entry_deltas(model)
+    # Matrix entries, a whole LayerNorm vector and sparse vector entries (LayerNorm and bias).
+    assert {"blocks.0.attn.qkv.weight", "blocks.0.norm1.weight"} <= set(deltas)
+    assert any(n.endswith(".bias") for n in deltas)
+    indices = {n: d.indices.clone() for n, d in deltas.items()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "cls_token" in trainable
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model(images(tiny_case)).logsumexp(-1).mean().backward()
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed <= trainable and any(n.endswith(".spt.values") for n in changed)
+    assert changed <= trainable and any(n.endswith(".values") for n in changed)
+    assert "cls_token" in changed
     merged = kd.merge(model)
-    for path, adapter in sparse.items():
-        assert torch.equal(adapter.indices, indices[path])
-        # The merged weight differs from the backbone's exactly at the selected entries.
-        difference = merged.get_submodule(path).weight - model.get_submodule(path).weight
-        assert torch.equal(torch.nonzero(difference.flatten()).flatten(), adapter.indices)
+    merged_state, state = merged.state_dict(), model.state_dict()
+    for name, delta in deltas.items():
+        assert torch.equal(delta.indices, indices[name])
+        # The merged parameter differs from the backbone's exactly at the selected entries
+        # (a structured block of the same qkv changes its own rows too: look outside them).
+        difference = (merged_state[name] - state[name]).flatten()
+        if name == "blocks.0.attn.qkv.weight":
+            rows = state[name].shape[0] // 3
+            block = range(rows * state[name].shape[1], 2 * rows * state[name].shape[1])
+            difference[block.start : block.stop] = 0
+        assert torch.equal(torch.nonzero(difference).flatten(), delta.indices)
+    assert torch.equal(merged_state["cls_token"], state["cls_token"])
+
+
+@spt_params
+def test_a_structured_module_on_one_qkv_block_changes_only_its_rows(method, tiny_case):
+    """The k block's module folds into rows [d, 2d) of the fused qkv and nowhere else."""
+    model = adapted(tiny_case, method).double()
+    layer = model.get_submodule("blocks.0.attn.qkv")
+    assert set(layer.adapter._modules) >= {"k"} and "q" not in layer.adapter._modules
+    weight = layer.weight.detach()
+    bias = layer.bias.detach()
+    entries = layer.adapter.weight.add_to(weight)
+    folded, _ = layer.adapter.fold(weight, bias)
+    rows = weight.shape[0] // 3
+    assert torch.equal(folded[:rows], entries[:rows])
+    assert torch.equal(folded[2 * rows :], entries[2 * rows :])
+    assert not torch.equal(folded[rows : 2 * rows], entries[rows : 2 * rows])
+    x = torch.randn(2, 5, weight.shape[1], dtype=torch.float64)
+    expected = torch.nn.functional.linear(x, *layer.adapter.fold(weight, bias))
+    assert torch.allclose(layer(x), expected, atol=1e-10, rtol=0)
 
 
 def test_a_placement_for_another_backbone_is_refused(tiny_case):
@@ -116,14 +157,20 @@ def test_spt_directory_layout(tiny_case, tmp_path):
     placement = json.loads((tmp_path / "a" / "placement.json").read_text())
     assert placement["format"] == "karst-deploy.placement" and placement["sigma"] == 10.0
     assert placement["totals"]["parameters"] == count_trainable(model)
+    assert document["candidates"] == "official" and placement["version"] == 2
+    assert document["trainable_extra"] == ["head.weight", "head.bias", "cls_token"]
+    assert placement["cls_token"] == 192 and placement["beta"] == 5.0
     tensors = load_file(tmp_path / "a" / "adapter.safetensors")
-    for matrix in placement["matrices"]:
-        key = f"{matrix['name']}.spt.indices"
-        if matrix["decision"] == "sparse":
-            assert tensors[key].dtype == torch.int64
-            assert tensors[key].numel() == matrix["parameters"]
+    entries = AdapterFile(tmp_path / "a").config.placement.entry_counts()
+    assert entries["blocks.0.norm1.weight"] == 192  # tuned whole: every index
+    for name, count in entries.items():
+        module, _, leaf = name.rpartition(".")
+        key = f"{module}.spt.{leaf}.indices"
+        if count:
+            assert tensors[key].dtype == torch.int64 and tensors[key].numel() == count
         else:
             assert key not in tensors
+    assert any(k.startswith("blocks.0.attn.qkv.spt.k.") for k in tensors)
     assert set(AdapterFile(tmp_path / "a").sha256()) == {
         "adapter_config.json",
         "adapter.safetensors",
@@ -146,13 +193,17 @@ def _edit_placement(directory: Path, edit, *, retotal: bool = False) -> None:
     document = json.loads(path.read_text())
     edit(document)
     if retotal:  # keep the totals consistent so the edit itself is what is caught
-        matrices = tuple(
-            MatrixPlacement(
-                m["name"], tuple(m["shape"]), m["decision"], m["selected"], m["parameters"]
-            )
-            for m in document["matrices"]
-        )
-        document["totals"] = Placement("karst", 10.0, document["budget"], matrices).totals()
+        matrices = tuple(_parse_matrix(m, "m", "test", True) for m in document["matrices"])
+        vectors = tuple(_parse_vector(v, "v", "test") for v in document["vectors"])
+        document["totals"] = Placement(
+            "karst",
+            10.0,
+            document["budget"],
+            matrices,
+            candidates="official",
+            vectors=vectors,
+            cls_token=document["cls_token"],
+        ).totals()
     path.write_text(json.dumps(document))
 
 
@@ -162,7 +213,7 @@ def _first(document: dict, decision: str) -> dict:
 
 def _sparse_key(directory: Path) -> str:
     document = json.loads((directory / "placement.json").read_text())
-    return f"{_first(document, 'sparse')['name']}.spt.indices"
+    return f"{_first(document, 'sparse')['name']}.spt.weight.indices"
 
 
 def _edit_indices(directory: Path, edit) -> None:
@@ -227,17 +278,17 @@ HOSTILE_SPT = {
     ),
     "sparse count differs from its indices": (
         lambda d: _edit_placement(d, _grow_sparse_count, retotal=True),
-        r"\.spt\.indices' holds \d+ indices; placement\.json says",
+        r"\.spt\.weight\.indices' holds .* placement\.json says",
     ),
     "structured size tampered": (
         lambda d: _edit_placement(
             d, lambda p: _first(p, "structured").update(parameters=7), retotal=True
         ),
-        r"structured module of 'blocks\.0\.attn\.qkv' has 7 parameters",
+        r"structured module of 'blocks\.0\.attn\.qkv' \(k\) has 7 parameters",
     ),
     "shape of another model": (
         lambda d: _edit_placement(d, lambda p: _first(p, "structured").update(shape=[192, 576])),
-        r"shape \(192, 576\), but the model's weight is \(576, 192\)",
+        r"'blocks\.0\.attn\.qkv' \(k\) shape \[192, 576\], but the model's is \(576, 192\)",
     ),
     "layer the model lacks": (
         lambda d: _edit_placement(d, lambda p: _first(p, "structured").update(name="blocks.9.x")),
@@ -257,33 +308,33 @@ HOSTILE_SPT = {
     ),
     "unsorted indices": (
         lambda d: _edit_indices(d, _swap_first_two),
-        r"\.spt\.indices' is not strictly increasing",
+        r"\.spt\.weight\.indices' is not strictly increasing",
     ),
     "duplicate indices": (
         lambda d: _edit_indices(d, _repeat_first),
-        r"\.spt\.indices' is not strictly increasing",
+        r"\.spt\.weight\.indices' is not strictly increasing",
     ),
     "index out of range": (
         lambda d: _edit_indices(d, _last_out_of_range),
-        r"\.spt\.indices' holds index 1000000000, outside",
+        r"\.spt\.weight\.indices' holds index 1000000000, outside",
     ),
     "negative index": (
         lambda d: _edit_indices(d, _first_negative),
-        r"\.spt\.indices' holds index -1, outside",
+        r"\.spt\.weight\.indices' holds index -1, outside",
     ),
     "int32 indices": (
         lambda d: _edit_indices(d, lambda t: t.to(torch.int32)),
-        r"\.spt\.indices' has dtype torch\.int32; expected torch\.int64",
+        r"\.spt\.weight\.indices' has dtype torch\.int32; expected torch\.int64",
     ),
     "float indices": (
         lambda d: _edit_indices(d, lambda t: t.to(torch.float32)),
-        r"\.spt\.indices' has dtype torch\.float32",
+        r"\.spt\.weight\.indices' has dtype torch\.float32",
     ),
     "2-D indices": (
         lambda d: _edit_indices(d, lambda t: t[None]),
-        r"\.spt\.indices' has shape \(1, \d+\); expected a non-empty 1-D",
+        r"\.spt\.weight\.indices' has shape \(1, \d+\); expected a non-empty 1-D",
     ),
-    "NaN sparse value": (_values_nan, r"\.spt\.values' holds NaN"),
+    "NaN sparse value": (_values_nan, r"\.spt\.weight\.values' holds NaN"),
 }
 
 

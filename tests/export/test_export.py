@@ -17,7 +17,7 @@ from karst_deploy.errors import InputError, OutputExistsError, VerificationError
 from karst_deploy.export import compare_structure, export_onnx
 from karst_deploy.export.onnx_export import check_export
 from karst_deploy.files import sha256_file
-from karst_deploy.provenance import read_provenance
+from karst_deploy.onnx_file import read_provenance
 from tests.cases import adapted, method_params
 from tests.cli_helpers import run_cli
 from tests.export.artifacts import CASE, export_base, save_adapter
@@ -153,16 +153,17 @@ def test_check_catches_an_onnx_that_differs_from_pytorch(exported, tmp_path):
     [
         ({"opset": 16}, "opset 16 is too old"),
         ({"batch": 0}, "positive integer"),
-        ({"num_classes": 3}, "--num-classes applies only with --no-adapter"),
+        ({"num_classes": 3}, "^num_classes applies only without an adapter"),
         ({"backbone": "deit_base_patch16_224"}, "was trained on"),
-        ({"unmerged": True, "adapter": None, "backbone": CASE.name}, "--unmerged needs --adapter"),
+        ({"unmerged": True, "adapter": None, "backbone": CASE.name}, "^unmerged needs an adapter"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(options, message, exported, tmp_path):
     arguments = {"adapter": exported["adapter"], **options}
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as refused:
         export_onnx(tmp_path / "x.onnx", **arguments)
     assert not (tmp_path / "x.onnx").exists()
+    assert "--" not in str(refused.value)  # the library names parameters; the CLI, flags
 
 
 def test_cli_export_json_and_refusal(exported, tmp_path):
@@ -176,3 +177,29 @@ def test_cli_export_json_and_refusal(exported, tmp_path):
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
     neither = run_cli("export", "--out", str(tmp_path / "y.onnx"))
     assert neither.returncode == 2 and "--no-adapter" in neither.stderr
+
+
+def test_a_plain_export_reads_class_count_and_input_size_from_the_checkpoint(tmp_path):
+    """`export --no-adapter --checkpoint F` with a 10-class 48-px head: sizes from F, said so."""
+    from safetensors.torch import save_file
+
+    model = kd.create_model(
+        "vit_tiny_patch16_224", num_classes=10, img_size=48, patch_size=8, depth=1
+    )
+    checkpoint = tmp_path / "mine.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint)
+    out = tmp_path / "base.onnx"
+    result = run_cli(
+        "export", "--no-adapter", "--backbone", "vit_tiny_patch16_224", "--checkpoint",
+        str(checkpoint), "--model-kwargs", '{"patch_size": 8, "depth": 1}', "--out", str(out),
+        "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["inferred"] == {"num_classes": 10, "img_size": 48}
+    record = read_provenance(out)
+    assert (record["num_classes"], record["img_size"]) == (10, 48)
+    given = export_onnx(
+        tmp_path / "given.onnx", backbone="vit_tiny_patch16_224", checkpoint=checkpoint,
+        num_classes=10, img_size=48, model_kwargs={"patch_size": 8, "depth": 1},
+    )  # fmt: skip
+    assert given.inferred is None  # nothing to infer when both are given

@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from karst_deploy.export import GraphStructure, compare_structure, export_model
-from tests.cases import adapted, backbone_params
+from tests.cases import adapted, backbone_params, spt_params
 
 
 @backbone_params
@@ -23,6 +23,17 @@ def test_merged_graph_is_the_baseline_graph(backbone, tmp_path):
         "initializer_uses": {},
         "summary": "same operator multiset and initializer shapes",
     }
+
+
+@spt_params
+@backbone_params
+def test_merged_spt_graph_is_the_baseline_graph(method, backbone, tmp_path):
+    """SPT's parts (q/k/v-block modules, entry deltas on weights, biases and LayerNorms,
+    the trained cls token) leave the exported graph exactly the backbone's."""
+    base = export_model(backbone.build(), tmp_path / "base.onnx").path
+    merged = export_model(adapted(backbone, method), tmp_path / "merged.onnx").path
+    comparison = compare_structure(base, merged)
+    assert comparison.same, comparison.summary()
 
 
 def _graph(shared_bias: bool, extra_matmul: bool = False) -> onnx.ModelProto:

@@ -1,4 +1,8 @@
-"""SPT allocation: structured / sparse / frozen decisions, budgets, refusals."""
+"""SPT allocation: structured / sparse / frozen decisions, budgets, refusals.
+
+These run on the ``matrices`` candidates (one unit per fused weight matrix), the form both
+rules share with earlier releases; `test_official_rule` checks the official candidates.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from karst_deploy.placement.allocation import structured_size
 from karst_deploy.placement.sensitivity import candidate_weights
 
 STRUCTURED = {"karst": kd.KarstConfig(), "lora": kd.LoraConfig(rank=4)}
+MATRICES = "matrices"
 
 
 def _zero_scores(model) -> dict[str, torch.Tensor]:
@@ -36,7 +41,9 @@ def test_the_sigma_threshold_decides_structured_or_sparse(structured, short, tin
     warm = torch.tensor([5, 77, 500, 1_000, 36_863])  # 192×192 proj: the last entry is valid
     scores[f"{proj}.weight"].view(-1)[warm] = 2.0 + torch.rand(5)
     budget = (size if not short else reach - short) + len(warm)
-    config = allocate(model, scores, budget, structured=STRUCTURED[structured], rule="exact")
+    config = allocate(
+        model, scores, budget, structured=STRUCTURED[structured], rule="exact", candidates=MATRICES
+    )
     placement = {m.name: m for m in config.placement.matrices}
 
     if short:
@@ -64,7 +71,9 @@ def test_budgets_are_met_within_two_percent(structured, budget, tiny_case):
         name: (torch.randn(w.shape, generator=generator) * 2).exp() * 10.0**-i
         for i, (name, w) in enumerate(candidate_weights(model).items())
     }
-    config = allocate(model, scores, budget, structured=STRUCTURED[structured], rule="exact")
+    config = allocate(
+        model, scores, budget, structured=STRUCTURED[structured], rule="exact", candidates=MATRICES
+    )
     totals = config.placement.totals()
     assert abs(totals["parameters"] - budget) <= 0.02 * budget
     assert totals["parameters"] == (totals["structured_parameters"] + totals["sparse_parameters"])
@@ -109,7 +118,7 @@ def test_the_default_sweep_equals_the_official_rule(structured, budget, tiny_cas
     }
     step = max(1, round(budget / 20))
     total, expected_structured, masks = official_sweep(scores, sizes, budget, step)
-    config = allocate(model, scores, budget, structured=STRUCTURED[structured])
+    config = allocate(model, scores, budget, structured=STRUCTURED[structured], candidates=MATRICES)
     placement = config.placement
     assert placement.parameters == total  # reported beside the budget, never refused
     assert placement.totals()["deviation"] == round((total - budget) / budget, 6)
@@ -127,7 +136,9 @@ def test_the_sweep_never_refuses_a_budget(tiny_case):
     model = tiny_case.build()
     generator = torch.Generator().manual_seed(0)
     scores = {n: torch.rand(w.shape, generator=generator) for n, w in _zero_scores(model).items()}
-    config = allocate(model, scores, "10M")  # beyond every matrix structured: all structured
+    config = allocate(
+        model, scores, "10M", candidates=MATRICES
+    )  # beyond every matrix structured: all structured
     assert {m.decision for m in config.placement.matrices} == {"structured"}
     assert config.placement.totals()["deviation"] < 0
 
@@ -141,11 +152,11 @@ def test_an_unreachable_budget_is_refused_with_the_reachable_totals(tiny_case):
     )
     # Beyond every matrix structured: the most SPT can spend is named.
     with pytest.raises(InputError, match=rf"--budget 10,000,000 .* spend {every:,}\."):
-        allocate(model, scores, "10M", rule="exact")
+        allocate(model, scores, "10M", rule="exact", candidates=MATRICES)
     # Between what the sparse matrices can hold and the next structured module's cost: the
     # closest totals under and over are named.
     with pytest.raises(InputError, match=r"spend 21,448 or 26,880\. Choose a budget in reach"):
-        allocate(model, scores, 24_000, rule="exact")
+        allocate(model, scores, 24_000, rule="exact", candidates=MATRICES)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +179,7 @@ BAD_SCORES = {
     "wrong shape": (lambda s, k: s.__setitem__(k, torch.ones(3, 3)), r"has shape \(3, 3\)"),
     "not a Linear weight": (
         lambda s, k: s.__setitem__("pos_embed", torch.ones(1)),
-        "'pos_embed' is not the weight of an nn.Linear",
+        "'pos_embed' is not an SPT candidate",
     ),
     "all zero": (lambda s, k: None, "Every sensitivity score is zero"),
 }

@@ -35,11 +35,17 @@ def test_sensitivity_command_writes_scores_plot_and_json(tmp_path):
     result = run_cli(*args, "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["images"] == 16 and summary["matrices"] == 4
+    # 14 candidates (one block): qkv, proj, fc1, fc2 weights and biases, norm1, norm2, norm.
+    assert summary["images"] == 16 and summary["matrices"] == 14
     assert summary["backbone"]["num_classes"] == 5  # the head follows the data's classes
     scores = load_scores(out)
     assert sorted(scores.scores) == sorted(
-        f"blocks.0.{m}.weight" for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+        [
+            f"blocks.0.{m}.{leaf}"
+            for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")
+            for leaf in ("weight", "bias")
+        ]
+        + ["norm.weight", "norm.bias"]
     )
     assert plot.read_bytes().startswith(b"\x89PNG")
     # A second run would overwrite: refused before any work (in-process, to spare a start-up).

@@ -16,7 +16,7 @@ from karst_deploy.placement import (
     compute_sensitivity,
     save_scores,
 )
-from karst_deploy.placement.sensitivity import candidate_weights
+from karst_deploy.placement.sensitivity import candidate_parameters
 from karst_deploy.train import train_adapters
 from karst_deploy.train.loop import build_model
 from karst_deploy.train.recipe import training_adapter
@@ -69,10 +69,10 @@ def test_training_with_spt_writes_a_placement_that_loads_and_merges(tmp_path):
     # placement is known to hold a structured and sparse matrices whatever the random weights.
     model = build_model(tiny_config(adapter=kd.LinearConfig()), 3)
     generator = torch.Generator().manual_seed(0)
-    scores = {
-        n: torch.rand(w.shape, generator=generator) for n, w in candidate_weights(model).items()
-    }
-    scores["blocks.0.attn.qkv.weight"] += 1.0
+    candidates = candidate_parameters(model, ("qkv", "fc1"))
+    scores = {n: torch.rand(w.shape, generator=generator) for n, w in candidates.items()}
+    rows = scores["blocks.0.attn.qkv.weight"].shape[0] // 3
+    scores["blocks.0.attn.qkv.weight"][:rows] += 1.0  # the q block: structured
     save_scores(Sensitivity(scores, {}), tmp_path / "scores.safetensors")
     request = training_adapter(
         "spt",

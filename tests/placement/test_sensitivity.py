@@ -51,10 +51,15 @@ def test_sensitivity_equals_an_independent_computation(sensitivity, digits, tiny
         grads = torch.func.grad(loss)(params, images, labels)
         for name in expected:
             expected[name] += grads[name] ** 2
+    # The official candidates: target weights and biases, every LayerNorm (not the head).
     assert sorted(sensitivity.scores) == sorted(
-        f"blocks.{b}.{m}.weight"
-        for b in (0, 1)
-        for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+        [
+            f"blocks.{b}.{m}.{leaf}"
+            for b in (0, 1)
+            for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")
+            for leaf in ("weight", "bias")
+        ]
+        + ["norm.weight", "norm.bias"]
     )
     for name, score in sensitivity.scores.items():
         assert score.dtype == torch.float32 and score.abs().max() > 0
@@ -118,7 +123,7 @@ def test_scores_file_round_trip_and_refusals(sensitivity, tiny_case, tmp_path):
 
     tensors = load_file(path)
     key = next(iter(tensors))
-    tensors[key][0, 0] = -1.0
+    tensors[key].view(-1)[0] = -1.0
     save_file(tensors, tmp_path / "negative.safetensors", metadata=_header(path))
     with pytest.raises(InputError, match=f"'{key}' holds negative"):
         load_scores(tmp_path / "negative.safetensors")

@@ -113,3 +113,12 @@ def test_other_bad_sources_are_refused_clearly(tmp_path):
         load_calibration(tmp_path / "nothing-here", 10, img_size=16)
     with pytest.raises(InputError, match="at least 1"):
         load_calibration("digits", 0, img_size=16)
+
+
+def test_calibration_takes_the_adapters_classes_and_refuses_data_without_them():
+    classes = ["5", "6", "7", "8", "9"]
+    chosen = load_calibration("digits", 10_000, img_size=16, classes=classes)
+    subset = open_images("digits", "train", 16)
+    assert chosen.available == sum(subset.classes[label] in classes for label in subset.labels)
+    with pytest.raises(InputError, match="lacks '5'"):
+        load_calibration("digits:0-4", 8, img_size=16, classes=classes)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from karst_deploy.onnx_file import read_provenance
 from karst_deploy.precision import convert_precision
-from karst_deploy.provenance import read_provenance
 from tests.cli_helpers import run_cli
 
 

@@ -6,13 +6,13 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from karst_deploy.compare import compare_logits, tolerance_for
 from karst_deploy.errors import InputError, OutputExistsError
 from karst_deploy.files import sha256_file
-from karst_deploy.parity import compare_logits, tolerance_for
+from karst_deploy.onnx_file import read_provenance
 from karst_deploy.precision import to_fp16
 from karst_deploy.precision.base import run_onnx
 from karst_deploy.precision.graph import float32_violations, io_types, tensor_types
-from karst_deploy.provenance import read_provenance
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,15 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from karst_deploy.errors import InputError, VerificationError
+from karst_deploy.compare import TOLERANCES
+from karst_deploy.errors import InputError, VerificationError, with_flags
 from karst_deploy.files import sha256_file
-from karst_deploy.parity import TOLERANCES, verify_parity
+from karst_deploy.onnx_file import read_provenance
+from karst_deploy.parity import verify_parity
 from karst_deploy.precision import CalibrationSet, convert_precision, load_calibration
 from karst_deploy.precision.calibration import cache_dir
 from karst_deploy.precision.graph import qdq_violations
 from karst_deploy.precision.int8 import quantize_int8
-from karst_deploy.provenance import read_provenance
 
 SAMPLES = 128
 
@@ -138,8 +139,9 @@ def test_a_constant_calibration_set_is_caught_by_the_gate(digits_model, tmp_path
 
 
 def test_parity_of_int8_needs_labelled_images(int8_path, digits_model):
-    with pytest.raises(InputError, match="--data"):
+    with pytest.raises(InputError, match=r"judged on real labelled images.*pass data") as refused:
         verify_parity(int8_path, digits_model.adapter, checkpoint=digits_model.checkpoint)
+    assert "pass --data (digits" in with_flags(refused.value)  # the CLI names its flag
 
 
 def test_calibration_is_cached_and_reused(digits_model, tmp_path, isolated_cache):
@@ -255,7 +257,7 @@ def test_without_provenance_only_preprocessed_data_can_calibrate(digits_model, t
 def test_the_conversion_gate_fails_only_when_agreement_is_shown_below_97(
     agreeing, samples, shown_below_97
 ):
-    from karst_deploy.precision.base import agreement_upper_bound
+    from karst_deploy.compare import agreement_upper_bound
 
     upper = agreement_upper_bound(agreeing / samples, samples)
     assert agreeing / samples <= upper <= 1.0

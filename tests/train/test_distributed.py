@@ -85,14 +85,30 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         env=environment,
     )
     assert two.returncode == 0, two.stderr[-3000:]
+    curves = tmp_path / "curves.png"
     one = subprocess.run(
-        [sys.executable, "-m", "karst_deploy", *_train_args(checkpoint, tmp_path / "one")],
+        [
+            sys.executable,
+            "-m",
+            "karst_deploy",
+            *_train_args(checkpoint, tmp_path / "one"),
+            "--plot",
+            str(curves),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert one.returncode == 0, one.stderr[-3000:]
     assert "val acc" in one.stdout and "best epoch (on val)" in one.stdout  # the rich tables
+    # stderr is a pipe: the expected time first, then one plain line per epoch with its ETA.
+    assert "expected ≈" in one.stderr and "s per epoch" in one.stderr
+    epoch_lines = [line for line in one.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"], one.stderr[-2000:]
+    assert all("s/epoch" in line and "ETA" in line for line in epoch_lines)
+    assert epoch_lines[-1].endswith("ETA 0:00:00")
+    assert str(curves) in " ".join(one.stdout.split())  # the closing "wrote" line
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     logs = {n: json.loads((tmp_path / n / "train_log.json").read_text()) for n in ("one", "two")}
     assert logs["two"]["run"]["world_size"] == 2 and logs["one"]["run"]["world_size"] == 1
@@ -104,4 +120,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for key, value in tensors["one"].items():
         torch.testing.assert_close(tensors["two"][key], value, rtol=0, atol=ADAPTER_ATOL)
     # Only rank 0 wrote: no stray temporary directories next to the output.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "tiny-backbone.safetensors", "two"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "curves.png",
+        "one",
+        "tiny-backbone.safetensors",
+        "two",
+    ]

@@ -13,7 +13,8 @@ import karst_deploy as kd
 from karst_deploy.data import open_images
 from karst_deploy.errors import InputError, OutputExistsError
 from karst_deploy.train import TrainConfig, evaluate, train_adapters
-from karst_deploy.train.loop import LOG_FILE, build_model, seed_everything
+from karst_deploy.train.log import LOG_FILE
+from karst_deploy.train.loop import build_model, seed_everything
 from tests.cases import METHOD_CASES
 from tests.train.tiny import tiny_checkpoint, tiny_config
 
@@ -44,16 +45,16 @@ def test_training_lowers_the_loss_and_moves_only_trainable_tensors(method):
             assert not torch.equal(tensor, initial[name]), f"{name} did not train"
         else:
             assert torch.equal(tensor, initial[name]), f"frozen {name} changed"
-    counts = result.log["trainable_parameters"]
-    assert counts["total"] == sum(p.numel() for n, p in before.named_parameters() if n in trainable)
-    assert (counts["adapter"] == 0) == (method == "linear")
+    counts = result.log.trainable_parameters
+    assert counts.total == sum(p.numel() for n, p in before.named_parameters() if n in trainable)
+    assert (counts.adapter == 0) == (method == "linear")
 
 
 def test_the_best_validation_epoch_is_saved_and_test_is_only_reported(tmp_path):
     config = tiny_config(epochs=4, checkpoint=str(tiny_checkpoint(tmp_path)))
     result = train_adapters(config, tmp_path / "run", progress=False)
     log = json.loads((tmp_path / "run" / LOG_FILE).read_text())
-    assert log == json.loads(json.dumps(result.log))
+    assert log == json.loads(json.dumps(result.log.to_dict()))
     epochs = log["epochs"]
     assert len(epochs) == 4 and all(e["seconds"] > 0 for e in epochs)
     best = max(epochs, key=lambda e: (e["val_accuracy"], -e["val_loss"]))
@@ -81,14 +82,15 @@ def test_a_seed_reproduces_the_adapter_exactly(tmp_path):
 
 def test_drop_path_is_for_training_only():
     result = train_adapters(tiny_config(epochs=2, drop_path=0.2), progress=False)
-    assert result.log["run"]["drop_path_blocks"] == 2
+    assert result.log.run.drop_path_blocks == 2
     assert not any(type(m).__name__ == "DropPath" for m in result.model.modules())
     # The recorded backbone is the one the adapter loads onto: no drop_path_rate in it.
-    assert "drop_path_rate" not in result.log["backbone"]["model_kwargs"]
+    assert "drop_path_rate" not in result.log.backbone["model_kwargs"]
 
 
 def test_existing_output_is_refused_before_training(tmp_path):
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_log.json").write_text("{}")  # an empty directory is taken over
     with pytest.raises(OutputExistsError, match="--force"):
         train_adapters(tiny_config(), tmp_path / "run", progress=False)
 
@@ -102,11 +104,11 @@ def test_bad_data_leaves_no_output(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"warmup_epochs": 3}, "--warmup-epochs"),
-        ({"batch_size": 0}, "--batch-size"),
-        ({"lr": -1.0}, "--lr"),
-        ({"drop_path": 1.0}, "--drop-path"),
-        ({"checkpoint": "missing.safetensors"}, "--checkpoint"),
+        ({"warmup_epochs": 3}, "^warmup_epochs"),  # parameters; the CLI maps them to flags
+        ({"batch_size": 0}, "^batch_size"),
+        ({"lr": -1.0}, "^lr"),
+        ({"drop_path": 1.0}, "^drop_path"),
+        ({"checkpoint": "missing.safetensors"}, "^checkpoint"),
         ({"model_kwargs": {"num_classes": 3}}, "num_classes"),
     ],
 )
@@ -116,7 +118,7 @@ def test_bad_recipes_are_explained(changes, message):
 
 
 def test_a_batch_larger_than_the_data_is_explained():
-    with pytest.raises(InputError, match="lower --batch-size"):
+    with pytest.raises(InputError, match="lower batch_size"):
         train_adapters(tiny_config(batch_size=4096), progress=False)
 
 
@@ -124,8 +126,8 @@ def test_a_batch_larger_than_the_data_is_explained():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_mixed_precision_on_cuda():
     result = train_adapters(tiny_config(device="cuda", epochs=4), progress=False)
-    assert result.log["run"]["amp"] in ("bfloat16", "float16")
-    assert result.log["run"]["device"].startswith("cuda")
-    losses = [epoch["train_loss"] for epoch in result.log["epochs"]]
+    assert result.log.run.amp in ("bfloat16", "float16")
+    assert result.log.run.device.startswith("cuda")
+    losses = [epoch.train_loss for epoch in result.log.epochs]
     assert losses[-1] < losses[0]
     assert all(p.device.type == "cpu" for p in result.model.parameters())

@@ -14,7 +14,8 @@ from karst_deploy.cli import app
 from karst_deploy.errors import InputError
 from karst_deploy.models import norm_parameter_names
 from karst_deploy.train import TrainConfig, train_adapters
-from karst_deploy.train.loop import LOG_FILE, build_model
+from karst_deploy.train.log import LOG_FILE
+from karst_deploy.train.loop import build_model
 from karst_deploy.train.recipe import apply_recipe
 from tests.cases import randomize_adapters
 from tests.train.tiny import TINY_BACKBONE, TINY_KWARGS, tiny_config
@@ -39,14 +40,39 @@ def test_explicit_options_win_and_are_not_recorded_as_set():
 
 @pytest.mark.parametrize(("recipe", "method"), [("few-shot", "lora"), ("swin", "kadaptation")])
 def test_karst_presets_refuse_other_methods(recipe, method):
-    with pytest.raises(InputError, match=f"--recipe {recipe} sets KARST options"):
+    with pytest.raises(InputError, match=f"^recipe {recipe} sets KARST options"):
         apply_recipe(recipe, method, {}, UNSET)
+
+
+@pytest.mark.parametrize(("epochs", "warmup"), [(2, 0), (10, 1), (35, 3), (500, 10)])
+def test_an_explicit_epoch_count_scales_the_warm_up_and_records_it(epochs, warmup):
+    _, train, applied = apply_recipe("vtab", "karst", {}, {**UNSET, "epochs": epochs})
+    assert train["warmup_epochs"] == applied["warmup_epochs"] == warmup
+    TrainConfig(backbone="b", data="d", **train)  # a valid schedule (it failed for <= 10)
+    _, train, _ = apply_recipe("vtab", "karst", {}, {**UNSET, "epochs": 10, "warmup_epochs": 3})
+    assert train["warmup_epochs"] == 3  # an explicit warm-up wins
+
+
+@pytest.mark.parametrize(("method", "kernels"), [("karst", 2), ("kadaptation", 4), ("lora", None)])
+def test_the_quick_recipe_is_short_with_few_kernels(method, kernels):
+    options = {"kernels": None} if method != "lora" else {"rank": None}
+    chosen, train, applied = apply_recipe("quick", method, options, UNSET)
+    assert train == dict(epochs=10, warmup_epochs=1, cooldown_epochs=0)
+    assert chosen.get("kernels") == kernels and applied.get("kernels") == kernels
+
+
+def test_a_misspelled_target_is_refused_naming_it():
+    from karst_deploy.adapters import KarstConfig
+
+    model = kd.create_model(TINY_BACKBONE, num_classes=3, **TINY_KWARGS)
+    with pytest.raises(InputError, match=r"'prj' matches no nn.Linear"):
+        kd.add_adapters(model, KarstConfig(targets=("qkv", "prj")))
 
 
 def test_the_lr_stays_at_the_minimum_for_the_cooldown_epochs():
     config = tiny_config(epochs=4, warmup_epochs=1, cooldown_epochs=2, lr=1e-2, min_lr=1e-3)
     log = train_adapters(config, progress=False).log
-    lrs = [epoch["lr"] for epoch in log["epochs"]]
+    lrs = [epoch.lr for epoch in log.epochs]
     assert lrs[2] == lrs[3] == pytest.approx(1e-3) and lrs[0] > 1e-3  # without: lrs[2] > min
 
 

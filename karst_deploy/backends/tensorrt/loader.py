@@ -85,6 +85,26 @@ class BuiltEngine:
 
 
 @dataclass(frozen=True)
+class EngineBuild:
+    """A written engine and its sidecar; `record` is the sidecar as written (its JSON)."""
+
+    engine: Path
+    sidecar: Path
+    environment: RuntimeEnvironment  # TensorRT version and GPU it was built on
+    precision: PrecisionReport  # what the inspector found, layer by layer
+    precision_checked: bool  # False: written despite a mismatch (--no-precision-check)
+    profile: dict[str, list[int]]  # min / opt / max input shapes
+    weakly_typed_fp16: bool  # TensorRT 10.x fp16 builder flag on an fp32 graph
+    dla_core: int | None
+    dla_fallback_layers: list[str]
+    build_seconds: float
+    record: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": str(self.engine), "sidecar": str(self.sidecar), **self.record}
+
+
+@dataclass(frozen=True)
 class EnginePlan:
     """A serialized engine and what deserializing it needs."""
 
@@ -361,8 +381,8 @@ def build_engine(
     *,
     force: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Build `onnx` into the engine `out` and its sidecar ``out.json``; return the sidecar.
+) -> EngineBuild:
+    """Build `onnx` into the engine `out` and its sidecar ``out.json``; describe both.
 
     Inputs, options and the outputs' absence are all checked before TensorRT is touched;
     nothing is written unless the build and its precision check succeed.
@@ -410,4 +430,16 @@ def build_engine(
     except BaseException:
         out.unlink(missing_ok=True)  # never an engine without its sidecar
         raise
-    return {"engine": str(out), "sidecar": str(sidecar_path(out)), **record}
+    return EngineBuild(
+        engine=out,
+        sidecar=sidecar_path(out),
+        environment=built.environment,
+        precision=built.precision,
+        precision_checked=options.precision_check,
+        profile={point: list(shape) for point, shape in shapes.items()},
+        weakly_typed_fp16=request.weakly_typed_fp16,
+        dla_core=options.dla_core,
+        dla_fallback_layers=built.dla_fallback_layers,
+        build_seconds=round(built.seconds, 1),
+        record=record,
+    )

@@ -1,8 +1,8 @@
 """What an ONNX file asks of TensorRT: its image input, batch axis and precision.
 
-The requested precision is the graph's own (`karst_deploy.graph_precision`: Q/DQ nodes
-mean int8, float16 tensors fp16, else fp32); a provenance ``precision`` that disagrees is
-refused. Per compute node, QuantizeLinear/DequantizeLinear feeding a MatMul/Gemm/Conv means
+The file, its image input and its precision are read by `karst_deploy.onnx_file.OnnxFile`
+(the graph's own precision; a provenance ``precision`` that disagrees is refused). Per
+compute node, QuantizeLinear/DequantizeLinear feeding a MatMul/Gemm/Conv means
 int8 (explicit quantization), fp16 tensors feeding one fp16, else fp32; each such compute
 node gets its own expected precision, keyed by the name the
 TensorRT ONNX parser gives its layers (node name, or ``node_of_<first output>`` when the node
@@ -19,14 +19,10 @@ from typing import Any
 
 import onnx
 
-from karst_deploy.errors import InputError
-from karst_deploy.files import sha256_file
-from karst_deploy.graph_precision import PRECISIONS, precision_evidence
-from karst_deploy.provenance import read_provenance
+from karst_deploy.onnx_file import OnnxFile
 
 #: Operators whose arithmetic is what "precision" means for a ViT (GEMMs and the patch conv).
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv"})
-_FLOAT_INPUTS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
 
 @dataclass(frozen=True)
@@ -52,76 +48,22 @@ def trt_node_name(node: onnx.NodeProto) -> str:
     return node.name
 
 
-def _load_graph(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise InputError(f"--onnx '{path}' does not exist or is not a file.")
-    try:
-        return onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        raise InputError(f"--onnx '{path}' is not a readable ONNX file: {exc}") from None
-
-
 def summarize_onnx(path: str | os.PathLike[str]) -> OnnxSummary:
-    """Read `path` (graph only, no external weights) and describe what an engine build needs."""
-    path = Path(path)
-    model = _load_graph(path)
-    name, dtype, chw, fixed_batch = _image_input(model, path)
-    compute_nodes = _compute_node_precisions(model)
-    shown, evidence = precision_evidence(model)  # the one rule (karst_deploy.graph_precision)
-    provenance = read_provenance(model, path)
-    declared = (provenance or {}).get("precision")
-    if declared is not None:
-        if declared not in PRECISIONS:
-            raise InputError(
-                f"'{path}': its provenance precision '{declared}' is not one of {PRECISIONS}."
-            )
-        if declared != shown:
-            raise InputError(
-                f"'{path}': its provenance says precision '{declared}' but the graph is "
-                f"{shown} ({evidence}), so the record does not "
-                "describe this graph (edited after export?). Re-export it with karst-deploy."
-            )
+    """Read `path` (`OnnxFile`: checked, no external data) and describe what a build needs."""
+    source = OnnxFile(path, "onnx")
+    image = source.image_input
     return OnnxSummary(
-        path=path,
-        sha256=sha256_file(path),
-        input_name=name,
-        input_dtype=dtype,
-        input_chw=chw,
-        fixed_batch=fixed_batch,
-        precision=shown,
-        precision_source="provenance" if declared else "graph",
-        compute_nodes=compute_nodes,
-        provenance=provenance,
+        path=source.path,
+        sha256=source.sha256,
+        input_name=image.name,
+        input_dtype=image.dtype,
+        input_chw=image.chw,
+        fixed_batch=image.batch,
+        precision=source.precision,
+        precision_source=source.precision_source,
+        compute_nodes=_compute_node_precisions(source.model),
+        provenance=source.provenance,
     )
-
-
-def _image_input(
-    model: onnx.ModelProto, path: Path
-) -> tuple[str, str, tuple[int, int, int], int | None]:
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise InputError(
-            f"'{path}' has {len(inputs)} graph inputs ({[i.name for i in inputs]}); "
-            "karst-deploy engines take exactly one image batch [batch, 3, H, W]."
-        )
-    tensor = inputs[0].type.tensor_type
-    dtype = _FLOAT_INPUTS.get(tensor.elem_type)
-    dims = list(tensor.shape.dim)
-    if dtype is None or len(dims) != 4:
-        raise InputError(
-            f"'{path}' input '{inputs[0].name}' must be a float32/float16 tensor of rank 4 "
-            f"[batch, 3, H, W]; it is {onnx.TensorProto.DataType.Name(tensor.elem_type)} of "
-            f"rank {len(dims)}."
-        )
-    if not all(d.HasField("dim_value") for d in dims[1:]):
-        raise InputError(
-            f"'{path}' input '{inputs[0].name}' must have fixed channel, height and width; only "
-            "the batch axis may be dynamic."
-        )
-    chw = tuple(d.dim_value for d in dims[1:])
-    fixed_batch = dims[0].dim_value if dims[0].HasField("dim_value") else None
-    return inputs[0].name, dtype, chw, fixed_batch  # type: ignore[return-value]
 
 
 def _compute_node_precisions(model: onnx.ModelProto) -> dict[str, str]:

@@ -113,14 +113,14 @@ def test_engines_run_in_the_requested_precision_and_match_onnx_runtime(conv, hea
     options = BuildOptions(batch=BatchProfile(1, 2, 4), timing_cache=cache)
     result = build_engine(onnx_file, out, options, progress=False)
     sidecar = read_sidecar(out)
-    assert result["precision"]["passed"] and sidecar["engine_sha256"] == sha256_file(out)
+    assert result.precision.passed and sidecar["engine_sha256"] == sha256_file(out)
     assert sidecar["onnx"]["sha256"] == sha256_file(onnx_file) and cache.stat().st_size > 0
     images = np.random.default_rng(0).standard_normal((6, 3, 8, 8), dtype=np.float32)
     with TensorRTRunner(out) as runner:  # 6 > max batch 4: runs in two chunks
         logits = runner.infer(images)
     reference = ort_logits(onnx_file, images)
     scale = max(1.0, float(np.abs(reference).max()))
-    atol = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2}[result["precision"]["requested"]]
+    atol = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2}[result.precision.requested]
     assert np.abs(logits - reference).max() <= atol * scale
     with pytest.raises(OutputExistsError):
         build_engine(onnx_file, out, options, progress=False)
@@ -139,7 +139,8 @@ def test_fp16_builder_flag_is_a_tensorrt_10_path(tmp_path):
         result = build_engine(
             onnx_file, tmp_path / "m.engine", BuildOptions(fp16=True), progress=False
         )
-        assert result["precision"]["requested"] == "fp16" and result["builder"]["fp16_flag"]
+        assert result.precision.requested == "fp16" and result.weakly_typed_fp16
+        assert result.to_dict()["builder"]["fp16_flag"]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ temporary directory: the first run pretrains the source backbone (cold), the sec
 it (warm). Both pass ``--threads 2``: the thread count changes float reduction order in
 training, so fixing it makes the two runs' adapters bit-identical on any machine. Every
 step is real — training on the digits, torch export, int8 calibration, ONNX Runtime
-parity and bench — only shorter (see `karst_deploy.pipeline.QUICK`). No timing
+parity and bench — only shorter (see `karst_deploy.demo.QUICK`). No timing
 assertions.
 """
 
@@ -22,9 +22,10 @@ import onnx
 import pytest
 
 from karst_deploy.adapters import AdapterFile
+from karst_deploy.demo import QUICK, DemoResult
+from karst_deploy.demo.verdicts import judge
 from karst_deploy.files import sha256_file
-from karst_deploy.pipeline import QUICK, DemoResult, _verdicts
-from karst_deploy.provenance import read_provenance
+from karst_deploy.onnx_file import read_provenance
 
 REPORT_FILES = {
     "adapter/adapter_config.json",
@@ -220,7 +221,7 @@ def _result_from(demo: dict, **changes) -> DemoResult:
         threads=None,
         backbone=demo["backbone"],
         accuracy=demo["accuracy"],
-        verdicts=_verdicts(QUICK, **sections),
+        verdicts=judge(QUICK, **sections),
         steps=demo["steps"],
         artifacts={},
         machine={},

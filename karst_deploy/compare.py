@@ -1,14 +1,20 @@
-"""Comparing logits: the tolerance table and the checks parity, export and int8 gates apply.
+"""Comparing logits: the tolerance table and the checks every verification uses (numpy only).
 
-Numpy only, a leaf: it knows nothing about runtimes or files (Polygraphy's comparator knows
-nothing about backends). Polygraphy's default elementwise atol = rtol = 1e-5 is the wrong
-statistic for a classifier; we bound the error relative to the logit scale and require the
-answers (top-1) to be the same.
+One home for "are these answers the same": `TOLERANCES` (keyed by the precision of the
+model being judged), `compare_logits` (metrics and the gated checks), `accuracy` and
+`agreement_upper_bound`. verify-parity, the export's own ONNX Runtime check, the precision
+conversions' sanity run and the demo all judge with these. Leaf module: numpy and the
+error types only (no torch, no ONNX), so any step can import it cheaply.
+
+Polygraphy's default elementwise atol = rtol = 1e-5 is the wrong statistic for a
+classifier; we bound the error relative to the logit scale and require the answers
+(top-1) to be the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,13 +112,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean() * 100.0)
 
 
-def compare_logits(
-    reference: np.ndarray,
-    candidate: np.ndarray,
-    tolerance: Tolerance,
-    labels: np.ndarray | None = None,
-) -> tuple[dict[str, float], list[Check]]:
-    """Metrics of `candidate` against `reference` logits (N, classes), and the gated checks."""
+def logit_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """How far `candidate` logits (N, classes) are from `reference`, in float64."""
     reference = reference.astype(np.float64)
     candidate = candidate.astype(np.float64)
     if reference.shape != candidate.shape:
@@ -125,7 +126,7 @@ def compare_logits(
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cosine = (reference * candidate).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
     k = min(5, reference.shape[1])
-    metrics = {
+    return {
         "max_abs_diff": float(difference.max()),
         # Per sample ‖Δ‖∞ / ‖ref‖∞, worst sample: elementwise ratios explode at logits near 0.
         "max_rel_diff": float((difference.max(axis=1) / per_sample_scale).max()),
@@ -134,11 +135,23 @@ def compare_logits(
         "top5_agreement": float((_top_k(reference, k) == _top_k(candidate, k)).all(1).mean()),
         "max_abs_reference": scale,
     }
+
+
+def compare_logits(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    tolerance: Tolerance,
+    labels: np.ndarray | None = None,
+) -> tuple[dict[str, float], list[Check]]:
+    """Metrics of `candidate` against `reference` logits (N, classes), and the gated checks."""
+    metrics = logit_metrics(reference, candidate)
     checks = []
     if tolerance.atol_scale is not None:
         checks.append(
             _check_at_most(
-                "max abs diff", metrics["max_abs_diff"], tolerance.atol_scale * max(1.0, scale)
+                "max abs diff",
+                metrics["max_abs_diff"],
+                tolerance.atol_scale * max(1.0, metrics["max_abs_reference"]),
             )
         )
     checks.append(
@@ -157,3 +170,13 @@ def compare_logits(
                 )
             )
     return metrics, checks
+
+
+def agreement_upper_bound(rate: float, samples: int, z: float = 1.6449) -> float:
+    """One-sided 95 % upper confidence bound of a proportion (Wilson score interval)."""
+    if samples < 1:
+        return 1.0
+    denominator = 1 + z * z / samples
+    centre = (rate + z * z / (2 * samples)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / samples + z * z / (4 * samples * samples))
+    return min(1.0, centre + half / denominator)

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 import karst_deploy as kd
-from karst_deploy.files import cache_root
-from karst_deploy.train.transfer import (
+from karst_deploy.demo.task import (
     RECIPE_FILE,
     SourceRecipe,
     pretrain_source_backbone,
     train_transfer_target,
 )
+from karst_deploy.files import cache_root
 from tests.train.tiny import TINY_KWARGS
 
 TINY_RECIPE = SourceRecipe(model_kwargs=dict(TINY_KWARGS), epochs=2, warmup_epochs=1)
@@ -68,9 +68,9 @@ def test_the_target_task_trains_on_unseen_digits(monkeypatch, tmp_path):
         warmup_epochs=1,
     )
     log = result.log
-    assert log["data"]["source"] == "digits:5-9"
-    assert log["data"]["classes"] == ["5", "6", "7", "8", "9"]
-    assert log["recipe"]["checkpoint"] == str(pretrain_source_backbone(TINY_RECIPE))
-    assert log["backbone"]["checkpoint_sha256"] is not None
-    assert 0.0 <= log["test_accuracy"] <= 1.0 and not log["warnings"]
+    assert log.data.source == "digits:5-9"
+    assert log.data.classes == ["5", "6", "7", "8", "9"]
+    assert log.recipe["checkpoint"] == str(pretrain_source_backbone(TINY_RECIPE))
+    assert log.backbone["checkpoint_sha256"] is not None
+    assert 0.0 <= log.test_accuracy <= 1.0 and not log.warnings
     assert (tmp_path / "run" / "train_log.json").is_file()
