@@ -481,12 +481,11 @@ def bench(
     )  # fmt: skip
 
 
-#: The largest batch size bench times (larger is a typo, not a plan).
-MAX_BATCH = 4096
-
-
 def parse_batch_sizes(text: str) -> list[int]:
-    """``1,8`` -> [1, 8]: the batch sizes to time, each from 1 to `MAX_BATCH`."""
+    """``1,8`` -> [1, 8]: the batch sizes to time, each from 1 to the largest batch a file
+    may fix (`karst_deploy.export.options.MAX_BATCH`)."""
+    from karst_deploy.export.options import MAX_BATCH
+
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_BATCH for part in parts):
         raise InputError(

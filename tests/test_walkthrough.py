@@ -24,11 +24,9 @@ import torch
 from karst_deploy import cli
 from karst_deploy.onnx_file import read_provenance
 from tests.test_docs import (
-    cli_root,
     code_blocks,
     karst_commands,
     logical_lines,
-    option_names,
     shell_tokens,
 )
 
@@ -58,12 +56,6 @@ TINY = {
 }
 # bench's verdict on a few rounds of a shared CPU: shown (0), not shown (1), inconclusive (75).
 BENCH_VERDICT_CODES = {0: "shown", 1: "not shown", 75: "inconclusive"}
-
-
-def json_out(command: str) -> str:
-    """The flag that writes a command's JSON report to a path (every command has it)."""
-    assert "--json-out" in option_names(cli_root().commands[command])
-    return "--json-out"
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
@@ -233,10 +225,10 @@ def test_own_grayscale_image_folder_and_plain_timm_checkpoint(tmp_path, monkeypa
          "--out", "merged-fp16.onnx"],
         ["verify-parity", "--adapter", "runs/lora", "--checkpoint", "user.pth",
          "--onnx", "merged-fp16.onnx", "--data", "shapes", "--samples", "8",
-         json_out("verify-parity"), "parity.json"],
+         "--json-out", "parity.json"],
         ["bench", "--onnx", "merged.onnx", "--baseline", "base.onnx", "--fp16",
          "merged-fp16.onnx", "--rounds", "6", "--warmup", "1", "--sessions", "1",
-         "--batch-sizes", "1", "--max-seconds", "0", json_out("bench"), "bench.json"],
+         "--batch-sizes", "1", "--max-seconds", "0", "--json-out", "bench.json"],
     ]  # fmt: skip
     steps_codes = {}
     for args in steps:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from karst_deploy.errors import InputError
+
+if TYPE_CHECKING:
+    from karst_deploy.adapters.storage import MergedCheckpoint
 
 
 @dataclass
@@ -28,7 +31,7 @@ def merge_adapter_directory(
     options: MergeOptions,
     *,
     force: bool = False,
-) -> dict[str, Any]:
+) -> MergedCheckpoint:
     """Merge `adapter` (ours or PEFT, told apart by its files) and write the checkpoint `out`."""
     from karst_deploy.adapters.peft_format import is_peft_directory, write_merged_peft_checkpoint
     from karst_deploy.adapters.storage import write_merged_checkpoint

@@ -505,6 +505,22 @@ def structured_layer(path: str, linear: nn.Linear, structured: AdapterConfig) ->
     return method_for(structured.method).layer_adapter(path, linear, structured, None)
 
 
+def placed_structured_layer(
+    path: str, linear: nn.Linear, structured: AdapterConfig, parameters: int, block: str | None
+) -> LayerAdapter:
+    """`structured_layer` for a placement's unit (a Linear, or one q/k/v `block` of it);
+    refused unless it has the `parameters` the placement says."""
+    layer = structured_layer(path, linear, structured)
+    size = sum(p.numel() for p in layer.parameters())
+    if size != parameters:
+        raise AdapterFileError(
+            f"The SPT placement says the structured module of '{path}'"
+            f"{f' ({block})' if block else ''} has {parameters} parameters, but "
+            f"{structured} builds {size}."
+        )
+    return layer
+
+
 def block_linear(linear: nn.Linear, blocks: int) -> nn.Linear:
     """A shape-only stand-in for one of `blocks` row blocks of `linear` (a q, k or v of qkv)."""
     return nn.Linear(
@@ -555,14 +571,9 @@ class SptLayer(LayerAdapter):
             if unit.decision != "structured":
                 continue
             linear = module if unit.block is None else block_linear(module, 3)
-            layer = structured_layer(path, linear, config.structured)
-            size = sum(p.numel() for p in layer.parameters())
-            if size != unit.parameters:
-                raise AdapterFileError(
-                    f"The SPT placement says the structured module of '{path}'"
-                    f"{f' ({unit.block})' if unit.block else ''} has {unit.parameters} "
-                    f"parameters, but {config.structured} builds {size}."
-                )
+            layer = placed_structured_layer(
+                path, linear, config.structured, unit.parameters, unit.block
+            )
             self.add_module(unit.block or "structured", layer)
             if unit.block is not None:
                 self.block_names += (unit.block,)
@@ -892,14 +903,7 @@ class Spt(AdapterMethod):
             return SptLayer(path, linear, config)
         matrix = config.placement.matrix(path)
         if matrix.decision == "structured":
-            layer = structured_layer(path, linear, config.structured)
-            size = sum(p.numel() for p in layer.parameters())
-            if size != matrix.parameters:
-                raise AdapterFileError(
-                    f"The SPT placement says the structured module of '{path}' has "
-                    f"{matrix.parameters} parameters, but {config.structured} builds {size}."
-                )
-            return layer
+            return placed_structured_layer(path, linear, config.structured, matrix.parameters, None)
         indices = config.placement.indices.get(path)
         if indices is None:
             raise InputError(

@@ -84,12 +84,3 @@ def plot_sensitivity(
     )
     figure.tight_layout()
     return _save(figure, path, force=force, dpi=120)
-
-
-STAGE_LABELS = {
-    "torch-unmerged": "PyTorch\nunmerged",
-    "torch-merged": "PyTorch\nmerged",
-    "onnxruntime": "ORT fp32\nmerged",
-    "onnxruntime-unmerged": "ORT fp32\nunmerged",
-    "onnxruntime-int8": "ORT int8\nmerged",
-}

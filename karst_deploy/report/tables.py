@@ -179,30 +179,30 @@ def engine_table(result: Mapping[str, object]) -> tuple[Table, list[str]]:
 
 def train_tables(result: TrainResult, title: str) -> tuple[list[Table], list[str]]:
     """Per-epoch losses and accuracy (the chosen epoch starred), a summary, and the warnings."""
-    log = result.log.to_dict()
+    log = result.log
     table = Table(title=escape(title), title_justify="left")
     for column in ("epoch", "train loss", "val loss", "val acc", "lr", "seconds"):
         table.add_column(column, justify="right")
-    for row in log["epochs"]:
-        mark = " *" if row["epoch"] == log["best_epoch"] else ""
+    for row in log.epochs:
+        mark = " *" if row.epoch == log.best_epoch else ""
         table.add_row(
-            f"{row['epoch']}{mark}",
-            f"{row['train_loss']:.4f}",
-            f"{row['val_loss']:.4f}",
-            f"{row['val_accuracy']:.4f}",
-            f"{row['lr']:.2e}",
-            f"{row['seconds']:.1f}",
+            f"{row.epoch}{mark}",
+            f"{row.train_loss:.4f}",
+            f"{row.val_loss:.4f}",
+            f"{row.val_accuracy:.4f}",
+            f"{row.lr:.2e}",
+            f"{row.seconds:.1f}",
         )
-    test = log["test_accuracy"]
+    test = log.test_accuracy
     summary = {
         "adapter directory": str(result.out),
-        "best epoch (on val)": f"{log['best_epoch']} (* above)",
-        "val accuracy": f"{log['best_val_accuracy']:.4f}",
+        "best epoch (on val)": f"{log.best_epoch} (* above)",
+        "val accuracy": f"{log.best_val_accuracy:.4f}",
         "test accuracy": "no test split" if test is None else f"{test:.4f} (reported only)",
-        "trainable parameters": log["trainable_parameters"],
-        "skipped images": log["data"]["skipped_images"],
+        "trainable parameters": log.trainable_parameters.to_dict(),
+        "skipped images": log.data.skipped_images,
     }
-    warnings = [f"[yellow]warning:[/] {escape(w)}" for w in log["warnings"]]
+    warnings = [f"[yellow]warning:[/] {escape(w)}" for w in log.warnings]
     return [table, key_value_table("trained", summary)], warnings
 
 
