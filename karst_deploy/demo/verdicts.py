@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from karst_deploy.bench import SHOWN
+from karst_deploy.bench import NOT_SHOWN, SHOWN, combine_outcomes
 from karst_deploy.demo.settings import DemoSettings
 
 if TYPE_CHECKING:
@@ -31,17 +31,11 @@ class Verdict:
 
 
 def latency_states(result: BenchResult) -> dict[str, str]:
-    """The latency state per batch size: bench's own outcome for merged vs base.
-
-    The one place the demo reads bench's three-outcome verdict (`karst_deploy.bench`);
-    "shown" is called "pass" in the demo's verdict table.
-    """
+    """bench's outcome per batch size for merged vs base (shown / not shown / inconclusive):
+    the one place the demo reads bench's latency verdict."""
     verdict = result.verdict
     assert verdict is not None, "the demo always names a candidate"
-    return {
-        batch: "pass" if check["outcome"] == SHOWN else check["outcome"]
-        for batch, check in verdict.latency.items()
-    }
+    return {batch: check["outcome"] for batch, check in verdict.latency.items()}
 
 
 def judge(
@@ -101,16 +95,15 @@ def _latency_verdict(latency: dict[str, Any]) -> Verdict:
         f"batch {b}: {r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         for b, r in ratios.items()
     )
-    states = {r["state"] for r in ratios.values()}
-    if states == {"pass"}:
+    state = combine_outcomes(r["state"] for r in ratios.values())
+    if state == SHOWN:
         return Verdict(
             "latency interval",
             "pass",
             f"merged/base 95% interval within {band} ({intervals})",
             hard=False,
         )
-    state = "not shown" if "not shown" in states else "inconclusive"
-    reach = "lies wholly outside" if state == "not shown" else "straddles an edge of"
+    reach = "lies wholly outside" if state == NOT_SHOWN else "straddles an edge of"
     detail = f"the merged/base 95% interval {reach} {band} ({intervals})"
     if all(r["ci_high"] <= 1 + tolerance for r in ratios.values()):
         detail += "; merged is not slower than base"
