@@ -15,8 +15,9 @@ A factors, so ΔW is one Kronecker product per q/k/v block (``A`` stored as (N, 
 fused 3d rows (``A`` stored as (N, k, r)). Files without the key load as ``fused`` and merge
 to the weights they always did.
 
-Training never forms ΔW: the adapted forward computes ΔW·x in factored form (`delta`), so
-backward has no dense out×in weight gradient; merging uses the dense formula.
+Training forms ΔW once per step but, where that is cheaper (ViT-B: 4.5× on qkv), never its
+out×in gradient: `KroneckerLinear` runs the layer as one dense GEMM and computes the factor
+gradients in factored form.
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ class KarstLayer(LayerAdapter):
         shape = (kernels, self.k, rank) if blocks == 1 else (kernels, blocks, self.k, rank)
         self.A = nn.Parameter(a_init.reshape(shape).contiguous())
         self.B = nn.Parameter(torch.zeros(kernels, rank, self.n))
+        # Training arithmetic: factor gradients in factored form cost 2·N·r·(in + out) per
+        # token (`KroneckerLinear`), autograd's dense weight gradient out·in; take the cheaper.
+        self.factored_gradients = 2 * kernels * rank * (in_features + out_features) < (
+            out_features * in_features
+        )
         has_bias = linear.bias is not None
         if config.rescale == "channel":
             output_size, input_affine = out_features, False
@@ -148,7 +154,10 @@ class KarstLayer(LayerAdapter):
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or self.C.dtype
-        C, A, B = (t.to(dtype) for t in (self.C, self.A, self.B))
+        return self.scale * self._kronecker_sum(*(t.to(dtype) for t in (self.C, self.A, self.B)))
+
+    def _kronecker_sum(self, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """Σ_i kron(C_i, A_i B_i) (one per q/k/v block when split), out × in, unscaled."""
         if self.blocks == 1:
             M = A @ B  # (N, k, n)
             # kron(C_i, M_i)[p·k + q, s·n + t] = C_i[p, s] · M_i[q, t], summed over kernels i.
@@ -156,46 +165,24 @@ class KarstLayer(LayerAdapter):
         else:  # one kron(C_i, A_i^j B_i) per q/k/v block j, stacked along the rows
             M = A @ B[:, None]  # (N, 3, k, n)
             delta = torch.einsum("ips,ijqt->jpqst", C, M)
-        return delta.reshape(self.blocks * self.a * self.k, self.b * self.n) * self.scale
-
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """ΔW·x in factored form, never forming ΔW.
-
-        With x viewed as X ∈ R^{b×n}, kron(C_i, A_i B_i)·x is C_i X B_iᵀ A_iᵀ (a×k): one
-        matmul by all B_i at once, the small C_i mix, and one matmul by the A_i stacked
-        along the rank (the sum over kernels is that matmul's contraction). Per token that
-        is N·r·(in + out) + N·a·b·r multiply-adds instead of out·in.
-        """
-        lead = x.shape[:-1]
-        return self._delta_rows(x.reshape(-1, self.b * self.n)).reshape(*lead, -1)
-
-    def _delta_rows(self, x: torch.Tensor) -> torch.Tensor:
-        kernels, rank = self.B.shape[0], self.B.shape[1]
-        tokens = x.shape[0]
-        Z = x.reshape(-1, self.n) @ self.B.reshape(kernels * rank, self.n).t()  # (T·b, N·r)
-        Z = Z.view(tokens, self.b, kernels, rank).permute(2, 1, 0, 3)  # (N, b, T, r)
-        U = torch.bmm(self.C, Z.reshape(kernels, self.b, tokens * rank))  # (N, a, T·r)
-        U = U.view(kernels, self.a, tokens, rank).permute(2, 1, 0, 3)  # (T, a, N, r)
-        A = self.A.reshape(kernels, self.blocks, self.k, rank)
-        A = A.permute(0, 3, 1, 2).reshape(kernels * rank, self.blocks * self.k) * self.scale
-        y = U.reshape(tokens * self.a, kernels * rank) @ A  # (T·a, blocks·k)
-        if self.blocks > 1:  # rows of block j: j·a·k + p·k + q
-            y = y.view(tokens, self.a, self.blocks, self.k).transpose(1, 2)
-        return y.reshape(tokens, -1)
+        return delta.reshape(self.blocks * self.a * self.k, self.b * self.n)
 
     def adapted_forward(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        # (1 + s1) ⊙ (W0 x' + ΔW x' + b0) + s2 as one GEMM accumulating onto ΔW x' and one
-        # fused multiply-add with the shift (1 + s1) ⊙ b0 + s2: the fewest passes over the
-        # tokens × out activations, which dominate the adapter's cost on CPU.
+        # (1 + s1) ⊙ ((W0 + ΔW) x' + b0) + s2: one GEMM, then one fused multiply-add with the
+        # shift (1 + s1) ⊙ b0 + s2 — the fewest passes over the tokens × out activations.
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         if self.t1 is not None:
             x = x * (1 + self.t1)
         if self.t2 is not None:
             x = x + self.t2
-        y = torch.addmm(self._delta_rows(x), x, weight.t())
+        trains = torch.is_grad_enabled() and any(t.requires_grad for t in (self.C, self.A, self.B))
+        if trains and self.factored_gradients:
+            y = KroneckerLinear.apply(x, weight, self.C, self.A, self.B, self)
+        else:  # inference, or a layer small enough for the dense weight gradient to be cheaper
+            y = x @ (weight + self.delta_weight(weight.dtype)).t()
         shift = bias
         if self.s1 is not None:
             gain = 1 + self.s1
@@ -223,6 +210,58 @@ class KarstLayer(LayerAdapter):
         if self.s2 is not None:
             bias = bias + self.s2.to(dtype)
         return adapted, bias
+
+
+class KroneckerLinear(torch.autograd.Function):
+    """``x (W0 + ΔW)ᵀ`` for training, with ΔW = (α/r)·Σ_i kron(C_i, A_i B_i) (METHODS.md, KARST).
+
+    Forward: ΔW is formed once per step (N·out·in multiply-adds, independent of the number
+    of tokens) and the layer is one dense GEMM. Backward: the input gradient goes through the
+    same dense weight, and the factor gradients are computed in factored form — with each
+    token viewed as X ∈ R^{b×n}, Z_i = X B_iᵀ, U_i = C_i Z_i, y = s·Σ_i U_i A_iᵀ — so autograd's
+    out×in weight gradient (out·in per token) is never formed. The adapter's cost per token is
+    2·N·r·(in + out) in backward and nothing in forward, where computing ΔW·x in factored form
+    costs N·r·(in + out) forward and 2·N·r·(in + out) backward as well.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, C, A, B, layer: KarstLayer):
+        ctx.layer = layer
+        ctx.save_for_backward(x, weight, C, A, B)
+        return x @ (weight + layer.scale * layer._kronecker_sum(C, A, B)).t()
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Under autocast the forward's GEMM ran in a lower precision than the saved tensors:
+        # compute in the gradient's dtype (autograd casts each result to its input's dtype).
+        x, weight, C, A, B = (t.to(grad.dtype) for t in ctx.saved_tensors)
+        layer: KarstLayer = ctx.layer
+        kernels, rank, tokens = B.shape[0], B.shape[1], x.shape[0]
+        a, b, k, n, blocks = layer.a, layer.b, layer.k, layer.n, layer.blocks
+        grad_x = grad_weight = grad_C = grad_A = grad_B = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ (weight + layer.scale * layer._kronecker_sum(C, A, B))
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t() @ x
+        if any(ctx.needs_input_grad[2:5]):
+            # G[t, j, p, q] for output row j·a·k + p·k + q, laid out as (T·a, blocks·k).
+            G = grad.reshape(tokens, blocks, a, k).transpose(1, 2).reshape(tokens * a, blocks * k)
+            A_rows = A.reshape(kernels, blocks, k, rank).permute(0, 3, 1, 2)  # (N, r, blocks, k)
+            A_rows = A_rows.reshape(kernels * rank, blocks * k)
+            Z = x.reshape(tokens * b, n) @ B.reshape(kernels * rank, n).t()  # (T·b, N·r)
+            Z = Z.view(tokens, b, kernels, rank).permute(2, 1, 0, 3).reshape(kernels, b, -1)
+            H = (G @ A_rows.t()).mul_(layer.scale)  # ∂L/∂U: (T·a, N·r)
+            H = H.view(tokens, a, kernels, rank).permute(2, 1, 0, 3).reshape(kernels, a, -1)
+            U = torch.bmm(C, Z)  # (N, a, T·r)
+            U = U.view(kernels, a, tokens, rank).permute(2, 1, 0, 3).reshape(tokens * a, -1)
+            grad_A = (U.t() @ G).mul_(layer.scale).view(kernels, rank, blocks, k)
+            grad_A = grad_A.permute(0, 2, 3, 1).reshape(A.shape)
+            grad_C = torch.bmm(H, Z.transpose(1, 2))  # (N, a, b)
+            grad_Z = torch.bmm(C.transpose(1, 2), H)  # (N, b, T·r)
+            grad_Z = grad_Z.view(kernels, b, tokens, rank).permute(2, 1, 0, 3)
+            grad_B = grad_Z.reshape(tokens * b, kernels * rank).t() @ x.reshape(tokens * b, n)
+            grad_B = grad_B.view(B.shape)
+        return grad_x, grad_weight, grad_C, grad_A, grad_B, None
 
 
 @register

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import karst_deploy as kd
 from karst_deploy.adapters import AdaptedLinear, factorization
@@ -57,52 +58,103 @@ def test_fused_qkv_delta_is_one_product_over_the_fused_rows(tiny_case):
 
 
 @pytest.mark.parametrize("method", ["karst-channel", "karst-scalar", "karst-fused"])
-def test_factored_forward_equals_the_dense_formula(method):
+def test_training_forward_and_gradients_equal_the_dense_formula(method):
+    """`KroneckerLinear` (dense GEMM forward, factored factor gradients) against autograd
+    through ``F.linear(x, W0 + ΔW)`` in float64: outputs and every gradient within 1e-10."""
+    from karst_deploy.adapters.karst import KroneckerLinear
     from tests.cases import BACKBONE_CASES
 
     for case in BACKBONE_CASES:
         model = adapted(case, method).double()
         for path, module in model.named_modules():
-            if isinstance(module, AdaptedLinear):
-                x = torch.randn(2, 5, module.in_features, dtype=torch.float64)
-                dense = torch.nn.functional.linear(x, module.weight + module.karst.delta_weight())
-                factored = torch.nn.functional.linear(x, module.weight) + module.karst.delta(x)
-                assert (factored - dense).abs().max() <= 1e-10, (case.id, path)
+            if not isinstance(module, AdaptedLinear):
+                continue
+            layer = module.karst
+            with torch.no_grad():
+                layer.B.normal_()  # B starts at zero: give every factor a live gradient
+            x = torch.randn(11, module.in_features, dtype=torch.float64, requires_grad=True)
+            probe = torch.randn(11, module.out_features, dtype=torch.float64)
+            factors = (x, layer.C, layer.A, layer.B)
+            dense = torch.nn.functional.linear(x, module.weight + layer.delta_weight())
+            trained = KroneckerLinear.apply(x, module.weight, layer.C, layer.A, layer.B, layer)
+            assert (trained - dense).abs().max() <= 1e-10, (case.id, path)
+            expected = torch.autograd.grad((dense * probe).sum(), factors)
+            actual = torch.autograd.grad((trained * probe).sum(), factors)
+            for name, want, got in zip("xCAB", expected, actual, strict=True):
+                assert got.shape == want.shape, (case.id, path, name)
+                assert (got - want).abs().max() <= 1e-10 * max(1.0, want.abs().max()), (
+                    case.id,
+                    path,
+                    name,
+                )
+            assert not torch.equal(trained, torch.nn.functional.linear(x, module.weight))
+
+
+class TokenWeightProducts(TorchDispatchMode):
+    """Records the shapes of tensors computed from a token-carrying input (``tokens`` rows)."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if any(self.tokens in t.shape for t in tensors):
+            for tensor in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(tensor, torch.Tensor):
+                    self.shapes.add(tuple(tensor.shape))
+        return out
 
 
 @pytest.mark.parametrize("method", ["karst-channel", "karst-fused"])
-def test_training_forms_no_dense_weight_gradient(method, tiny_case):
-    """No op of the adapted forward or its backward computes an out×in tensor (views of the
-    frozen weight aside): no dense ΔW and no dense weight gradient."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Shapes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
-            for tensor in out if isinstance(out, (tuple, list)) else (out,):
-                if (
-                    isinstance(tensor, torch.Tensor)
-                    and tensor.untyped_storage().data_ptr() not in inputs
-                ):
-                    self.seen.add(tuple(tensor.shape))
-            return out
-
+def test_training_computes_no_dense_weight_gradient(method, tiny_case):
+    """No op fed by the tokens produces an out×in tensor: ΔW is formed from the factors
+    alone, and backward never forms the dense weight gradient ``Gᵀ x``."""
     qkv = adapted(tiny_case, method).blocks[0].attn.qkv
-    x = torch.randn(4, 7, qkv.in_features, requires_grad=True)
-    with Shapes() as shapes:
+    tokens = 29  # a size no weight dimension has
+    x = torch.randn(tokens, qkv.in_features, requires_grad=True)
+    dense = {(qkv.out_features, qkv.in_features), (qkv.in_features, qkv.out_features)}
+    with TokenWeightProducts(tokens) as products:
         qkv(x).square().sum().backward()
-    assert shapes.seen
-    dense = (qkv.out_features, qkv.in_features)
-    assert dense not in shapes.seen and dense[::-1] not in shapes.seen
+    assert products.shapes and not dense & products.shapes
     assert qkv.karst.A.grad is not None and qkv.weight.grad is None
-    with Shapes() as shapes:  # the check can fail: the dense formula does form one
-        qkv.karst.delta_weight()
-    assert dense in shapes.seen
+    with TokenWeightProducts(tokens) as products:  # the check can fail: autograd forms one
+        torch.nn.functional.linear(x, qkv.weight + qkv.karst.delta_weight()).sum().backward()
+    assert dense & products.shapes
+
+
+def test_small_layers_train_through_the_dense_weight_gradient():
+    """Where out·in < 2·N·r·(in + out) (the demo's 96-wide ViT) autograd's dense weight
+    gradient is the cheaper arithmetic and is used; ViT-B's layers take the factored one."""
+    from karst_deploy.adapters.karst import KarstLayer
+
+    config = kd.KarstConfig()
+    for path, width, out in [("attn.qkv", 768, 2304), ("attn.proj", 768, 768), ("fc2", 3072, 768)]:
+        assert KarstLayer(path, torch.nn.Linear(width, out), config).factored_gradients, path
+    qkv = torch.nn.Linear(96, 288)
+    layer = KarstLayer("blocks.0.attn.qkv", qkv, config)
+    assert not layer.factored_gradients
+    tokens = 29
+    x = torch.randn(tokens, 96)
+    with TokenWeightProducts(tokens) as products:
+        layer.adapted_forward(x, qkv.weight.detach(), qkv.bias.detach()).sum().backward()
+    assert (288, 96) in products.shapes and layer.C.grad is not None
+
+
+def test_training_under_autocast_keeps_the_parameter_dtypes(tiny_case):
+    """Mixed precision (bf16 autocast): gradients come back in float32, close to fp32's."""
+    qkv = adapted(tiny_case, "karst-channel").blocks[0].attn.qkv
+    with torch.no_grad():
+        qkv.karst.B.normal_()
+    x = torch.randn(13, qkv.in_features)
+    reference = torch.autograd.grad(qkv(x).square().mean(), qkv.karst.B)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = qkv(x).float().square().mean()
+    mixed = torch.autograd.grad(loss, qkv.karst.B)[0]
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, reference, rtol=0.05, atol=0.05 * reference.abs().max())
 
 
 def test_init_is_kaiming_uniform_with_fan_in_k():
