@@ -7,11 +7,10 @@ see the same machine state. The verdict is the median of the per-round ratios KA
 with a bootstrap 95 % interval, of process CPU time by default (`--clock cpu`: with one
 thread, what the step costs, which other processes' load on a shared machine does not
 stretch as it stretches wall time; both are recorded). Two former KARST forwards are kept
-for comparison:
-``karst-dense`` (ΔW formed inside autograd, so backward forms the dense out×in weight
-gradient) and ``karst-factored`` (ΔW·x computed in factored form in forward and backward:
-3·N·r·(in + out) multiply-adds per token, where the current `KroneckerLinear` needs 2·N·r·(in +
-out), all in backward, and one dense GEMM).
+for comparison: ``karst-dense`` (ΔW formed inside autograd, so backward forms the dense
+out×in weight gradient) and ``karst-factored`` (ΔW·x in factored form in forward and
+backward: 3·N·r·(in + out) multiply-adds per token, where today's `KroneckerLinear` needs
+2·N·r·(in + out), all in backward, plus one dense GEMM).
 
     python benchmarks/karst_step_time.py                       # ViT-B/16, 224 px, batch 8
     python benchmarks/karst_step_time.py --rounds 3 --backbone vit_tiny_patch16_224  # smoke
@@ -146,8 +145,9 @@ def main() -> None:
             if index >= args.warmup:
                 times[arm].append(time.perf_counter() - start)
                 cpu_times[arm].append(time.process_time() - cpu_start)
-        last = {arm: (round(times[arm][-1], 2), round(cpu_times[arm][-1], 2)) for arm in arms}
-        print(json.dumps({"wall, cpu s": last} if index >= args.warmup else {}), flush=True)
+        if index >= args.warmup:
+            last = {arm: [round(times[arm][-1], 2), round(cpu_times[arm][-1], 2)] for arm in arms}
+            print(json.dumps({"wall, cpu s": last}), flush=True)
     ratios = {
         f"{arm}_over_lora": [k / v for k, v in zip(series[arm], series["lora"], strict=True)]
         for arm in arms

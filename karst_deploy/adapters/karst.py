@@ -15,9 +15,9 @@ A factors, so ΔW is one Kronecker product per q/k/v block (``A`` stored as (N, 
 fused 3d rows (``A`` stored as (N, k, r)). Files without the key load as ``fused`` and merge
 to the weights they always did.
 
-Training forms ΔW once per step but, where that is cheaper (ViT-B: 4.5× on qkv), never its
-out×in gradient: `KroneckerLinear` runs the layer as one dense GEMM and computes the factor
-gradients in factored form.
+Training forms ΔW once per step but, where that is cheaper (ViT-B's layers, not ViT-Ti's),
+never its out×in gradient: `KroneckerLinear` runs the layer as one dense GEMM and computes
+the factor gradients in factored form.
 """
 
 from __future__ import annotations
@@ -102,6 +102,11 @@ class KarstConfig(AdapterConfig):
 STAGE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
+# How many times slower than one dense GEMM the factored gradients run per multiply-add on
+# CPU (small matmuls and permutes): `benchmarks/karst_layer_arithmetic.py` measures 1.6–2.9
+# on ViT-B's layers and 2.3–3.7 on ViT-Ti's. With 2.5 the rule picks the cheaper path on both.
+FACTORED_GRADIENT_COST = 2.5
+
 # Scalar re-scaling points per block (reference code): which roles get which affine.
 SCALAR_OUTPUT_AFFINE = ("attn.proj", "mlp.fc2")
 SCALAR_INPUT_AFFINE = ("attn.proj",)
@@ -134,11 +139,10 @@ class KarstLayer(LayerAdapter):
         shape = (kernels, self.k, rank) if blocks == 1 else (kernels, blocks, self.k, rank)
         self.A = nn.Parameter(a_init.reshape(shape).contiguous())
         self.B = nn.Parameter(torch.zeros(kernels, rank, self.n))
-        # Training arithmetic: factor gradients in factored form cost 2·N·r·(in + out) per
-        # token (`KroneckerLinear`), autograd's dense weight gradient out·in; take the cheaper.
-        self.factored_gradients = 2 * kernels * rank * (in_features + out_features) < (
-            out_features * in_features
-        )
+        # Training arithmetic: factor gradients in factored form cost 2·N·r·(in + out)
+        # multiply-adds per token (`KroneckerLinear`), autograd's dense weight gradient out·in.
+        factored = 2 * kernels * rank * (in_features + out_features) * FACTORED_GRADIENT_COST
+        self.factored_gradients = factored < out_features * in_features
         has_bias = linear.bias is not None
         if config.rescale == "channel":
             output_size, input_affine = out_features, False
