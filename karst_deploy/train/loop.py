@@ -33,6 +33,7 @@ from karst_deploy.models import (
     training_drop_path,
 )
 from karst_deploy.placement.request import SptRequest
+from karst_deploy.progress import EpochTimes, progress_bar
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler, distributed_session
 from karst_deploy.train.log import (
     LOG_FILE,
@@ -42,7 +43,6 @@ from karst_deploy.train.log import (
     TrainableCounts,
     TrainLog,
 )
-from karst_deploy.train.progress import EpochProgress
 from karst_deploy.train.recipe import TrainConfig
 from karst_deploy.train.schedule import learning_rate, make_optimizer, set_learning_rate
 
@@ -399,14 +399,16 @@ def _run(
     best: EpochRecord | None = None
     best_state: dict[str, torch.Tensor] = {}
     step = 0
+    shown, times = progress and place.is_main, EpochTimes(config.epochs)
     with (
         training_drop_path(model, config.drop_path) as drop_path_blocks,
-        EpochProgress(progress and place.is_main, config.epochs, s.steps_per_epoch) as shown,
+        progress_bar("training", config.epochs * s.steps_per_epoch, enabled=shown) as advance,
     ):
-        if shown.enabled:
-            shown.expected(_estimated_epoch_seconds(s))
+        if shown:
+            expected = times.expected(_estimated_epoch_seconds(s))
+            advance.note(f"{expected} (timed on 2 training steps before the run)")
         for epoch in range(1, config.epochs + 1):
-            record, step = _train_epoch(s, epoch, step, shown.advance)
+            record, step = _train_epoch(s, epoch, step, advance)
             epochs.append(record)
             if best is None or (record.val_accuracy, -record.val_loss) > (
                 best.val_accuracy,
@@ -414,7 +416,7 @@ def _run(
             ):
                 best = record
                 best_state = {n: p.detach().to("cpu", copy=True) for n, p in s.trainable.items()}
-            shown.epoch_done(record, best.val_accuracy)
+            advance.note(f"{record.summary(config.epochs, best)}  {times.finished(record.seconds)}")
 
     with torch.no_grad():
         for name, parameter in s.trainable.items():
