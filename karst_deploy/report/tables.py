@@ -83,7 +83,7 @@ def white_box_table(result: WhiteBoxResult) -> Table:
     if worst is not None:
         table.add_row(
             "closest to its limit",
-            f"{worst['constant']}: {worst['error_over_limit']:.2f} of the allowed difference",
+            f"{worst.constant}: {worst.error_over_limit:.2f} of the allowed difference",
         )
     for index, difference in enumerate(result.differences):
         table.add_row("differs" if index == 0 else "", escape(difference))
