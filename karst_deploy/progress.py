@@ -56,8 +56,7 @@ class EpochTimes:
     """Seconds per epoch of a run of `epochs`, and the time left at the mean so far."""
 
     def __init__(self, epochs: int) -> None:
-        self.epochs, self.seconds = epochs, 0.0
-        self.done = 0
+        self.epochs, self.done, self.seconds = epochs, 0, 0.0
 
     def expected(self, seconds_per_epoch: float) -> str:
         """``expected ≈ 2.5 s per epoch, ≈ 0:00:10 for 4 epochs``: said before the run."""
