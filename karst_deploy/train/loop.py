@@ -33,7 +33,7 @@ from karst_deploy.models import (
     training_drop_path,
 )
 from karst_deploy.placement.request import SptRequest
-from karst_deploy.progress import EpochTimes, progress_bar
+from karst_deploy.progress import EpochTimes, progress_bar, stderr_console
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler, distributed_session
 from karst_deploy.train.log import (
     LOG_FILE,
@@ -198,9 +198,7 @@ def train_adapters(
     model = build_model(config, num_classes, splits["train"])
     spec = backbone_spec(model)
     if progress and config.checkpoint is None and not spec.pretrained:
-        from rich.console import Console
-
-        Console(stderr=True).print(  # said before training, not only in the final log
+        stderr_console().print(  # said before training, not only in the final log
             f"[yellow]warning:[/] {RANDOM_BACKBONE_WARNING}", highlight=False
         )
     splits = {k: v.preprocessed_as(spec.img_size, spec.mean, spec.std) for k, v in splits.items()}
