@@ -41,12 +41,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from karst_deploy.errors import InconclusiveError, InputError, VerificationError
 from karst_deploy.onnx_file import OnnxFile
+
+if TYPE_CHECKING:
+    from karst_deploy.export.structure import StructureComparison
 
 DEFAULT_TOLERANCE = 0.03
 BOOTSTRAP_RESAMPLES = 2000
@@ -84,6 +87,15 @@ def should_measure_more(
     return outcome == INCONCLUSIVE and elapsed + block_seconds <= max_seconds
 
 
+@dataclass(frozen=True)
+class BatchLatency:
+    """The latency half of the verdict at one batch size: its outcome and the interval."""
+
+    outcome: str
+    passed: bool
+    detail: str
+
+
 @dataclass
 class LatencyVerdict:
     """ "Zero added latency" for `candidate` against `baseline`, and why."""
@@ -91,8 +103,8 @@ class LatencyVerdict:
     candidate: str
     baseline: str
     tolerance: float
-    structure: dict[str, Any]
-    latency: dict[str, dict[str, Any]]  # batch -> outcome, passed, detail
+    structure: StructureComparison
+    latency: dict[str, BatchLatency]  # batch -> its outcome
     outcome: str
 
     @property
@@ -102,20 +114,29 @@ class LatencyVerdict:
     @property
     def failures(self) -> list[str]:
         """What keeps the outcome from "shown", one line each."""
-        lines = [f"batch {b}: {c['detail']}" for b, c in self.latency.items() if not c["passed"]]
-        if not self.structure["same"]:
-            lines.append(f"structure: {self.structure['summary']}")
+        lines = [f"batch {b}: {c.detail}" for b, c in self.latency.items() if not c.passed]
+        if not self.structure.same:
+            lines.append(f"structure: {self.structure.summary()}")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"passed": self.passed, "failures": self.failures}
+        return {
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "tolerance": self.tolerance,
+            "structure": self.structure.to_dict(),
+            "latency": {batch: dataclasses.asdict(c) for batch, c in self.latency.items()},
+            "outcome": self.outcome,
+            "passed": self.passed,
+            "failures": self.failures,
+        }
 
 
 def latency_verdict(
     candidate: str,
     baseline: str,
     ratios: Mapping[str, Mapping[str, float]],
-    structure: dict[str, Any],
+    structure: StructureComparison,
     tolerance: float,
 ) -> LatencyVerdict:
     """The verdict from the candidate/baseline ratio per batch and the structural comparison."""
@@ -125,13 +146,10 @@ def latency_verdict(
     for batch, ratio in ratios.items():
         outcome = interval_outcome(ratio["ci_low"], ratio["ci_high"], tolerance)
         interval = f"{ratio['ratio']:.3f} [95% CI {ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
-        checks[batch] = {
-            "outcome": outcome,
-            "passed": outcome == SHOWN,
-            "detail": f"{candidate}/{baseline} {interval} {relation[outcome]} {band}",
-        }
-    outcomes = [c["outcome"] for c in checks.values()]
-    outcome = combine_outcomes([*outcomes, SHOWN if structure["same"] else NOT_SHOWN])
+        detail = f"{candidate}/{baseline} {interval} {relation[outcome]} {band}"
+        checks[batch] = BatchLatency(outcome, outcome == SHOWN, detail)
+    outcomes = [c.outcome for c in checks.values()]
+    outcome = combine_outcomes([*outcomes, SHOWN if structure.same else NOT_SHOWN])
     return LatencyVerdict(candidate, baseline, tolerance, structure, checks, outcome)
 
 
@@ -450,7 +468,7 @@ def bench(
     )
     structure = None
     if plan.candidate is not None:
-        structure = compare_structure(plan.paths[baseline], plan.paths[plan.candidate]).to_dict()
+        structure = compare_structure(plan.paths[baseline], plan.paths[plan.candidate])
 
     def judge() -> LatencyVerdict | None:
         if plan.candidate is None:

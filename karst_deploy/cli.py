@@ -330,7 +330,7 @@ def doctor(as_json: AsJson = False, json_out: JsonOut = None, force: Force = Fal
     report = diagnose()
     emit(report.to_dict(), as_json, json_out, force)
     if not as_json:
-        table, hints = doctor_table(report.to_dict())
+        table, hints = doctor_table(report)
         show(table, *hints)
 
 
@@ -498,7 +498,7 @@ def build_engine_command(
     result = build_engine(onnx, out, options, force=force, progress=True)
     emit(result.to_dict(), as_json, json_out, force)
     if not as_json:
-        table, fallbacks = engine_table(result.to_dict())
+        table, fallbacks = engine_table(result)
         show(table, *fallbacks)
     wrote(as_json, result.engine, result.sidecar, json_out)
 
@@ -539,8 +539,8 @@ def emit_trtexec_command(
         version_compat, fp16, False,
     )  # fmt: skip
     majors = (tensorrt_version,) if tensorrt_version is not None else (10, 11)
-    commands = [c.to_dict() for c in trtexec_commands(onnx, out, options, majors=majors)]
-    emit(commands, as_json, json_out, force)
+    commands = trtexec_commands(onnx, out, options, majors=majors)
+    emit([c.to_dict() for c in commands], as_json, json_out, force)
     if not as_json:
         for line in trtexec_lines(commands):
             typer.echo(line)

@@ -88,7 +88,19 @@ def tensorrt_status(gpu_present: bool = False) -> TensorRTStatus:
     return status
 
 
-def gpu_devices() -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class GpuDevice:
+    """One CUDA device as PyTorch sees it."""
+
+    name: str
+    compute_capability: str  # "8.7"
+    memory_gib: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gpu_devices() -> list[GpuDevice]:
     """Name, compute capability and memory of every CUDA device PyTorch sees."""
     import torch
 
@@ -96,11 +108,11 @@ def gpu_devices() -> list[dict[str, Any]]:
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         properties = torch.cuda.get_device_properties(index)
         devices.append(
-            {
-                "name": properties.name,
-                "compute_capability": f"{properties.major}.{properties.minor}",
-                "memory_gib": round(properties.total_memory / 2**30, 1),
-            }
+            GpuDevice(
+                name=properties.name,
+                compute_capability=f"{properties.major}.{properties.minor}",
+                memory_gib=round(properties.total_memory / 2**30, 1),
+            )
         )
     return devices
 
@@ -133,7 +145,7 @@ class Diagnosis:
     onnxruntime_providers: list[str]
     cuda_available: bool
     cuda_build: str | None  # the CUDA torch was built for (None: CPU-only torch)
-    gpus: list[dict[str, Any]]
+    gpus: list[GpuDevice]
     tensorrt: TensorRTStatus
     cpu: str
     cpu_cores: int | None

@@ -4,13 +4,15 @@ Progress goes to stderr so that ``--json`` on stdout stays clean. When stderr is
 terminal (CI logs, ``| tee``) a bar would print nothing useful, so the helper writes a plain
 line with the count, the elapsed time and an estimate of the time left at most every
 `LINE_INTERVAL` seconds and one at the end. Nothing is printed before the first interval: a
-step that fails at once leaves only its one-paragraph error on stderr. This module imports
-only rich, so any layer may use it.
+step that fails at once leaves only its one-paragraph error on stderr. A run of epochs
+(`train`) adds its own lines with `Progress.note` and times them with `EpochTimes`. This
+module imports only rich, so any layer may use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import sys
 import threading
 import time
@@ -40,6 +42,35 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def clock(seconds: float) -> str:
+    """``0:01:05``: whole seconds as a clock, so the ETAs of a column of epoch lines align."""
+    return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
+def time_left(elapsed: float, done: float, total: float) -> float:
+    """Seconds the `total - done` steps left take at the mean rate of the `done` so far."""
+    return elapsed / done * (total - done) if done > 0 else 0.0
+
+
+class EpochTimes:
+    """Seconds per epoch of a run of `epochs`, and the time left at the mean so far."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.done, self.seconds = epochs, 0, 0.0
+
+    def expected(self, seconds_per_epoch: float) -> str:
+        """``expected ≈ 2.5 s per epoch, ≈ 0:00:10 for 4 epochs``: said before the run."""
+        total = clock(seconds_per_epoch * self.epochs)
+        return f"expected ≈ {seconds_per_epoch:.1f} s per epoch, ≈ {total} for {self.epochs} epochs"
+
+    def finished(self, seconds: float) -> str:
+        """Count an epoch that took `seconds`: ``2.0 s/epoch  ETA 0:00:06``."""
+        self.done += 1
+        self.seconds += seconds
+        left = time_left(self.seconds, self.done, self.epochs)
+        return f"{seconds:.1f} s/epoch  ETA {clock(left)}"
+
+
 class Progress:
     """What `progress_bar` yields: call it to advance; `describe` to say what is happening."""
 
@@ -48,6 +79,9 @@ class Progress:
 
     def describe(self, text: str) -> None:
         """Replace the description (a bar's label; in a log, a line printed now)."""
+
+    def note(self, text: str) -> None:
+        """Print a line that stays: above the bar on a terminal, a plain line in a log."""
 
 
 class _Bar(Progress):
@@ -59,6 +93,9 @@ class _Bar(Progress):
 
     def describe(self, text: str) -> None:
         self.bar.update(self.task, description=text)
+
+    def note(self, text: str) -> None:
+        self.bar.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 class _Lines(Progress):
@@ -80,8 +117,7 @@ class _Lines(Progress):
         text = f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), "
         text += f"{duration(elapsed)} elapsed"
         if 0 < self.done < self.total:
-            left = elapsed / self.done * (self.total - self.done)
-            text += f", about {duration(left)} left"
+            text += f", about {duration(time_left(elapsed, self.done, self.total))} left"
         return text
 
     def __call__(self, steps: int = 1) -> None:
@@ -95,6 +131,11 @@ class _Lines(Progress):
         self.description = text
         self.last = time.perf_counter()
         self._print(self.line())
+
+    def note(self, text: str) -> None:
+        self.last = time.perf_counter()
+        self.printed = text
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from karst_deploy.bench import (
 from karst_deploy.errors import INCONCLUSIVE as EXIT_INCONCLUSIVE
 from karst_deploy.errors import InconclusiveError, InputError, VerificationError
 from karst_deploy.export import export_onnx
+from karst_deploy.export.structure import StructureComparison
 from karst_deploy.onnx_file import read_provenance
 from karst_deploy.provenance import write_provenance
 from tests.cli_helpers import run_cli
@@ -202,7 +203,7 @@ def _ratios(*intervals):
     }
 
 
-SAME = {"same": True, "summary": "identical"}
+SAME = StructureComparison(operators={}, initializer_uses={})
 
 
 def test_the_verdict_has_three_outcomes_with_their_exit_codes(models):
@@ -223,10 +224,10 @@ def test_the_verdict_has_three_outcomes_with_their_exit_codes(models):
     with pytest.raises(InconclusiveError, match=r"inconclusive after 2 rounds.*straddles ±3%"):
         dataclasses.replace(result, verdict=judged[INCONCLUSIVE]).raise_if_failed()
     assert InconclusiveError.exit_code == EXIT_INCONCLUSIVE == 75
-    differs = {"same": False, "summary": "graphs differ: +2 MatMul"}
+    differs = StructureComparison(operators={"MatMul": [4, 6]}, initializer_uses={})
     structural = latency_verdict("merged", "base", _ratios((0.99, 1.01)), differs, 0.03)
     assert structural.outcome == NOT_SHOWN and structural.failures == [
-        "structure: graphs differ: +2 MatMul"
+        "structure: graphs differ: +2 op MatMul (4 → 6)"
     ]
 
 

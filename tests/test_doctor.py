@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import onnxruntime
 import torch
@@ -15,7 +16,8 @@ def test_doctor_reports_gpus_and_what_is_missing():
     assert report.cuda_build == torch.version.cuda
     assert len(report.gpus) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     for gpu in report.gpus:
-        assert set(gpu) == {"name", "compute_capability", "memory_gib"}
+        assert gpu.name and re.fullmatch(r"\d+\.\d+", gpu.compute_capability)
+        assert gpu.memory_gib > 0
     missing = report.missing
     assert ("CUDA GPU" in missing) == (not torch.cuda.is_available())
     assert ("onnxruntime-gpu" in missing) == (
@@ -32,5 +34,8 @@ def test_doctor_json_is_the_diagnosis():
     report = diagnose()
     data = report.to_dict()
     assert data["missing"] == report.missing and data["cpu"] == report.cpu
+    assert data["gpus"] == [gpu.to_dict() for gpu in report.gpus]
+    for gpu in data["gpus"]:
+        assert set(gpu) == {"name", "compute_capability", "memory_gib"}
     assert data["tensorrt"]["available"] is report.tensorrt.available
     assert "version" in data["tensorrt"] or not report.tensorrt.available  # absent when missing

@@ -422,7 +422,7 @@ def _latency_summary(result: BenchResult, files: dict[str, Path]) -> dict[str, A
             batch: {**ratio, "state": states[batch]}
             for batch, ratio in result.ratios["merged"].items()
         },
-        "structure": result.verdict.structure,
+        "structure": result.verdict.structure.to_dict(),
         # What the unmerged graph adds over the backbone: the cost that merging removes.
         "unmerged_structure": compare_structure(files["base"], files["unmerged"]).to_dict(),
         "report": "bench.json",

@@ -35,7 +35,7 @@ def latency_states(result: BenchResult) -> dict[str, str]:
     the one place the demo reads bench's latency verdict."""
     verdict = result.verdict
     assert verdict is not None, "the demo always names a candidate"
-    return {batch: check["outcome"] for batch, check in verdict.latency.items()}
+    return {batch: check.outcome for batch, check in verdict.latency.items()}
 
 
 def judge(

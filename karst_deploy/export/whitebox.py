@@ -65,6 +65,20 @@ FLOAT_TYPES = frozenset(
 MAX_DIFFERENCES = 10
 
 
+@dataclass(frozen=True)
+class ConstantError:
+    """How close a float constant came to its limit: the worst element's figures."""
+
+    constant: str
+    reference: str
+    max_abs_error: float
+    limit_at_worst: float
+    error_over_limit: float  # > 1: out of bounds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class WhiteBoxResult:
     """Outcome of comparing a file's graph with its reference graph."""
@@ -73,7 +87,7 @@ class WhiteBoxResult:
     reference: str
     nodes_compared: int
     constants_compared: int
-    worst_constant: dict[str, Any] | None
+    worst_constant: ConstantError | None
     differences: list[str] = field(default_factory=list)
 
     @property
@@ -246,7 +260,7 @@ def _same_attribute(a: Any, b: Any) -> bool:
 
 def _compare_constants(
     candidate: _Constant, reference: _Constant
-) -> tuple[str | None, dict[str, Any] | None]:
+) -> tuple[str | None, ConstantError | None]:
     """A difference message (or None) and the worst element's figures."""
     got, want = candidate.values, reference.values
     if got.shape != want.shape:
@@ -279,13 +293,13 @@ def _compare_constants(
     error[np.isnan(got) & np.isnan(want)] = 0.0
     ratio = error / limit
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape))
-    figures = {
-        "constant": candidate.origin,
-        "reference": reference.origin,
-        "max_abs_error": float(error.max()),
-        "limit_at_worst": float(limit[index]),
-        "error_over_limit": float(ratio[index]),
-    }
+    figures = ConstantError(
+        constant=candidate.origin,
+        reference=reference.origin,
+        max_abs_error=float(error.max()),
+        limit_at_worst=float(limit[index]),
+        error_over_limit=float(ratio[index]),
+    )
     if not ratio[index] <= 1.0:
         return (
             f"{candidate.origin} differs from reference {reference.origin}: at {list(index)} "
@@ -324,7 +338,7 @@ def compare_graphs(
     """Walk `candidate` and `reference` back from their outputs in step (module docstring)."""
     cand, ref = _View(candidate, precision), _View(reference, precision)
     differences: list[str] = []
-    worst: dict[str, Any] | None = None
+    worst: ConstantError | None = None
     pairs: dict[str, str] = {}
     reverse: dict[str, str] = {}
     visited: set[int] = set()
@@ -373,9 +387,7 @@ def compare_graphs(
         elif kind == "constant":
             constants += 1
             message, figures = _compare_constants(cand.constants[c], ref.constants[r])
-            if figures and (
-                worst is None or figures["error_over_limit"] > worst["error_over_limit"]
-            ):
+            if figures and (worst is None or figures.error_over_limit > worst.error_over_limit):
                 worst = figures
             if message:
                 differ(message, stops_walk=False)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from karst_deploy.backends.tensorrt.loader import EngineBuild
+    from karst_deploy.backends.tensorrt.trtexec import TrtexecCommands
     from karst_deploy.bench import BenchResult
+    from karst_deploy.doctor import Diagnosis
     from karst_deploy.export.whitebox import WhiteBoxResult
     from karst_deploy.parity import Comparison, ParityReport
     from karst_deploy.train import TrainResult
@@ -80,7 +83,7 @@ def white_box_table(result: WhiteBoxResult) -> Table:
     if worst is not None:
         table.add_row(
             "closest to its limit",
-            f"{worst['constant']}: {worst['error_over_limit']:.2f} of the allowed difference",
+            f"{worst.constant}: {worst.error_over_limit:.2f} of the allowed difference",
         )
     for index, difference in enumerate(result.differences):
         table.add_row("differs" if index == 0 else "", escape(difference))
@@ -134,46 +137,43 @@ def verdict_lines(result: BenchResult) -> list[str]:
     lines = [
         f"zero added latency ({verdict.candidate} vs {verdict.baseline}): "
         f"{_OUTCOME_MARKS[verdict.outcome]} ({rounds}, {result.seconds:.1f} s)",
-        f"  structure: {_mark(verdict.structure['same'])} {verdict.structure['summary']}",
+        f"  structure: {_mark(verdict.structure.same)} {verdict.structure.summary()}",
     ]
     for batch, check in verdict.latency.items():
-        lines.append(f"  batch {batch}: {_OUTCOME_MARKS[check['outcome']]} {check['detail']}")
+        lines.append(f"  batch {batch}: {_OUTCOME_MARKS[check.outcome]} {check.detail}")
     return lines
 
 
-def doctor_table(report: Mapping[str, object]) -> tuple[Table, list[str]]:
+def doctor_table(report: Diagnosis) -> tuple[Table, list[str]]:
     """The environment as a table, and one hint line per missing piece."""
-    rows = {k: v for k, v in report.items() if k not in ("tensorrt", "missing")}
-    trt = report["tensorrt"]
-    assert isinstance(trt, Mapping)
-    rows["tensorrt"] = trt["version"] if trt["available"] else f"not available ({trt['reason']})"
-    missing = report.get("missing") or {}
-    assert isinstance(missing, Mapping)
-    hints = [f"[yellow]{escape(what)}:[/] {escape(hint)}" for what, hint in missing.items()]
+    rows = {k: v for k, v in report.to_dict().items() if k not in ("tensorrt", "missing")}
+    trt = report.tensorrt
+    rows["tensorrt"] = trt.version if trt.available else f"not available ({trt.reason})"
+    hints = [f"[yellow]{escape(what)}:[/] {escape(hint)}" for what, hint in report.missing.items()]
     return key_value_table("karst-deploy doctor", rows), hints
 
 
-def engine_table(result: Mapping[str, object]) -> tuple[Table, list[str]]:
+def engine_table(result: EngineBuild) -> tuple[Table, list[str]]:
     """A built engine: file, sidecar, TensorRT, GPU, verified precision, profile, DLA fallbacks."""
-    precision, builder, gpu = result["precision"], result["builder"], result["gpu"]
-    assert isinstance(precision, Mapping) and isinstance(builder, Mapping)
-    assert isinstance(gpu, Mapping) and isinstance(result["profile"], Mapping)
+    environment, precision = result.environment, result.precision
     rows: dict[str, object] = {
-        "engine": result["engine"],
-        "sidecar": result["sidecar"],
-        "TensorRT": result["tensorrt_version"],
-        "GPU": f"{gpu['name']} (compute capability {gpu['compute_capability']})",
-        "precision": f"{precision['requested']}: {precision['matching_layers']} of "
-        f"{precision['compute_layers']} GEMM/conv layers verified"
-        + ("" if precision["checked"] else " (check skipped: --no-precision-check)"),
-        "profile": {k: result["profile"][k] for k in ("min", "opt", "max")},
-        "build time": f"{builder['build_seconds']} s",
+        "engine": str(result.engine),
+        "sidecar": str(result.sidecar),
+        "TensorRT": environment.tensorrt_version,
+        "GPU": f"{environment.gpu_name} (compute capability {environment.compute_capability})",
+        "precision": f"{precision.requested}: {precision.matched} of "
+        f"{len(precision.verdicts)} GEMM/conv layers verified"
+        + ("" if result.precision_checked else " (check skipped: --no-precision-check)"),
+        "profile": result.profile,
+        "build time": f"{result.build_seconds} s",
     }
-    fallback = list(builder["dla_fallback_layers"])
-    if builder["dla_core"] is not None:
-        rows["DLA"] = f"core {builder['dla_core']}; {len(fallback)} layer(s) fall back to the GPU"
+    if result.dla_core is not None:
+        rows["DLA"] = (
+            f"core {result.dla_core}; {len(result.dla_fallback_layers)} layer(s) fall back "
+            "to the GPU"
+        )
     return key_value_table("TensorRT engine", rows), [
-        f"  GPU fallback: {escape(layer)}" for layer in fallback
+        f"  GPU fallback: {escape(layer)}" for layer in result.dla_fallback_layers
     ]
 
 
@@ -206,13 +206,16 @@ def train_tables(result: TrainResult, title: str) -> tuple[list[Table], list[str
     return [table, key_value_table("trained", summary)], warnings
 
 
-def trtexec_lines(commands: list[dict[str, Any]]) -> list[str]:
+def trtexec_lines(commands: list[TrtexecCommands]) -> list[str]:
     """The trtexec build and timing commands per TensorRT line, ready to paste (plain text)."""
+    from karst_deploy.backends.tensorrt.trtexec import format_command
+
     lines: list[str] = []
     for entry in commands:
-        lines.append(f"# ---- TensorRT {entry['tensorrt']} ----")
-        if entry["build"]:
-            lines += ["# build on the device", entry["build"]]
-        lines += ["# time it (GPU compute, as trtexec 11 measures by default)", entry["timing"]]
-        lines += [f"# note: {note}" for note in entry["notes"]]
+        lines.append(f"# ---- TensorRT {entry.tensorrt_major}.x ----")
+        if entry.build:
+            lines += ["# build on the device", format_command(entry.build)]
+        lines += ["# time it (GPU compute, as trtexec 11 measures by default)"]
+        lines += [format_command(entry.timing)]
+        lines += [f"# note: {note}" for note in entry.notes]
     return lines

@@ -24,6 +24,13 @@ class EpochRecord:
     lr: float
     seconds: float
 
+    def summary(self, epochs: int, best: EpochRecord) -> str:
+        """``epoch 2/4  loss 0.500  val acc 0.520  best 0.520``: a progress line's start."""
+        return (
+            f"epoch {self.epoch}/{epochs}  loss {self.train_loss:.3f}  "
+            f"val acc {self.val_accuracy:.3f}  best {best.val_accuracy:.3f}"
+        )
+
 
 @dataclass(frozen=True)
 class DataRecord:

@@ -33,6 +33,7 @@ from karst_deploy.models import (
     training_drop_path,
 )
 from karst_deploy.placement.request import SptRequest
+from karst_deploy.progress import EpochTimes, progress_bar, stderr_console
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler, distributed_session
 from karst_deploy.train.log import (
     LOG_FILE,
@@ -42,7 +43,6 @@ from karst_deploy.train.log import (
     TrainableCounts,
     TrainLog,
 )
-from karst_deploy.train.progress import EpochProgress
 from karst_deploy.train.recipe import TrainConfig
 from karst_deploy.train.schedule import learning_rate, make_optimizer, set_learning_rate
 
@@ -198,9 +198,7 @@ def train_adapters(
     model = build_model(config, num_classes, splits["train"])
     spec = backbone_spec(model)
     if progress and config.checkpoint is None and not spec.pretrained:
-        from rich.console import Console
-
-        Console(stderr=True).print(  # said before training, not only in the final log
+        stderr_console().print(  # said before training, not only in the final log
             f"[yellow]warning:[/] {RANDOM_BACKBONE_WARNING}", highlight=False
         )
     splits = {k: v.preprocessed_as(spec.img_size, spec.mean, spec.std) for k, v in splits.items()}
@@ -399,14 +397,16 @@ def _run(
     best: EpochRecord | None = None
     best_state: dict[str, torch.Tensor] = {}
     step = 0
+    shown, times = progress and place.is_main, EpochTimes(config.epochs)
     with (
         training_drop_path(model, config.drop_path) as drop_path_blocks,
-        EpochProgress(progress and place.is_main, config.epochs, s.steps_per_epoch) as shown,
+        progress_bar("training", config.epochs * s.steps_per_epoch, enabled=shown) as advance,
     ):
-        if shown.enabled:
-            shown.expected(_estimated_epoch_seconds(s))
+        if shown:
+            expected = times.expected(_estimated_epoch_seconds(s))
+            advance.note(f"{expected} (timed on 2 training steps before the run)")
         for epoch in range(1, config.epochs + 1):
-            record, step = _train_epoch(s, epoch, step, shown.advance)
+            record, step = _train_epoch(s, epoch, step, advance)
             epochs.append(record)
             if best is None or (record.val_accuracy, -record.val_loss) > (
                 best.val_accuracy,
@@ -414,7 +414,7 @@ def _run(
             ):
                 best = record
                 best_state = {n: p.detach().to("cpu", copy=True) for n, p in s.trainable.items()}
-            shown.epoch_done(record, best.val_accuracy)
+            advance.note(f"{record.summary(config.epochs, best)}  {times.finished(record.seconds)}")
 
     with torch.no_grad():
         for name, parameter in s.trainable.items():

@@ -10,12 +10,11 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import karst_deploy as kd
-from karst_deploy.cli import app
 from karst_deploy.errors import InputError
 from tests.cases import BACKBONE_CASES, METHOD_CASES, images, randomize_adapters
+from tests.cli_helpers import run_cli
 from tests.train.tiny import TINY_BACKBONE, TINY_KWARGS
 
 PEVIT = METHOD_CASES["kadaptation-pevit"]
@@ -90,15 +89,15 @@ def test_train_structure_option_is_recorded_with_its_default_scale(tmp_path):
     arguments = ["train", "--backbone", TINY_BACKBONE, "--model-kwargs", json.dumps(TINY_KWARGS)]
     arguments += ["--data", "digits:0-2", "--epochs", "1", "--warmup-epochs", "0"]
     method = ["--method", "kadaptation", "--kernels", "4", "--structure", "pevit"]
-    result = CliRunner().invoke(app, [*arguments, *method, "--out", str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
+    result = run_cli(*arguments, *method, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert (document["structure"], document["scale"]) == ("pevit", 160.0)
     model = kd.load_adapted_model(tmp_path / "run")
     assert model.blocks[0].attn.qkv.kadaptation.bias.abs().sum() > 0  # trained, and stored
 
-    refused = CliRunner().invoke(
-        app, [*arguments, "--method", "lora", "--structure", "pevit", "--out", str(tmp_path / "x")]
+    refused = run_cli(
+        *arguments, "--method", "lora", "--structure", "pevit", "--out", tmp_path / "x"
     )
-    assert refused.exit_code == 2 and "--structure" in refused.output
+    assert refused.returncode == 2 and "--structure" in refused.stderr
     assert not (tmp_path / "x").exists()

@@ -7,10 +7,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 import karst_deploy as kd
-from karst_deploy.cli import app
 from karst_deploy.errors import InputError
 from karst_deploy.models import norm_parameter_names
 from karst_deploy.train import TrainConfig, train_adapters
@@ -18,6 +16,7 @@ from karst_deploy.train.log import LOG_FILE
 from karst_deploy.train.loop import build_model
 from karst_deploy.train.recipe import apply_recipe
 from tests.cases import randomize_adapters
+from tests.cli_helpers import run_cli
 from tests.train.tiny import TINY_BACKBONE, TINY_KWARGS, tiny_config
 
 UNSET = dict(epochs=None, warmup_epochs=None, cooldown_epochs=None)
@@ -112,25 +111,22 @@ def test_swin_stage_ranks_give_each_stage_its_rank_and_fold():
 
 def test_few_shot_cli_records_the_preset_and_stores_the_layernorms(tmp_path):
     arguments = ["train", "--backbone", TINY_BACKBONE, "--model-kwargs", json.dumps(TINY_KWARGS)]
-    result = CliRunner().invoke(
-        app,
-        [
-            *arguments,
-            "--data",
-            "digits:0-2",
-            "--recipe",
-            "few-shot",
-            "--epochs",
-            "2",
-            "--warmup-epochs",
-            "1",
-            "--lr",
-            "1e-2",
-            "--out",
-            str(tmp_path / "run"),
-        ],
+    result = run_cli(
+        *arguments,
+        "--data",
+        "digits:0-2",
+        "--recipe",
+        "few-shot",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--lr",
+        "1e-2",
+        "--out",
+        tmp_path / "run",
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     log = json.loads((tmp_path / "run" / LOG_FILE).read_text())
     assert log["recipe"]["recipe"] == {
         "name": "few-shot",
