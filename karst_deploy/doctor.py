@@ -20,7 +20,7 @@ CUDA_HINT = (
     "PyTorch sees no CUDA GPU. On a Jetson install NVIDIA's PyTorch wheel for your JetPack "
     "(PyPI's aarch64 torch is CPU-only); on a desktop use a CUDA build of torch and check the "
     "driver with nvidia-smi. Without one, everything but the TensorRT and ONNX Runtime GPU "
-    "runners works (ONNX Runtime on the CPU, trtexec commands via build-engine --emit-trtexec)."
+    "runners works (ONNX Runtime on the CPU, trtexec commands via emit-trtexec)."
 )
 ORT_GPU_HINT = (
     "The onnxruntime-cuda/onnxruntime-tensorrt runners need onnxruntime-gpu and a CUDA GPU "

@@ -52,7 +52,7 @@ TINY = {
         "--max-seconds",
         "0",
     ],
-    "build-engine": [],
+    "emit-trtexec": [],
 }
 # bench's verdict on a few rounds of a shared CPU: shown (0), not shown (1), inconclusive (75).
 BENCH_VERDICT_CODES = {0: "shown", 1: "not shown", 75: "inconclusive"}
@@ -119,7 +119,7 @@ def test_readme_front_door_on_the_builtin_digits(tmp_path, monkeypatch, capsys):
         "convert-precision",
         "verify-parity",
         "bench",
-        "build-engine",
+        "emit-trtexec",
     ]
     checkpoints = {c[c.index("--checkpoint") + 1] for c in commands if "--checkpoint" in c}
     (checkpoint,) = checkpoints
@@ -147,7 +147,7 @@ def test_readme_front_door_on_the_builtin_digits(tmp_path, monkeypatch, capsys):
     assert provenance["merged.onnx"]["method"] == "karst"
     assert provenance["base.onnx"]["kind"] == "base" and provenance["base.onnx"]["method"] is None
     assert provenance["merged-int8.onnx"]["precision"] == "int8"
-    # build-engine --emit-trtexec printed the build command for the README's int8 file.
+    # emit-trtexec printed the build command for the README's int8 file.
     assert "--onnx=merged-int8.onnx" in out and "--saveEngine=merged-int8.engine" in out
     assert not (tmp_path / "merged-int8.engine").exists()
 
