@@ -102,9 +102,9 @@ class KarstConfig(AdapterConfig):
 STAGE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-# How many times slower than one dense GEMM the factored gradients run per multiply-add on
-# CPU (small matmuls and permutes): `benchmarks/karst_layer_arithmetic.py` measures 1.6–2.9
-# on ViT-B's layers and 2.3–3.7 on ViT-Ti's. With 2.5 the rule picks the cheaper path on both.
+# How many times slower per multiply-add than one dense GEMM the factored gradients run on a
+# CPU (small matmuls and permutes): 1.6–3.3 on ViT-B's and ViT-Ti's layer shapes
+# (`benchmarks/karst_layer_arithmetic.py`). With 2.5 the rule picks the cheaper path on each.
 FACTORED_GRADIENT_COST = 2.5
 
 # Scalar re-scaling points per block (reference code): which roles get which affine.
