@@ -158,18 +158,24 @@ class KarstLayer(LayerAdapter):
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or self.C.dtype
-        return self.scale * self._kronecker_sum(*(t.to(dtype) for t in (self.C, self.A, self.B)))
+        return self.adapted_weight(None, *(t.to(dtype) for t in (self.C, self.A, self.B)))
 
-    def _kronecker_sum(self, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        """Σ_i kron(C_i, A_i B_i) (one per q/k/v block when split), out × in, unscaled."""
-        if self.blocks == 1:
-            M = A @ B  # (N, k, n)
-            # kron(C_i, M_i)[p·k + q, s·n + t] = C_i[p, s] · M_i[q, t], summed over kernels i.
-            delta = torch.einsum("ips,iqt->pqst", C, M)
-        else:  # one kron(C_i, A_i^j B_i) per q/k/v block j, stacked along the rows
-            M = A @ B[:, None]  # (N, 3, k, n)
-            delta = torch.einsum("ips,ijqt->jpqst", C, M)
-        return delta.reshape(self.blocks * self.a * self.k, self.b * self.n)
+    def adapted_weight(
+        self, weight: torch.Tensor | None, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor
+    ) -> torch.Tensor:
+        """``weight + (α/r)·Σ_i kron(C_i, A_i B_i)`` (one product per q/k/v block when split;
+        ΔW alone for ``None``), out × in, written in one pass over its entries."""
+        kernels, rank = B.shape[:2]
+        M = A.reshape(kernels, -1, rank) @ B  # (N, blocks·k, n): A_i^j B_i stacked over j
+        # kron(C_i, M_i^j)[j, p·k + q, s·n + t] = C_i[p, s] · M_i^j[q, t], summed over i:
+        # one matmul over the kernels, laid out (p, s, j, q, t), read as (j, p, q, s, t).
+        products = C.reshape(kernels, -1).t() @ M.reshape(kernels, -1)
+        delta = products.view(self.a, self.b, self.blocks, self.k, self.n).permute(2, 0, 3, 1, 4)
+        if weight is None:
+            adapted = delta * self.scale
+        else:
+            adapted = torch.add(weight.reshape(delta.shape), delta, alpha=self.scale)
+        return adapted.reshape(self.blocks * self.a * self.k, self.b * self.n)
 
     def adapted_forward(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
@@ -186,7 +192,8 @@ class KarstLayer(LayerAdapter):
         if trains and self.factored_gradients:
             y = KroneckerLinear.apply(x, weight, self.C, self.A, self.B, self)
         else:  # inference, or a layer small enough for the dense weight gradient to be cheaper
-            y = x @ (weight + self.delta_weight(weight.dtype)).t()
+            factors = (t.to(weight.dtype) for t in (self.C, self.A, self.B))
+            y = x @ self.adapted_weight(weight, *factors).t()
         shift = bias
         if self.s1 is not None:
             gain = 1 + self.s1
@@ -231,30 +238,33 @@ class KroneckerLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, C, A, B, layer: KarstLayer):
         ctx.layer = layer
-        ctx.save_for_backward(x, weight, C, A, B)
-        return x @ (weight + layer.scale * layer._kronecker_sum(C, A, B)).t()
+        adapted = layer.adapted_weight(weight, C, A, B)
+        # W0 + ΔW is kept for the input gradient, as autograd keeps a computed weight.
+        ctx.save_for_backward(x, adapted, C, A, B)
+        return x @ adapted.t()
 
     @staticmethod
     def backward(ctx, grad):
         # Under autocast the forward's GEMM ran in a lower precision than the saved tensors:
         # compute in the gradient's dtype (autograd casts each result to its input's dtype).
-        x, weight, C, A, B = (t.to(grad.dtype) for t in ctx.saved_tensors)
+        x, adapted, C, A, B = (t.to(grad.dtype) for t in ctx.saved_tensors)
         layer: KarstLayer = ctx.layer
         kernels, rank, tokens = B.shape[0], B.shape[1], x.shape[0]
         a, b, k, n, blocks = layer.a, layer.b, layer.k, layer.n, layer.blocks
         grad_x = grad_weight = grad_C = grad_A = grad_B = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ (weight + layer.scale * layer._kronecker_sum(C, A, B))
+            grad_x = grad @ adapted
         if ctx.needs_input_grad[1]:
             grad_weight = grad.t() @ x
         if any(ctx.needs_input_grad[2:5]):
             # G[t, j, p, q] for output row j·a·k + p·k + q, laid out as (T·a, blocks·k).
-            G = grad.reshape(tokens, blocks, a, k).transpose(1, 2).reshape(tokens * a, blocks * k)
+            G = grad.reshape(tokens, blocks, a, k).transpose(1, 2) if blocks > 1 else grad
+            G = G.contiguous().view(tokens * a, blocks * k)
             A_rows = A.reshape(kernels, blocks, k, rank).permute(0, 3, 1, 2)  # (N, r, blocks, k)
-            A_rows = A_rows.reshape(kernels * rank, blocks * k)
+            A_rows = A_rows.reshape(kernels * rank, blocks * k) * layer.scale
             Z = x.reshape(tokens * b, n) @ B.reshape(kernels * rank, n).t()  # (T·b, N·r)
             Z = Z.view(tokens, b, kernels, rank).permute(2, 1, 0, 3).reshape(kernels, b, -1)
-            H = (G @ A_rows.t()).mul_(layer.scale)  # ∂L/∂U: (T·a, N·r)
+            H = G @ A_rows.t()  # ∂L/∂U: (T·a, N·r)
             H = H.view(tokens, a, kernels, rank).permute(2, 1, 0, 3).reshape(kernels, a, -1)
             U = torch.bmm(C, Z)  # (N, a, T·r)
             U = U.view(kernels, a, tokens, rank).permute(2, 1, 0, 3).reshape(tokens * a, -1)
