@@ -77,8 +77,9 @@ def parse_budget(text: str | int) -> int:
     value = round(float(match[1]) * BUDGET_UNITS[match[2].lower()]) if match else 0
     if value < 1:
         raise InputError(
-            f"--budget is {text!r}; expected a positive count of trainable entries such as "
-            "400000, 400k or 0.4M."
+            f"budget is {text!r}; expected a positive count of trainable entries such as "
+            "400000, 400k or 0.4M.",
+            parameters=("budget",),
         )
     return value
 
@@ -228,13 +229,18 @@ def allocate(
     """
     budget = parse_budget(budget)
     structured = structured or KarstConfig()
-    for flag, value, paper in (("--sigma", sigma, 10), ("--beta", beta, 5)):
+    for name, value, paper in (("sigma", sigma, 10), ("beta", beta, 5)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise InputError(f"{flag} is {value!r}; expected a positive number (SPT uses {paper}).")
+            raise InputError(
+                f"{name} is {value!r}; expected a positive number (SPT uses {paper}).",
+                parameters=(name,),
+            )
     if candidates not in CANDIDATES:
         raise InputError(f"candidates is {candidates!r}; expected one of {list(CANDIDATES)}.")
     if rule not in ("sweep", "exact"):
-        raise InputError(f"--budget-rule is {rule!r}; expected 'sweep' (official) or 'exact'.")
+        raise InputError(
+            f"rule is {rule!r}; expected 'sweep' (official) or 'exact'.", parameters=("rule",)
+        )
     units = _units(model, scores, structured, sigma, beta, candidates)
     if not any((u.values > 0).any() for u in units):
         raise InputError(
@@ -388,10 +394,11 @@ def _exact(units: list[_Unit], budget: int, tolerance: float, sigma: float):
     if abs(total - budget) > tolerance * budget:
         totals = " or ".join(sorted({f"{option[0]:,}" for option in options}))
         raise InputError(
-            f"--budget {budget:,} cannot be met within {tolerance:.0%}: with σ = {sigma:g} a "
+            f"budget {budget:,} cannot be met within {tolerance:.0%}: with σ = {sigma:g} a "
             f"sparse matrix holds fewer than P_struct/σ entries and a structured one costs "
             f"P_struct, so over these {len(units)} candidates the closest SPT allocations "
-            f"spend {totals}. Choose a budget in reach (or another --sigma)."
+            f"spend {totals}. Choose a budget in reach (or another sigma).",
+            parameters=("budget", "sigma"),
         )
     decided = [
         (selected[i], True) if i in crossed else (filled[i], False) for i in range(len(units))
