@@ -122,8 +122,8 @@ def check_source(
     given = sha256_file(checkpoint) if checkpoint is not None else None
     if record.get("checkpoint_sha256") != given:
         raise InputError(
-            f"'{onnx_path}' was exported from backbone weights with sha256 "
-            f"{_short(record.get('checkpoint_sha256'))}, but checkpoint gives "
-            f"{_short(given)}; pass the checkpoint the model was exported from.",
+            f"checkpoint gives sha256 {_short(given)}, but '{onnx_path}' was exported from a "
+            f"backbone checkpoint with sha256 {_short(record.get('checkpoint_sha256'))}; pass "
+            "the checkpoint the model was exported from.",
             parameters=("checkpoint",),
         )
