@@ -196,7 +196,8 @@ class BenchResult:
         raise InconclusiveError(
             f"Zero added latency is inconclusive after {self.rounds} rounds in "
             f"{self.seconds:.0f} s: {failures}. The interval is too wide to decide; run bench "
-            "again on a quieter machine, with more --rounds or a larger --max-seconds."
+            "again on a quieter machine, with more rounds or a larger max_seconds.",
+            parameters=("rounds", "max_seconds"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,7 +302,7 @@ def _check_request(
             raise InputError(
                 f"Model '{label}' ('{paths[label]}') was exported with a fixed batch of "
                 f"{image.batch}, so it cannot run batch {fixed[0]}; export it with a dynamic "
-                "batch axis (karst-deploy export --batch dynamic)."
+                "batch axis."
             )
     notes = []
     if candidate is not None and precisions[candidate] != precisions[baseline]:
@@ -507,8 +508,9 @@ def parse_batch_sizes(text: str) -> list[int]:
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_BATCH for part in parts):
         raise InputError(
-            f"--batch-sizes must be integers from 1 to {MAX_BATCH} separated by commas, got "
-            f"'{text[:80]}'."
+            f"batches must be integers from 1 to {MAX_BATCH} separated by commas, got "
+            f"'{text[:80]}'.",
+            parameters=("batches",),
         )
     return [int(part) for part in parts]
 
@@ -552,7 +554,10 @@ class BenchRequest:
         if self.runner == "tensorrt":
             return {"copies": self.copies, "cuda_graph": self.cuda_graph}
         if self.cuda_graph or not self.copies:
-            raise InputError("--no-copies and --cuda-graph apply to --runner tensorrt only.")
+            raise InputError(
+                "copies=False and cuda_graph=True apply to runner tensorrt only.",
+                parameters=("copies", "cuda_graph", "runner"),
+            )
         return None
 
 

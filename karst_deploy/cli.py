@@ -78,8 +78,17 @@ def _where(error: BaseException) -> str:
     return where
 
 
-def handle_error(error: Exception) -> int:
-    """Print `error` as one paragraph (plus the traceback under --debug); its exit code."""
+#: Library parameters a command gives another flag than `errors.PARAMETER_FLAGS` does.
+COMMAND_FLAGS: dict[str, dict[str, str]] = {
+    "bench": {"batches": "--batch-sizes"},
+}
+
+
+def handle_error(error: Exception, command: str | None = None) -> int:
+    """Print `error` as one paragraph (plus the traceback under --debug); its exit code.
+
+    Library messages name parameters; they are shown as `command`'s flags (`with_flags`).
+    """
     if debug_enabled():
         traceback.print_exception(error, file=sys.stderr)
     if isinstance(error, OSError):
@@ -91,7 +100,7 @@ def handle_error(error: Exception) -> int:
         )
         return ENVIRONMENT
     if isinstance(error, KarstDeployError):
-        print_error(with_flags(error))  # library messages name parameters; we show flags
+        print_error(with_flags(error, COMMAND_FLAGS.get(command)))
         return error.exit_code
     print_error(
         f"internal error: {type(error).__name__} in {_where(error)}: {clip(error)}. This is a "
@@ -142,7 +151,7 @@ def command(name: str, *example_lines: str) -> Callable[[F], F]:
             except (Exit, Abort, TyperException):
                 raise
             except Exception as error:  # the exit-code table: every exception gets its code
-                raise typer.Exit(handle_error(error)) from None
+                raise typer.Exit(handle_error(error, name)) from None
 
         app.command(name, cls=Command, epilog=examples(*example_lines))(wrapper)
         return function

@@ -101,8 +101,9 @@ class LabelledImages(torch.utils.data.Dataset):
         """The images of `classes` only, relabelled to their index in `classes`.
 
         `classes` are the names a model was trained on (its head's outputs, in order); the
-        data must have every one of them (InputError naming the missing ones and `what`
-        asked, e.g. ``--data``). Classes of the data the model does not know are dropped.
+        data must have every one of them (InputError naming the missing ones and `what`, the
+        parameter that gave the data, e.g. ``data``). Classes the model does not know are
+        dropped.
         """
         classes = list(classes)
         if classes == self.classes:
@@ -113,7 +114,8 @@ class LabelledImages(torch.utils.data.Dataset):
                 f"{what} '{clip(self.source)}' does not have the classes the model was trained "
                 f"on: it lacks {_names(missing)} (it has {_names(self.classes)}; the model's "
                 f"are {_names(classes)}). Pass the data the adapter was trained on, or one with "
-                "those classes (a superset is narrowed to them)."
+                "those classes (a superset is narrowed to them).",
+                parameters=(what,),
             )
         new_label = {self.classes.index(name): index for index, name in enumerate(classes)}
         if self.arrays is not None:

@@ -220,32 +220,48 @@ def check_range(
 
 #: The command-line flag of each library parameter whose flag is not simply ``--`` plus the
 #: parameter with ``-`` for ``_`` (``batch_size`` → ``--batch-size``). The CLI's one map
-#: from library vocabulary to its own (`with_flags`).
+#: from library vocabulary to its own (`with_flags`); a command whose flag differs for one
+#: parameter passes its own entries (`karst_deploy.cli.COMMAND_FLAGS`).
 PARAMETER_FLAGS: dict[str, str] = {
     "atol_scale": "--atol",
-    "batches": "--batch",
     "source": "--onnx",
     "adapter_dir": "--adapter",
+    "workspace_mib": "--workspace",
+    "builder_optimization_level": "--builder-opt-level",
+    "version_compatible": "--version-compat",
+    "majors": "--tensorrt-version",
+    "rule": "--budget-rule",
+    "use_cache": "--calib-cache",
 }
 
 
 def flag_for(parameter: str, flags: dict[str, str] | None = None) -> str:
-    """The flag the CLI gives `parameter` (`PARAMETER_FLAGS`, else ``--`` + dashed name)."""
-    table = PARAMETER_FLAGS if flags is None else flags
-    return table.get(parameter, "--" + parameter.replace("_", "-"))
+    """The flag the CLI gives `parameter` (`flags`, then `PARAMETER_FLAGS`, else ``--`` +
+    dashed name)."""
+    if flags and parameter in flags:
+        return flags[parameter]
+    return PARAMETER_FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 def with_flags(error: KarstDeployError, flags: dict[str, str] | None = None) -> str:
     """`error`'s message with each of its `parameters` named by its flag (`flag_for`).
 
     The first place a parameter stands as a word of its own is replaced (``samples``, not
-    the one inside ``calib_samples``, a quoted value or a path): messages name the
-    parameter before any value they echo.
+    the one inside ``calib_samples``, a quoted value or a path, nor a count such as ``2
+    rounds``): messages name the parameter before any value they echo. A boolean is named
+    with its value, wherever it stands: ``force=True`` becomes its flag (``--force``) and
+    ``use_cache=False`` the flag's negation (``--no-calib-cache``).
     """
     message = str(error)
     for parameter in error.parameters:
         flag = flag_for(parameter, flags)
-        if flag:
-            word = rf"(?<![\w./'\"-]){re.escape(parameter)}(?![\w/'\"-]|\.\w)"
-            message = re.sub(word, flag, message, count=1)
+        name = rf"(?<![\w./'\"-])(?<!\d ){re.escape(parameter)}"
+        message, switched = re.subn(
+            name + r"=(True|False)\b",
+            lambda m, flag=flag: flag if m[1] == "True" else "--no-" + flag[2:],
+            message,
+            count=1,
+        )
+        if not switched:
+            message = re.sub(name + r"(?![\w/'\"-]|\.\w)", flag, message, count=1)
     return message

@@ -102,7 +102,8 @@ def _check_target(path: Path, force: bool, directory: bool) -> bool:
     if kind not in (expected, "symbolic link"):
         raise OutputExistsError(
             f"Output '{path}' is a {kind}, where karst-deploy writes a {expected}; it never "
-            f"replaces a {kind}, not even with --force. Choose another path."
+            f"replaces a {kind}, not even with force=True. Choose another path.",
+            parameters=("force",),
         )
     if not force:
         what = "already exists"
@@ -110,8 +111,9 @@ def _check_target(path: Path, force: bool, directory: bool) -> bool:
             what = f"is a symbolic link (to '{os.readlink(path)}')"
         raise OutputExistsError(
             f"Output '{path}' {what}; karst-deploy never overwrites an artifact silently. "
-            "Pass --force (force=True) to replace it (a link is replaced itself, its target "
-            "is never written), or choose another path."
+            "Pass force=True to replace it (a link is replaced itself, its target is never "
+            "written), or choose another path.",
+            parameters=("force",),
         )
 
 
@@ -327,8 +329,9 @@ def _apply_umask(tmp: Path, directory: bool) -> None:
 def _appeared(path: Path) -> OutputExistsError:
     return OutputExistsError(
         f"Output '{path}' was created by someone else while this run was writing it; "
-        "karst-deploy never overwrites an artifact silently. Pass --force to replace it, or "
-        "choose another path."
+        "karst-deploy never overwrites an artifact silently. Pass force=True to replace it, or "
+        "choose another path.",
+        parameters=("force",),
     )
 
 

@@ -120,7 +120,7 @@ MODEL_KWARGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "in_chans": ((lambda v: v in (1, 3) and not isinstance(v, bool)), "1 or 3"),
 }
 #: Backbone fields with their own argument (and flag): never accepted among the kwargs.
-OWN_ARGUMENTS = {"num_classes": "--num-classes", "img_size": "--img-size"}
+OWN_ARGUMENTS = ("num_classes", "img_size")
 
 
 def check_model_kwargs(
@@ -142,14 +142,16 @@ def check_model_kwargs(
         if name not in allowed:
             if name in OWN_ARGUMENTS:
                 raise InputError(
-                    f"{source}: key '{_short(where)}' is refused: {name} is its own field "
-                    f"({OWN_ARGUMENTS[name]} on the command line), not a model keyword."
+                    f"{source}: key '{_short(where)}' is refused: {name} is an argument of its "
+                    "own, not a model keyword.",
+                    parameters=(name,),
                 )
             raise InputError(
                 f"{source}: key '{_short(where)}' is refused: karst-deploy passes to timm only "
                 f"the architecture arguments {sorted(allowed)}. Paths, downloads and "
                 "pretrained configs never come from a file or keyword; pass backbone weights "
-                "with --checkpoint FILE (or timm's own with --pretrained)."
+                "as checkpoint (or timm's own with pretrained=True).",
+                parameters=("checkpoint", "pretrained"),
             )
         ok, want = allowed[name]
         if not ok(value):
@@ -336,7 +338,8 @@ def _checked_arguments(
         if not _int_in(low, high)[0](value):
             raise InputError(
                 f"Backbone '{name}': {key} is {_short(repr(value))}; expected an integer in "
-                f"[{low}, {high}] ({OWN_ARGUMENTS[key]})."
+                f"[{low}, {high}].",
+                parameters=(key,),
             )
         kwargs[key] = value
     return kwargs
@@ -567,7 +570,8 @@ def load_checkpoint(
             parts.append(f"{len(unexpected)} unexpected key(s), first '{unexpected[0]}'")
         raise CheckpointError(
             f"Checkpoint '{path}' does not fit the model: {' and '.join(parts)}. "
-            "Check that --backbone names the architecture the checkpoint was trained with."
+            "Check that backbone names the architecture the checkpoint was trained with.",
+            parameters=("backbone",),
         )
     model.load_state_dict(state, strict=not dropped)
 

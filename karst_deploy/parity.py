@@ -234,7 +234,7 @@ def image_inputs(
     selected = None
     if classes is not None:
         before = data.num_classes
-        data = data.select_classes(classes, "--data")
+        data = data.select_classes(classes, "data")
         if data.num_classes != before:
             selected = list(classes)
     elif num_classes is not None and data.num_classes != num_classes:

@@ -70,7 +70,8 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
     if requested is not None:
         if isinstance(requested, bool) or not 1 <= requested <= MAX_THREADS:
             raise InputError(
-                f"--threads is {requested!r}; expected a thread count from 1 to {MAX_THREADS}."
+                f"threads is {requested!r}; expected a thread count from 1 to {MAX_THREADS}.",
+                parameters=("threads",),
             )
         return ThreadChoice(requested, "--threads", cores, load)
     if load is None:

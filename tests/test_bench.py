@@ -25,7 +25,7 @@ from karst_deploy.bench import (
     should_measure_more,
 )
 from karst_deploy.errors import INCONCLUSIVE as EXIT_INCONCLUSIVE
-from karst_deploy.errors import InconclusiveError, InputError, VerificationError
+from karst_deploy.errors import InconclusiveError, InputError, VerificationError, with_flags
 from karst_deploy.export import export_onnx
 from karst_deploy.export.structure import StructureComparison
 from karst_deploy.onnx_file import read_provenance
@@ -221,8 +221,12 @@ def test_the_verdict_has_three_outcomes_with_their_exit_codes(models):
     dataclasses.replace(result, verdict=judged[SHOWN]).raise_if_failed()
     with pytest.raises(VerificationError, match=r"not shown: batch 8: .* lies wholly outside"):
         dataclasses.replace(result, verdict=judged[NOT_SHOWN]).raise_if_failed()
-    with pytest.raises(InconclusiveError, match=r"inconclusive after 2 rounds.*straddles ±3%"):
+    too_noisy = r"inconclusive after 2 rounds.*straddles ±3%"
+    with pytest.raises(InconclusiveError, match=too_noisy) as refused:
         dataclasses.replace(result, verdict=judged[INCONCLUSIVE]).raise_if_failed()
+    assert "with more rounds or a larger max_seconds." in str(refused.value)
+    shown = with_flags(refused.value)  # a count stays a word; the advice names the CLI's flags
+    assert "after 2 rounds in" in shown and "more --rounds or a larger --max-seconds." in shown
     assert InconclusiveError.exit_code == EXIT_INCONCLUSIVE == 75
     differs = StructureComparison(operators={"MatMul": [4, 6]}, initializer_uses={})
     structural = latency_verdict("merged", "base", _ratios((0.99, 1.01)), differs, 0.03)

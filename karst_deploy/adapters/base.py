@@ -294,7 +294,8 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.
         raise InputError(
             f"No nn.Linear in {type(model).__name__} matches the targets {list(targets)} "
             f"(looked for module paths ending in {suffixes}). karst-deploy adapts timm "
-            "transformers whose attention and MLP use Linear layers named qkv/proj/fc1/fc2."
+            "transformers whose attention and MLP use Linear layers named qkv/proj/fc1/fc2.",
+            parameters=("targets",),
         )
     unmatched = [
         target
@@ -303,10 +304,11 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.
     ]
     if unmatched:  # a misspelling (prj) would otherwise train the other targets silently
         raise InputError(
-            f"--targets {','.join(targets)}: {', '.join(repr(t) for t in unmatched)} "
+            f"targets {','.join(targets)}: {', '.join(repr(t) for t in unmatched)} "
             f"match{'es' if len(unmatched) == 1 else ''} no nn.Linear of "
             f"{type(model).__name__}; expected {', '.join(DEFAULT_TARGETS)} (or a module path "
-            "suffix such as attn.qkv)."
+            "suffix such as attn.qkv).",
+            parameters=("targets",),
         )
     return found
 

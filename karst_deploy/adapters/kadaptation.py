@@ -108,8 +108,9 @@ class KAdaptationLayer(LayerAdapter):
         if linear.out_features != 3 * width or width % n:
             raise InputError(
                 f"KAdaptation needs a fused qkv Linear (out = 3·in) whose width is divisible "
-                f"by the kernel count; '{path}' is {width}→{linear.out_features} with "
-                f"kernels={n}. Choose --kernels dividing {width}."
+                f"by the kernel count; '{path}' is {width}→{linear.out_features}. Choose "
+                f"kernels (now {n}) dividing {width}.",
+                parameters=("kernels",),
             )
         self.width, self.kernels, self.scale = width, n, config.scale
         self.projections = config.projections

@@ -49,8 +49,9 @@ def merge_adapter_directory(
         )
     if options.img_size is not None or options.model_kwargs is not None:
         raise InputError(
-            "--img-size and --model-kwargs apply to PEFT adapters only; our adapter directory "
-            "records its backbone."
+            "img_size and model_kwargs apply to PEFT adapters only; our adapter directory "
+            "records its backbone.",
+            parameters=("img_size", "model_kwargs"),
         )
     return write_merged_checkpoint(
         adapter,

@@ -343,8 +343,8 @@ class PeftDirectory:
         if nested:
             raise AdapterFileError(
                 f"'{self.directory}' holds several PEFT adapters (also '{nested[0]}/'); a "
-                "deployed model carries one. Pass that adapter's own directory, e.g. --adapter "
-                f"{self.directory / nested[0]}."
+                "deployed model carries one. Pass that adapter's own directory, e.g. "
+                f"'{self.directory / nested[0]}'."
             )
 
     @classmethod
@@ -600,7 +600,7 @@ class PeftDirectory:
             raise AdapterFileError(
                 f"{self.config_path}: key 'target_modules' ({doc['target_modules']!r}) matches no "
                 f"Linear layer of {type(model).__name__}; was the adapter trained on another "
-                "backbone (--backbone)?"
+                "backbone?"
             )
         state = model.state_dict()
         adapted = {layer.path for layer in layers}
@@ -695,8 +695,9 @@ def load_peft_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> n
     if isinstance(mapping, str) and mapping != type(model).__name__:
         raise AdapterFileError(
             f"{file.config_path}: key 'auto_mapping.base_model_class' is {mapping!r}, but "
-            f"--backbone builds a {type(model).__name__}; pass the backbone the adapter was "
-            "trained on."
+            f"the model is a {type(model).__name__}; pass the backbone the adapter was trained "
+            "on.",
+            parameters=("backbone",),
         )
     layers, replaced = file.plan(model)
     tensors = file.read_tensors()
@@ -811,8 +812,9 @@ def load_peft_model(
     """Build the backbone and load the PEFT directory onto it (our unmerged reading)."""
     if backbone is None:
         raise InputError(
-            f"'{directory}' is a Hugging Face PEFT adapter, which records no timm backbone: pass "
-            "--backbone NAME (and --checkpoint FILE with the weights it was trained on)."
+            f"'{directory}' is a Hugging Face PEFT adapter, which names no timm model: pass "
+            "backbone (a timm name) and checkpoint (the weights it was trained on, if any).",
+            parameters=("backbone", "checkpoint"),
         )
     model = build_backbone(
         directory,

@@ -350,9 +350,10 @@ def check_backbone(expected: BackboneSpec, actual: BackboneSpec, source: Path) -
             )
     if expected.checkpoint_sha256 and not actual.checkpoint_sha256:
         raise AdapterFileError(
-            f"{source} was trained on a backbone checkpoint (sha256 "
+            f"{source} was trained on backbone weights from a file (sha256 "
             f"{expected.checkpoint_sha256[:12]}…) but the model was built without one; pass "
-            "that checkpoint (--checkpoint FILE) so the adapter sits on the weights it learned on."
+            "that file as checkpoint so the adapter sits on the weights it learned on.",
+            parameters=("checkpoint",),
         )
     if expected.checkpoint_sha256 and expected.checkpoint_sha256 != actual.checkpoint_sha256:
         raise AdapterFileError(
@@ -363,12 +364,14 @@ def check_backbone(expected: BackboneSpec, actual: BackboneSpec, source: Path) -
         raise AdapterFileError(
             f"{source}: key 'backbone.pretrained' is true (the adapter was trained on timm's "
             f"pretrained weights of {expected.name}) but the model has random weights; pass "
-            "--pretrained to let timm download them, or --checkpoint FILE holding them."
+            "pretrained=True to let timm download them, or a checkpoint file holding them.",
+            parameters=("pretrained", "checkpoint"),
         )
     if actual.pretrained and not expected.pretrained:
         raise AdapterFileError(
             f"{source}: key 'backbone.pretrained' is false (the adapter was not trained on "
-            "timm's pretrained weights) but the model carries them; drop --pretrained."
+            "timm's pretrained weights) but the model carries them; drop pretrained=True.",
+            parameters=("pretrained",),
         )
 
 
@@ -384,13 +387,15 @@ def check_pretrained(file: AdapterFile, pretrained: bool, checkpoint: bool) -> B
         raise AdapterFileError(
             f"{file.config_path}: key 'backbone.pretrained' is true: the adapter was trained on "
             f"timm's pretrained weights of '{spec.name}'. karst-deploy downloads nothing an "
-            "adapter file asks for; pass --pretrained to let timm fetch those weights from its "
-            "own registry (or --checkpoint FILE holding them)."
+            "adapter file asks for; pass pretrained=True to let timm fetch those weights from "
+            "its own registry (or a checkpoint file holding them).",
+            parameters=("pretrained", "checkpoint"),
         )
     if pretrained and not spec.pretrained:
         raise AdapterFileError(
             f"{file.config_path}: key 'backbone.pretrained' is false: the adapter was not "
-            "trained on timm's pretrained weights; drop --pretrained."
+            "trained on timm's pretrained weights; drop pretrained=True.",
+            parameters=("pretrained",),
         )
     return dataclasses.replace(spec, pretrained=pretrained)
 
@@ -554,9 +559,10 @@ def merged_checkpoint_format(out: str | os.PathLike[str]) -> str:
     suffix = Path(out).suffix.lower()
     if suffix not in MERGED_FORMATS:
         raise InputError(
-            f"--out '{out}' has suffix '{suffix}'; a merged checkpoint is written as "
+            f"out '{out}' has suffix '{suffix}'; a merged checkpoint is written as "
             "safetensors (.safetensors) or a torch state dict (.pth, .pt, .bin), chosen by "
-            "the suffix."
+            "the suffix.",
+            parameters=("out",),
         )
     return MERGED_FORMATS[suffix]
 

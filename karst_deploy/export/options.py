@@ -20,7 +20,8 @@ def parse_onnx_batch(text: str) -> int | None:
         return None
     if not (text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= MAX_BATCH:
         raise InputError(
-            f"--batch must be 'dynamic' or an integer from 1 to {MAX_BATCH}, got '{clip(text)}'."
+            f"batch must be 'dynamic' or an integer from 1 to {MAX_BATCH}, got '{clip(text)}'.",
+            parameters=("batch",),
         )
     return int(text)
 
@@ -45,8 +46,9 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if (self.adapter is None) != self.no_adapter:
             raise InputError(
-                "Pass exactly one of --adapter DIR (export the adapted model) and --no-adapter "
-                "(export the plain backbone)."
+                "Pass exactly one of adapter, a directory (export the adapted model), and "
+                "no_adapter=True (export the plain backbone).",
+                parameters=("adapter", "no_adapter"),
             )
 
     def export_kwargs(self) -> dict[str, Any]:

@@ -107,9 +107,10 @@ def check_source(
     recorded = record.get("adapter_sha256")
     if recorded is None:
         raise InputError(
-            f"'{onnx_path}' records no adapter files (kind {record.get('kind')!r}: exported with "
-            "--no-adapter, or from a model in memory), so it cannot be shown to come from the "
-            f"adapter '{adapter_dir}'; export it with --adapter {adapter_dir}."
+            f"'{onnx_path}' records no adapter files (kind {record.get('kind')!r}: exported "
+            "without one, or from a model in memory), so it cannot be shown to come from "
+            f"adapter_dir '{adapter_dir}'; export it again from that adapter.",
+            parameters=("adapter_dir",),
         )
     for file, sha in adapter.sha256().items():
         if recorded.get(file) != sha:
@@ -121,8 +122,8 @@ def check_source(
     given = sha256_file(checkpoint) if checkpoint is not None else None
     if record.get("checkpoint_sha256") != given:
         raise InputError(
-            f"'{onnx_path}' was exported from a backbone checkpoint with sha256 "
-            f"{_short(record.get('checkpoint_sha256'))}, but checkpoint gives "
-            f"{_short(given)}; pass the checkpoint the model was exported from.",
+            f"checkpoint gives sha256 {_short(given)}, but '{onnx_path}' was exported from a "
+            f"backbone checkpoint with sha256 {_short(record.get('checkpoint_sha256'))}; pass "
+            "the checkpoint the model was exported from.",
             parameters=("checkpoint",),
         )

@@ -83,6 +83,6 @@ def export_in_precision(
             **options.export_kwargs(),
         )
     if calibration.calib is not None:
-        raise InputError("--calib applies to --precision int8 only.")
+        raise InputError("calib applies to precision int8 only.", parameters=("calib", "precision"))
     with status("exporting and checking", enabled=progress):
         return export_onnx(out, force=force, **options.export_kwargs())

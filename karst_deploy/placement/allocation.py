@@ -43,7 +43,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -77,8 +77,9 @@ def parse_budget(text: str | int) -> int:
     value = round(float(match[1]) * BUDGET_UNITS[match[2].lower()]) if match else 0
     if value < 1:
         raise InputError(
-            f"--budget is {text!r}; expected a positive count of trainable entries such as "
-            "400000, 400k or 0.4M."
+            f"budget is {text!r}; expected a positive count of trainable entries such as "
+            "400000, 400k or 0.4M.",
+            parameters=("budget",),
         )
     return value
 
@@ -204,6 +205,23 @@ def _units(
     return units
 
 
+class UnitDecision(NamedTuple):
+    """What a budget rule decided for one unit."""
+
+    count: int  # entries selected (a crossed unit spends its whole `cost` instead)
+    crossed: bool  # structured (a matrix) or tuned whole (a vector)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleOutcome:
+    """A budget rule's result (`_sweep`, `_exact`): every unit's decision and the thresholds
+    placement.json records."""
+
+    decisions: list[UnitDecision]  # in the order of the units
+    score_threshold: float  # the score at the τ kept (sweep) or the bisected threshold (exact)
+    top_up_threshold: float  # the exact rule's top-up threshold; 0 for the sweep (no top-up)
+
+
 def allocate(
     model: nn.Module,
     scores: Mapping[str, torch.Tensor],
@@ -228,13 +246,18 @@ def allocate(
     """
     budget = parse_budget(budget)
     structured = structured or KarstConfig()
-    for flag, value, paper in (("--sigma", sigma, 10), ("--beta", beta, 5)):
+    for name, value, paper in (("sigma", sigma, 10), ("beta", beta, 5)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise InputError(f"{flag} is {value!r}; expected a positive number (SPT uses {paper}).")
+            raise InputError(
+                f"{name} is {value!r}; expected a positive number (SPT uses {paper}).",
+                parameters=(name,),
+            )
     if candidates not in CANDIDATES:
         raise InputError(f"candidates is {candidates!r}; expected one of {list(CANDIDATES)}.")
     if rule not in ("sweep", "exact"):
-        raise InputError(f"--budget-rule is {rule!r}; expected 'sweep' (official) or 'exact'.")
+        raise InputError(
+            f"rule is {rule!r}; expected 'sweep' (official) or 'exact'.", parameters=("rule",)
+        )
     units = _units(model, scores, structured, sigma, beta, candidates)
     if not any((u.values > 0).any() for u in units):
         raise InputError(
@@ -243,11 +266,11 @@ def allocate(
     token = dict(model.named_parameters()).get("cls_token")
     cls_size = token.numel() if candidates == "official" and token is not None else 0
     if rule == "sweep":
-        counts, threshold, top_up = _sweep(units, budget, cls_size, tau_step)
+        outcome = _sweep(units, budget, cls_size, tau_step)
     else:
-        counts, threshold, top_up = _exact(units, budget - cls_size, tolerance, sigma)
+        outcome = _exact(units, budget - cls_size, tolerance, sigma)
     matrices, vectors, indices = [], [], {}
-    for unit, (count, crossed) in zip(units, counts, strict=True):
+    for unit, (count, crossed) in zip(units, outcome.decisions, strict=True):
         rows = math.prod(unit.shape)
         offset = 0 if unit.block is None else unit.block * rows
         name = unit.parameter.rpartition(".")[0] if unit.matrix else unit.parameter
@@ -276,8 +299,8 @@ def allocate(
         sigma=float(sigma),
         budget=budget,
         matrices=tuple(matrices),
-        score_threshold=threshold,
-        top_up_threshold=top_up,
+        score_threshold=outcome.score_threshold,
+        top_up_threshold=outcome.top_up_threshold,
         scores=dict(scores_metadata or {}),
         indices=indices,
         candidates=candidates,
@@ -296,11 +319,8 @@ def _top_entries(values: np.ndarray, count: int) -> np.ndarray:
     return np.sort(np.concatenate([above, ties])).astype(np.int64)
 
 
-def _sweep(units: list[_Unit], budget: int, fixed: int, tau_step: int | None):
-    """The official τ-grid sweep (module docstring): the closest total wins, never refused.
-
-    Returns ``(count, crossed)`` per unit, the score at the τ kept, and 0 (no top-up).
-    """
+def _sweep(units: list[_Unit], budget: int, fixed: int, tau_step: int | None) -> RuleOutcome:
+    """The official τ-grid sweep (module docstring): the closest total wins, never refused."""
     every = np.concatenate([u.values for u in units])
     offsets = np.cumsum([0] + [u.values.size for u in units])
     # Global ranking, ties to the lower index (so each unit keeps its `_top_entries`).
@@ -324,11 +344,11 @@ def _sweep(units: list[_Unit], budget: int, fixed: int, tau_step: int | None):
         if total - budget > abs(best[1] - budget):  # totals only grow with τ: none closer
             break
     tau, _, chosen = best
-    decided = [(int(c), u.crossed(int(c))) for u, c in zip(units, chosen, strict=True)]
-    return decided, float(every[order[tau - 1]]), 0.0
+    decided = [UnitDecision(int(c), u.crossed(int(c))) for u, c in zip(units, chosen, strict=True)]
+    return RuleOutcome(decided, float(every[order[tau - 1]]), 0.0)
 
 
-def _exact(units: list[_Unit], budget: int, tolerance: float, sigma: float):
+def _exact(units: list[_Unit], budget: int, tolerance: float, sigma: float) -> RuleOutcome:
     """The exact-budget rule (module docstring, "matrix" read as "unit"): bisection, then the
     capped top-up."""
     ascending = [np.sort(u.values) for u in units]
@@ -369,12 +389,17 @@ def _exact(units: list[_Unit], budget: int, tolerance: float, sigma: float):
         )
         return top_up, [min(c, caps[i]) if i in caps else 0 for i, c in enumerate(counts(top_up))]
 
-    def decide(score_threshold: float) -> tuple:
+    def decide(score_threshold: float) -> tuple[int, RuleOutcome]:
+        """The total spent and the outcome with the units crossed at `score_threshold`."""
         selected = counts(score_threshold)
         crossed = {i for i, (u, c) in enumerate(zip(units, selected, strict=True)) if u.crossed(c)}
         top_up, filled = fill(crossed)
         total = sum(units[i].cost for i in crossed) + sum(filled)
-        return total, score_threshold, top_up, selected, crossed, filled
+        decisions = [
+            UnitDecision(selected[i], True) if i in crossed else UnitDecision(filled[i], False)
+            for i in range(len(units))
+        ]
+        return total, RuleOutcome(decisions, score_threshold, top_up)
 
     # Candidates: the crossed set at the threshold found, and at the next lower one (one
     # more structured module, which may overshoot a little); the closer total wins.
@@ -382,21 +407,17 @@ def _exact(units: list[_Unit], budget: int, tolerance: float, sigma: float):
     if threshold > low:
         thresholds.append(_bits_float(_float_bits(threshold) - 1))
     options = [decide(t) for t in thresholds]
-    total, threshold, top_up, selected, crossed, filled = min(
-        options, key=lambda option: (abs(option[0] - budget), option[0])
-    )
+    total, outcome = min(options, key=lambda option: (abs(option[0] - budget), option[0]))
     if abs(total - budget) > tolerance * budget:
-        totals = " or ".join(sorted({f"{option[0]:,}" for option in options}))
+        totals = " or ".join(sorted({f"{spent:,}" for spent, _ in options}))
         raise InputError(
-            f"--budget {budget:,} cannot be met within {tolerance:.0%}: with σ = {sigma:g} a "
+            f"budget {budget:,} cannot be met within {tolerance:.0%}: with σ = {sigma:g} a "
             f"sparse matrix holds fewer than P_struct/σ entries and a structured one costs "
             f"P_struct, so over these {len(units)} candidates the closest SPT allocations "
-            f"spend {totals}. Choose a budget in reach (or another --sigma)."
+            f"spend {totals}. Choose a budget in reach (or another sigma).",
+            parameters=("budget", "sigma"),
         )
-    decided = [
-        (selected[i], True) if i in crossed else (filled[i], False) for i in range(len(units))
-    ]
-    return decided, threshold, top_up
+    return outcome
 
 
 def _linear(model: nn.Module, path: str) -> nn.Linear | None:

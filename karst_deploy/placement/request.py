@@ -49,22 +49,34 @@ class SptRequest:
         object.__setattr__(self, "budget", parse_budget(self.budget))
         if not isinstance(self.structured, tuple(STRUCTURED_CONFIGS.values())):
             raise InputError(
-                f"--structured must be karst or lora; got a {type(self.structured).__name__}."
+                f"structured must be a karst or lora config; got a "
+                f"{type(self.structured).__name__}.",
+                parameters=("structured",),
             )
         sigma = self.sigma
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise InputError(f"--sigma is {sigma!r}; expected a positive number (SPT uses 10).")
+            raise InputError(
+                f"sigma is {sigma!r}; expected a positive number (SPT uses 10).",
+                parameters=("sigma",),
+            )
         if self.candidates not in CANDIDATES:
             raise InputError(
                 f"candidates is {self.candidates!r}; expected one of {list(CANDIDATES)}."
             )
         if self.rule not in ("sweep", "exact"):
-            raise InputError(f"--budget-rule is {self.rule!r}; expected 'sweep' or 'exact'.")
+            raise InputError(
+                f"rule is {self.rule!r}; expected 'sweep' or 'exact'.", parameters=("rule",)
+            )
         if self.scores is not None and not os.path.isfile(self.scores):
-            raise InputError(f"--scores '{self.scores}' does not exist (karst-deploy sensitivity).")
-        for name, value in (("batches", self.batches), ("batch-size", self.batch_size)):
+            raise InputError(
+                f"scores '{self.scores}' does not exist (karst-deploy sensitivity writes one).",
+                parameters=("scores",),
+            )
+        for name, value in (("batches", self.batches), ("batch_size", self.batch_size)):
             if not isinstance(value, int) or value < 1:
-                raise InputError(f"--{name} is {value!r}; expected a positive integer.")
+                raise InputError(
+                    f"{name} is {value!r}; expected a positive integer.", parameters=(name,)
+                )
 
     def to_hparams(self) -> dict[str, Any]:
         """The request as JSON values (train_log.json records it; placement.json the outcome)."""
@@ -93,18 +105,23 @@ class SptRequest:
             missing = sorted(set(candidates) - set(sensitivity.scores))
             if missing:
                 raise InputError(
-                    f"--scores '{self.scores}' has no scores for '{missing[0]}', a candidate of "
-                    f"--targets {list(self.structured.targets)} (files from before the official "
+                    f"scores '{self.scores}' has no scores for '{missing[0]}', a candidate of "
+                    f"targets {list(self.structured.targets)} (files from before the official "
                     "SPT candidates score matrices only: recompute with karst-deploy "
-                    "sensitivity)."
+                    "sensitivity).",
+                    parameters=("scores", "targets"),
                 )
         else:
             if train is None:
-                raise InputError("SPT sensitivity needs the training split (or --scores FILE).")
+                raise InputError(
+                    "SPT sensitivity needs the training split (or a scores file).",
+                    parameters=("scores",),
+                )
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise InputError(
-                    "Under torchrun every process must allocate the same placement: compute the "
-                    "scores once with `karst-deploy sensitivity` and pass --scores FILE."
+                    "Under torchrun every process must allocate the same placement: pass scores, "
+                    "a file written once by `karst-deploy sensitivity`.",
+                    parameters=("scores",),
                 )
             spec = backbone_spec(model)
             sensitivity = compute_sensitivity(

@@ -199,9 +199,9 @@ def write_converted(
             f"fp32 model on the top-1 class of {check['top1_agreement']:.1%} of "
             f"{check['samples']} calibration images (95 % upper bound {upper:.1%}), below the "
             f"{min_top1_agreement:.0%} of the {precision} tolerance (compare.TOLERANCES); "
-            "nothing was written. Try more "
-            "or more representative --calib images, another --calib-method, or "
-            "--no-calib-cache if the calibration cache may be stale."
+            "nothing was written. Try more or more representative calib images, another "
+            "calib_method, or use_cache=False if the calibration cache may be stale.",
+            parameters=("calib", "calib_method", "use_cache"),
         )
     with atomic_output(out, force=force) as tmp:
         onnx.save(converted, os.fspath(tmp))

@@ -123,7 +123,7 @@ def load_calibration(
     if text == "digits" or text.startswith("digits:") or _has_labelled_layout(path):
         dataset = open_images(text, "train", img_size, mean, std)
         if classes is not None:
-            dataset = dataset.select_classes(classes, "--calib")
+            dataset = dataset.select_classes(classes, "calib")
         chosen = _subset(len(dataset), samples)
         images = np.stack([dataset[int(i)][0].numpy() for i in chosen])
         return CalibrationSet(

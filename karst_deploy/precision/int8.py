@@ -236,7 +236,8 @@ def _drop_cache(path: Path) -> None:
             if stale.is_dir() and not stale.is_symlink():
                 raise InputError(
                     f"Calibration cache entry '{clip(stale)}' is a directory; remove it or pass "
-                    "--no-calib-cache."
+                    "use_cache=False.",
+                    parameters=("use_cache",),
                 )
             stale.unlink()
 

@@ -355,7 +355,8 @@ def _train_epoch(s: _Session, epoch: int, step: int, advance) -> tuple[EpochReco
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"Training diverged: the loss is {loss.item()} at epoch {epoch}, step "
-                f"{step + 1}. Lower --lr (now {s.config.lr}) or check the data."
+                f"{step + 1}. Lower lr (now {s.config.lr}) or check the data.",
+                parameters=("lr",),
             )
         s.optimizer.zero_grad(set_to_none=True)
         if s.scaler is not None:

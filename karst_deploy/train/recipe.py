@@ -87,30 +87,36 @@ def training_adapter(
     """
     if placement == "uniform":
         spt_only = {
-            "--budget": budget,
-            "--structured": structured,
-            "--sigma": sigma,
-            "--budget-rule": budget_rule,
+            "budget": budget,
+            "structured": structured,
+            "sigma": sigma,
+            "budget_rule": budget_rule,
+            "scores": scores,
         }
-        given = [flag for flag, value in spt_only.items() if value is not None]
-        if scores is not None:
-            given.append("--scores")
+        given = [name for name, value in spt_only.items() if value is not None]
         if given:
-            raise InputError(f"{given[0]} applies to --placement spt only.")
+            raise InputError(
+                f"{given[0]} applies to placement spt only.", parameters=(given[0], "placement")
+            )
         return adapter_config_for(method, **options)
     if placement != "spt":
-        raise InputError(f"--placement is {placement!r}; expected 'uniform' or 'spt'.")
+        raise InputError(
+            f"placement is {placement!r}; expected 'uniform' or 'spt'.", parameters=("placement",)
+        )
     if method != "karst":
         raise InputError(
-            "--method does not apply with --placement spt; choose the structured module with "
-            "--structured karst|lora."
+            "method does not apply with placement spt: structured names its module, karst or lora.",
+            parameters=("method", "placement", "structured"),
         )
     if budget is None:
-        raise InputError("--placement spt needs --budget, e.g. --budget 0.4M.")
+        raise InputError(
+            "placement spt needs budget, e.g. 0.4M.", parameters=("placement", "budget")
+        )
     structured = structured or "karst"
     if structured not in structured_configs:
         raise InputError(
-            f"--structured is {clip(structured)!r}; expected one of {sorted(structured_configs)}."
+            f"structured is {clip(structured)!r}; expected one of {sorted(structured_configs)}.",
+            parameters=("structured",),
         )
     return SptRequest(
         budget,

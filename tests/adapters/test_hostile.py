@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import karst_deploy as kd
 from karst_deploy.adapters import AdapterFile, adapter_config, adapter_state_dict
-from karst_deploy.errors import AdapterFileError
+from karst_deploy.errors import AdapterFileError, with_flags
 from karst_deploy.models import MODEL_KWARGS, backbone_spec
 from tests.cases import BACKBONE_CASES, METHOD_CASES, SPT_CASES, adapted, randomize_adapters
 from tests.cli_helpers import run_cli
@@ -829,11 +829,13 @@ def test_model_kwargs_on_the_command_line_pass_the_same_allow_list(planted_pickl
 def test_pretrained_needs_the_users_flag(tmp_path):
     directory = tmp_path / "adapter"
     shutil.copytree(pristine("lora"), directory)
-    with pytest.raises(AdapterFileError, match=r"'backbone\.pretrained' is false.*--pretrained"):
+    with pytest.raises(AdapterFileError, match=r"'backbone\.pretrained' is false.*pretrained=True"):
         kd.load_adapted_model(directory, pretrained=True)
     _set(CONFIG, ("backbone", "pretrained"), True)(directory)
-    with pytest.raises(AdapterFileError, match=r"'backbone\.pretrained' is true.*--pretrained"):
+    needs = r"'backbone\.pretrained' is true.*pass pretrained=True"
+    with pytest.raises(AdapterFileError, match=needs) as refused:
         kd.load_adapted_model(directory)
+    assert "pass --pretrained to let timm" in with_flags(refused.value)  # the CLI's flag
     # A model built without timm's weights is not what such an adapter was trained on.
     with pytest.raises(AdapterFileError, match=r"'backbone\.pretrained' is true"):
         kd.load_adapters(CASE.build(), directory)

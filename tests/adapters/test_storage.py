@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import karst_deploy as kd
 from karst_deploy.adapters import adapter_state_dict
-from karst_deploy.errors import AdapterFileError, OutputExistsError
+from karst_deploy.errors import AdapterFileError, OutputExistsError, with_flags
 from tests.cases import BACKBONE_CASES, adapted, backbone_params, images, method_params
 
 
@@ -56,7 +56,7 @@ def test_file_layout_follows_methods_md(tiny_case, tmp_path):
 def test_save_never_overwrites_without_force(tiny_case, tmp_path):
     model = adapted(tiny_case, "lora")
     kd.save_adapters(model, tmp_path / "a")
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="Pass force=True"):
         kd.save_adapters(model, tmp_path / "a")
     kd.save_adapters(adapted(tiny_case, "lora", seed=5), tmp_path / "a", force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temp leftovers
@@ -189,8 +189,9 @@ def test_loading_into_an_adapted_model_with_another_config_is_refused(saved, tin
 
 def test_checkpoint_mismatch_is_refused(saved, tiny_case, tmp_path):
     _edit_config(saved, lambda c: c["backbone"].update(checkpoint_sha256="ab" * 32))
-    with pytest.raises(AdapterFileError, match="--checkpoint"):
+    with pytest.raises(AdapterFileError, match="pass that file as checkpoint") as refused:
         kd.load_adapters(tiny_case.build(), saved)
+    assert "pass that file as --checkpoint" in with_flags(refused.value)
 
 
 # Random corruptions: the loader either yields a valid adapter or raises AdapterFileError.

@@ -13,7 +13,7 @@ import torch
 
 import karst_deploy as kd
 from karst_deploy.adapters import count_trainable
-from karst_deploy.errors import InputError
+from karst_deploy.errors import InputError, with_flags
 from karst_deploy.placement import allocate, parse_budget
 from karst_deploy.placement.allocation import structured_size
 from karst_deploy.placement.sensitivity import candidate_weights
@@ -151,8 +151,10 @@ def test_an_unreachable_budget_is_refused_with_the_reachable_totals(tiny_case):
         structured_size(n[:-7], model.get_submodule(n[:-7]), kd.KarstConfig()) for n in scores
     )
     # Beyond every matrix structured: the most SPT can spend is named.
-    with pytest.raises(InputError, match=rf"--budget 10,000,000 .* spend {every:,}\."):
+    with pytest.raises(InputError, match=rf"^budget 10,000,000 .* spend {every:,}\.") as refused:
         allocate(model, scores, "10M", rule="exact", candidates=MATRICES)
+    shown = with_flags(refused.value)  # the CLI names its flags
+    assert shown.startswith("--budget 10,000,000 ") and shown.endswith("(or another --sigma).")
     # Between what the sparse matrices can hold and the next structured module's cost: the
     # closest totals under and over are named.
     with pytest.raises(InputError, match=r"spend 21,448 or 26,880\. Choose a budget in reach"):
@@ -169,8 +171,9 @@ def test_budget_spellings(text, value):
 
 @pytest.mark.parametrize("text", ["0", "-5", "abc", "", "4e5", "0.0001"])
 def test_bad_budgets_are_refused(text):
-    with pytest.raises(InputError, match="--budget"):
+    with pytest.raises(InputError, match=r"^budget is") as refused:
         parse_budget(text)
+    assert with_flags(refused.value).startswith("--budget is")
 
 
 BAD_SCORES = {
@@ -200,5 +203,6 @@ def test_bad_scores_are_refused(problem, tiny_case):
 
 def test_bad_sigma_is_refused(tiny_case):
     model = tiny_case.build()
-    with pytest.raises(InputError, match="--sigma"):
+    with pytest.raises(InputError, match=r"^sigma is 0") as refused:
         allocate(model, _zero_scores(model), 100, sigma=0)
+    assert with_flags(refused.value).startswith("--sigma is 0")

@@ -49,7 +49,7 @@ def test_sensitivity_command_writes_scores_plot_and_json(tmp_path):
     )
     assert plot.read_bytes().startswith(b"\x89PNG")
     # A second run would overwrite: refused before any work (in-process, to spare a start-up).
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="Pass force=True"):
         sensitivity_for_backbone("vit_tiny_patch16_224", "digits", out)
 
 

@@ -9,7 +9,7 @@ import torch
 
 import karst_deploy as kd
 from karst_deploy.data import open_images
-from karst_deploy.errors import InputError
+from karst_deploy.errors import InputError, with_flags
 from karst_deploy.placement import (
     Sensitivity,
     SptRequest,
@@ -43,25 +43,47 @@ def test_scores_file_and_on_the_fly_sensitivity_allocate_the_same(tiny_case, tmp
 
 def test_on_the_fly_sensitivity_is_refused_under_torchrun(tiny_case, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(InputError, match="--scores FILE"):
+    with pytest.raises(InputError, match="pass scores, a file written once") as refused:
         SptRequest(4_000).resolve(tiny_case.build(), open_images("digits", "train", 32))
+    assert "pass --scores, a file written once" in with_flags(refused.value)
 
 
+SPT = dict(placement="spt", method="karst", budget="1k")
+#: Options, then the message a Python caller reads (parameters) and the CLI's (flags).
 OPTION_ERRORS = [
-    (dict(placement="uniform", method="karst", budget="1k"), "--budget applies to --placement spt"),
-    (dict(placement="spt", method="karst"), "needs --budget"),
-    (dict(placement="spt", method="lora", budget="1k"), "--method does not apply"),
-    (dict(placement="spt", method="karst", structured="kadaptation", budget="1k"), "--structured"),
-    (dict(placement="spt", method="karst", budget="1k", sigma=-1.0), "--sigma"),
-    (dict(placement="spt", method="karst", budget="1k", scores="/no/such"), "--scores"),
-    (dict(placement="dense", method="karst"), "--placement is 'dense'"),
+    (
+        dict(placement="uniform", method="karst", budget="1k"),
+        "budget applies to placement spt only",
+        "--budget applies to --placement spt only",
+    ),
+    (
+        dict(placement="uniform", method="karst", scores="s.safetensors"),
+        "scores applies to placement spt only",
+        "--scores applies to --placement spt only",
+    ),
+    (
+        dict(placement="spt", method="karst"),
+        "placement spt needs budget",
+        "--placement spt needs --budget",
+    ),
+    (
+        {**SPT, "method": "lora"},
+        "method does not apply with placement spt: structured names",
+        "--method does not apply with --placement spt: --structured names",
+    ),
+    ({**SPT, "structured": "kadaptation"}, "structured is 'kadaptation'", "--structured is"),
+    ({**SPT, "sigma": -1.0}, "sigma is -1.0", "--sigma is -1.0"),
+    ({**SPT, "budget_rule": "best"}, "rule is 'best'", "--budget-rule is 'best'"),
+    ({**SPT, "scores": "/no/such"}, "scores '/no/such' does not", "--scores '/no/such' does not"),
+    (dict(placement="dense", method="karst"), "placement is 'dense'", "--placement is 'dense'"),
 ]
 
 
-@pytest.mark.parametrize(("options", "message"), OPTION_ERRORS)
-def test_train_placement_options_are_checked(options, message):
-    with pytest.raises(InputError, match=message):
+@pytest.mark.parametrize(("options", "message", "shown"), OPTION_ERRORS)
+def test_train_placement_options_name_parameters_and_the_cli_flags(options, message, shown):
+    with pytest.raises(InputError, match=f"^{message}") as refused:
         training_adapter(**options)
+    assert with_flags(refused.value).startswith(shown)
 
 
 def test_training_with_spt_writes_a_placement_that_loads_and_merges(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from karst_deploy.data import open_images
-from karst_deploy.errors import InputError
+from karst_deploy.errors import InputError, with_flags
 from karst_deploy.precision import load_calibration
 from karst_deploy.precision.calibration import tensor_sha256
 
@@ -120,5 +120,6 @@ def test_calibration_takes_the_adapters_classes_and_refuses_data_without_them():
     chosen = load_calibration("digits", 10_000, img_size=16, classes=classes)
     subset = open_images("digits", "train", 16)
     assert chosen.available == sum(subset.classes[label] in classes for label in subset.labels)
-    with pytest.raises(InputError, match="lacks '5'"):
+    with pytest.raises(InputError, match=r"^calib 'digits:0-4' does not .* lacks '5'") as no:
         load_calibration("digits:0-4", 8, img_size=16, classes=classes)
+    assert with_flags(no.value).startswith("--calib 'digits:0-4' does not")

@@ -91,7 +91,7 @@ def test_drop_path_is_for_training_only():
 def test_existing_output_is_refused_before_training(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train_log.json").write_text("{}")  # an empty directory is taken over
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="Pass force=True"):
         train_adapters(tiny_config(), tmp_path / "run", progress=False)
 
 

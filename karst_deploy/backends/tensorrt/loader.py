@@ -232,9 +232,10 @@ def _configure(
     if request.weakly_typed_fp16:
         if not hasattr(trt.BuilderFlag, "FP16"):
             raise InputError(
-                f"--fp16 is a TensorRT 10.x path; TensorRT {trt.__version__} removed "
-                "BuilderFlag.FP16 (networks are strongly typed). Convert the ONNX with "
-                "`karst-deploy export --precision fp16` and build that file."
+                f"fp16=True is a TensorRT 10.x path; TensorRT {trt.__version__} removed "
+                "BuilderFlag.FP16 (networks are strongly typed). Convert the ONNX to fp16 "
+                "(karst-deploy convert-precision) and build that file.",
+                parameters=("fp16",),
             )
         config.set_flag(trt.BuilderFlag.FP16)
     if options.version_compatible:
@@ -249,10 +250,11 @@ def _configure(
     if options.dla_core is not None:
         if options.dla_core >= builder.num_DLA_cores:
             raise InputError(
-                f"--dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA "
+                f"dla_core {options.dla_core}: this device has {builder.num_DLA_cores} DLA "
                 f"core(s) under TensorRT {trt.__version__}, numbered from 0 (Jetson AGX Orin and "
                 "Orin NX have DLAs; desktop GPUs, Orin Nano and Jetson Thor have none). "
-                f"{DLA_ON_11}"
+                f"{DLA_ON_11}",
+                parameters=("dla_core",),
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = options.dla_core
@@ -275,12 +277,15 @@ def _use_timing_cache(trt: Any, config: Any, path: Path) -> None:
     cached = path.read_bytes() if path.exists() else b""
     cache = config.create_timing_cache(cached)
     if cache is None:
-        raise InputError(f"--timing-cache '{path}' is not a TensorRT timing cache.")
+        raise InputError(
+            f"timing_cache '{path}' is not a TensorRT timing cache.", parameters=("timing_cache",)
+        )
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         raise InputError(
-            f"--timing-cache '{path}' was recorded on another GPU or TensorRT version, and "
+            f"timing_cache '{path}' was recorded on another GPU or TensorRT version, and "
             f"TensorRT {trt.__version__} refused it. It was left as it is: pass a new path "
-            "(it is created) or delete that file to start a fresh cache."
+            "(it is created) or delete that file to start a fresh cache.",
+            parameters=("timing_cache",),
         )
 
 
@@ -326,10 +331,11 @@ def refuse_unsupported_target(options: BuildOptions, environment: RuntimeEnviron
     """
     if options.hardware_compat != "none" and is_jetson(environment):
         raise InputError(
-            f"--hardware-compat {options.hardware_compat}: this GPU '{environment.gpu_name}' "
+            f"hardware_compat {options.hardware_compat}: this GPU '{environment.gpu_name}' "
             f"({environment.compute_capability}) is a Jetson, and TensorRT supports hardware-"
-            "compatible engines only on Ampere-or-newer discrete GPUs. Build without "
-            "--hardware-compat (each Jetson builds its own engine)."
+            "compatible engines only on Ampere-or-newer discrete GPUs. Build without it (each "
+            "Jetson builds its own engine).",
+            parameters=("hardware_compat",),
         )
 
 

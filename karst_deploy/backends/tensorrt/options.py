@@ -34,7 +34,8 @@ class BatchProfile:
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
             raise InputError(
-                f"--batch {self}: expected 1 ≤ MIN ≤ OPT ≤ MAX (e.g. --batch 1,8,32 or --batch 8)."
+                f"batch {self}: expected 1 ≤ MIN ≤ OPT ≤ MAX (e.g. 1,8,32 or 8).",
+                parameters=("batch",),
             )
 
     def __str__(self) -> str:
@@ -52,13 +53,16 @@ def parse_batch_profile(text: str) -> BatchProfile:
         values = [int(p) for p in parts]
     except ValueError:
         raise InputError(
-            f"--batch '{text}' is not N or MIN,OPT,MAX with whole numbers (e.g. --batch 1,8,32)."
+            f"batch '{text}' is not N or MIN,OPT,MAX with whole numbers (e.g. 1,8,32).",
+            parameters=("batch",),
         ) from None
     if len(values) == 1:
         return BatchProfile(values[0], values[0], values[0])
     if len(values) == 3:
         return BatchProfile(*values)
-    raise InputError(f"--batch '{text}' has {len(values)} values; give N or MIN,OPT,MAX.")
+    raise InputError(
+        f"batch '{text}' has {len(values)} values; give N or MIN,OPT,MAX.", parameters=("batch",)
+    )
 
 
 #: The profile used when neither --batch nor the ONNX fixes one.
@@ -85,21 +89,32 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.workspace_mib is not None and self.workspace_mib <= 0:
-            raise InputError(f"--workspace {self.workspace_mib}: expected a positive size in MiB.")
+            raise InputError(
+                f"workspace_mib {self.workspace_mib}: expected a positive size in MiB.",
+                parameters=("workspace_mib",),
+            )
         level = self.builder_optimization_level
         if level is not None and level not in OPTIMIZATION_LEVELS:
-            raise InputError(f"--builder-opt-level {level}: TensorRT accepts 0 to 5 (default 3).")
+            raise InputError(
+                f"builder_optimization_level {level}: TensorRT accepts 0 to 5 (default 3).",
+                parameters=("builder_optimization_level",),
+            )
         if self.dla_core is not None and self.dla_core < 0:
-            raise InputError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0.")
+            raise InputError(
+                f"dla_core {self.dla_core}: DLA cores are numbered from 0.",
+                parameters=("dla_core",),
+            )
         if self.hardware_compat not in HARDWARE_COMPAT:
             raise InputError(
-                f"--hardware-compat '{self.hardware_compat}': choose one of "
-                f"{', '.join(HARDWARE_COMPAT)}."
+                f"hardware_compat '{self.hardware_compat}': choose one of "
+                f"{', '.join(HARDWARE_COMPAT)}.",
+                parameters=("hardware_compat",),
             )
         if self.dla_core is not None and self.hardware_compat != "none":
             raise InputError(
-                "--dla-core and --hardware-compat ampere+ cannot be combined: hardware-compatible "
-                "engines run on desktop Ampere+ GPUs only, DLA exists on Jetson only."
+                "dla_core and hardware_compat ampere+ cannot be combined: hardware-compatible "
+                "engines run on desktop Ampere+ GPUs only, DLA exists on Jetson only.",
+                parameters=("dla_core", "hardware_compat"),
             )
 
     def cli_args(self, onnx: Path | str, out: Path | str) -> list[str]:
@@ -147,21 +162,24 @@ def resolve_request(summary: OnnxSummary, options: BuildOptions) -> BuildRequest
         batch = BatchProfile(fixed, fixed, fixed) if fixed else DEFAULT_BATCH
     elif fixed and batch != BatchProfile(fixed, fixed, fixed):
         raise InputError(
-            f"'{summary.path}' has a fixed batch of {fixed}, so --batch must be {fixed} (got "
-            f"{batch}); export it with a dynamic batch axis to build a range."
+            f"batch must be {fixed} (got {batch}): '{summary.path}' has a fixed batch of {fixed}; "
+            "export it with a dynamic batch axis to build a range.",
+            parameters=("batch",),
         )
     precision = summary.precision
     if options.fp16:
         if precision != "fp32":
             raise InputError(
-                f"--fp16 applies only to an fp32 ONNX; '{summary.path}' is already {precision} "
-                "and builds in that precision as it is (drop --fp16)."
+                f"fp16=True applies only to an fp32 ONNX; '{summary.path}' is already "
+                f"{precision} and builds in that precision as it is (drop it).",
+                parameters=("fp16",),
             )
         precision = "fp16"
     if options.dla_core is not None and precision == "fp32":
         raise InputError(
-            "--dla-core: the DLA runs fp16 and int8 only, so every layer of this fp32 ONNX would "
-            "fall back to the GPU. Build an fp16 or int8 ONNX (karst-deploy export --precision), "
-            "or add --fp16 on TensorRT 10."
+            "dla_core: the DLA runs fp16 and int8 only, so every layer of this fp32 ONNX would "
+            "fall back to the GPU. Build an fp16 or int8 ONNX (karst-deploy convert-precision), "
+            "or add fp16=True on TensorRT 10.",
+            parameters=("dla_core", "fp16"),
         )
     return BuildRequest(batch=batch, precision=precision, weakly_typed_fp16=options.fp16)

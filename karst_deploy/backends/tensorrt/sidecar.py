@@ -171,11 +171,12 @@ def check_sidecar(
             "a version-compatible engine runs only on the same or a later TensorRT"
             if version_compatible
             else "engines run only on the TensorRT version that built them (build with "
-            "--version-compat to relax this, at some cost in speed)"
+            "version_compatible=True to relax this, at some cost in speed)"
         )
         raise EngineMismatchError(
             f"Engine '{engine}' was built with TensorRT {built_trt}; this machine has TensorRT "
-            f"{here.tensorrt_version}, and {why}. To run it, {rebuild}"
+            f"{here.tensorrt_version}, and {why}. To run it, {rebuild}",
+            parameters=("version_compatible",),
         )
     built_gpu = record["gpu"]
     level = record["builder"].get("hardware_compat", "none")
@@ -201,7 +202,8 @@ def check_sidecar(
             f"Engine '{engine}' was built on '{built_gpu.get('name')}' (compute capability "
             f"{built_gpu.get('compute_capability')}); this GPU is '{here.gpu_name}' "
             f"({here.compute_capability}). Engines are tied to the GPU that built them (build "
-            f"with --hardware-compat ampere+ for desktop Ampere+ portability). To run it, {rebuild}"
+            f"with hardware_compat ampere+ for desktop Ampere+ portability). To run it, {rebuild}",
+            parameters=("hardware_compat",),
         )
 
 
@@ -213,7 +215,9 @@ def engine_source_precision(
     None when the engine has no sidecar (e.g. built by trtexec): its source cannot be checked.
     """
     if not Path(engine).is_file():
-        raise InputError(f"--engine '{engine}' does not exist or is not a file.")
+        raise InputError(
+            f"engine '{engine}' does not exist or is not a file.", parameters=("engine",)
+        )
     record = read_sidecar(engine)
     if record is None:
         return None

@@ -186,8 +186,10 @@ def trtexec_commands(
     unknown = [m for m in majors if m not in SUPPORTED_MAJORS]
     if unknown:
         raise InputError(
-            f"--tensorrt-version {unknown[0]}: karst-deploy emits trtexec commands for TensorRT "
-            f"{' and '.join(map(str, SUPPORTED_MAJORS))} (JetPack 6/7 ship 10.x)."
+            f"majors: TensorRT {unknown[0]} is not supported; karst-deploy emits trtexec "
+            f"commands for TensorRT {' and '.join(map(str, SUPPORTED_MAJORS))} (JetPack 6/7 "
+            "ship 10.x).",
+            parameters=("majors",),
         )
     summary = summarize_onnx(onnx)
     request = resolve_request(summary, options)

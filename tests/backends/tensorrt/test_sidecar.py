@@ -14,7 +14,7 @@ from karst_deploy.backends.tensorrt.sidecar import (
     read_sidecar,
     sidecar_path,
 )
-from karst_deploy.errors import InputError
+from karst_deploy.errors import InputError, with_flags
 from karst_deploy.files import sha256_file, write_json
 
 ORIN = RuntimeEnvironment("10.3.0", "Orin", "8.7")
@@ -62,6 +62,8 @@ def test_another_tensorrt_or_gpu_is_refused_with_the_rebuild_command(tmp_path, h
     with pytest.raises(EngineMismatchError, match=message) as error:
         check_sidecar(record, engine, here)
     assert f"karst-deploy build-engine --onnx model.onnx --out {engine} --force" in str(error.value)
+    advice = "--version-compat" if "TensorRT" in message else "--hardware-compat ampere+"
+    assert f"build with {advice}" in with_flags(error.value)  # the parameter, as the CLI shows it
 
 
 def test_version_compatible_engines_run_on_later_tensorrt_only(tmp_path):
@@ -108,5 +110,6 @@ def test_an_engine_is_matched_to_the_onnx_it_was_built_from(tmp_path):
         engine_source_precision(engine, other)
     (tmp_path / "trtexec.engine").write_bytes(b"an engine without a sidecar")
     assert engine_source_precision(tmp_path / "trtexec.engine", other) is None
-    with pytest.raises(InputError, match=r"--engine .* does not exist"):
+    with pytest.raises(InputError, match=r"^engine .* does not exist") as missing:
         engine_source_precision(tmp_path / "missing.engine", other)
+    assert with_flags(missing.value).startswith("--engine '")

@@ -11,7 +11,7 @@ import pytest
 
 from karst_deploy.backends.tensorrt.options import BatchProfile, BuildOptions
 from karst_deploy.backends.tensorrt.trtexec import TimingSettings, format_command, trtexec_commands
-from karst_deploy.errors import InputError
+from karst_deploy.errors import InputError, with_flags
 from tests.backends.tensorrt.graphs import save, tiny_classifier
 
 #: trtexec's own option parser per release tag (tools/tensorrt_api/trtexec_flags.py over
@@ -127,8 +127,9 @@ def test_fixed_batch_onnx_needs_no_shapes(tmp_path):
 
 
 def test_unsupported_versions_and_quoting(onnx_file):
-    with pytest.raises(InputError, match="--tensorrt-version 8"):
+    with pytest.raises(InputError, match=r"^majors: TensorRT 8 is not supported") as refused:
         trtexec_commands(onnx_file, "m.engine", majors=(8,))
+    assert with_flags(refused.value).startswith("--tensorrt-version: TensorRT 8")
     text = format_command(["trtexec", "--onnx=my model.onnx", "--useCudaGraph"])
     assert text == "trtexec \\\n    '--onnx=my model.onnx' \\\n    --useCudaGraph"
 
