@@ -81,9 +81,9 @@ def latency(name: str, img_size: int | None, args, workdir: Path) -> dict[str, A
     speedups = {
         label: {
             batch: {
-                "speedup": 1 / ratio["ratio"],
-                "ci_low": 1 / ratio["ci_high"],
-                "ci_high": 1 / ratio["ci_low"],
+                "speedup": 1 / ratio.ratio,
+                "ci_low": 1 / ratio.ci_high,
+                "ci_high": 1 / ratio.ci_low,
             }
             for batch, ratio in per_batch.items()
         }
@@ -94,7 +94,7 @@ def latency(name: str, img_size: int | None, args, workdir: Path) -> dict[str, A
         "fp32_export_seconds": exported.seconds,
         "sizes_mib": {label: path.stat().st_size / 2**20 for label, path in files.items()},
         "median_ms": {
-            label: {b: stats["median_ms"] for b, stats in per_batch.items()}
+            label: {b: stats.median_ms for b, stats in per_batch.items()}
             for label, per_batch in result.latency.items()
         },
         "speedup_vs_fp32": speedups,

@@ -416,16 +416,23 @@ def _latency_summary(result: BenchResult, files: dict[str, Path]) -> dict[str, A
         "warmup": result.warmup,
         "batches": result.batches,
         "tolerance": result.verdict.tolerance,
-        "latency": result.latency,
-        "ratios": result.ratios,
+        "latency": _nested_dicts(result.latency),
+        "ratios": _nested_dicts(result.ratios),
         "merged_vs_base": {
-            batch: {**ratio, "state": states[batch]}
+            batch: {**ratio.to_dict(), "state": states[batch]}
             for batch, ratio in result.ratios["merged"].items()
         },
         "structure": result.verdict.structure.to_dict(),
         # What the unmerged graph adds over the backbone: the cost that merging removes.
         "unmerged_structure": compare_structure(files["base"], files["unmerged"]).to_dict(),
         "report": "bench.json",
+    }
+
+
+def _nested_dicts(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """label -> batch -> typed figures, as JSON (bench's latency and ratios tables)."""
+    return {
+        label: {b: v.to_dict() for b, v in per_batch.items()} for label, per_batch in table.items()
     }
 
 

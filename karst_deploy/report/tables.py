@@ -102,19 +102,14 @@ def bench_table(result: BenchResult) -> Table:
         for label in result.models:
             stats = result.latency[label][str(batch)]
             ratio = result.ratios.get(label, {}).get(str(batch))
-            ratio_text = (
-                f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
-                if ratio
-                else "–"
-            )
             table.add_row(
                 label,
                 str(batch),
-                f"{stats['median_ms']:.2f}",
-                f"{stats['p90_ms']:.2f}",
-                f"{stats['p99_ms']:.2f}",
-                f"{stats['throughput']:.1f}",
-                ratio_text,
+                f"{stats.median_ms:.2f}",
+                f"{stats.p90_ms:.2f}",
+                f"{stats.p99_ms:.2f}",
+                f"{stats.throughput:.1f}",
+                "–" if ratio is None else ratio.interval(),
             )
     return table
 

@@ -40,4 +40,6 @@ def test_parity_and_bench_with_a_tensorrt_engine(tmp_path):
         progress=False,
         runner_options={"copies": False, "cuda_graph": True},
     )
-    assert result.runners["merged"]["copies"] is False and result.latency["merged"]["8"]
+    assert (
+        result.runners["merged"]["copies"] is False and result.latency["merged"]["8"].median_ms > 0
+    )
