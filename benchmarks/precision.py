@@ -142,10 +142,10 @@ def demo_task(quick: bool, workdir: Path) -> tuple[Path, np.ndarray, np.ndarray,
 def score(fp32_logits, logits, labels, precision: str) -> dict[str, Any]:
     metrics, checks = compare_logits(fp32_logits, logits, TOLERANCES[precision], labels)
     return {
-        "accuracy": metrics["accuracy_candidate"],
-        "accuracy_drop": metrics["accuracy_drop"],
-        "top1_agreement": metrics["top1_agreement"],
-        "max_abs_diff": metrics["max_abs_diff"],
+        "accuracy": metrics.accuracy_candidate,
+        "accuracy_drop": metrics.accuracy_drop,
+        "top1_agreement": metrics.top1_agreement,
+        "max_abs_diff": metrics.max_abs_diff,
         "gates_passed": all(check.passed for check in checks),
         "failures": [check.detail for check in checks if not check.passed],
     }
