@@ -27,6 +27,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 import karst_deploy as kd
-from karst_deploy.bench import bench
+from karst_deploy.bench import BenchResult, bench
 from karst_deploy.doctor import cpu_model
 from karst_deploy.export import export_onnx
 
@@ -127,6 +128,7 @@ def main() -> None:
     peak = gemm_rate(args.threads)
     console.print(f"fp32 GEMM {GEMM_SIZE}³: {peak}")
     results = []
+    measured: dict[str, BenchResult] = {}  # model -> its ONNX Runtime measurement
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             console.print(f"[bold]{name}[/]: exporting base, merged, unmerged …")
@@ -140,19 +142,23 @@ def main() -> None:
                 models, baseline="base", batches=batches, runner="torch",
                 threads=args.threads, rounds=args.torch_rounds, warmup=1,
             )  # fmt: skip
+            measured[name] = ort_result
             base = kd.create_model(name, img_size=args.img_size)
             flops = flops_per_image(base, base.karst_deploy_backbone.img_size)
             per_batch = {}
             for batch in map(str, batches):
-                ort_merged = ort_result.latency["merged"][batch]["median_ms"]
-                torch_merged = torch_result.latency["merged"][batch]["median_ms"]
+                ort_merged = ort_result.latency["merged"][batch].median_ms
+                torch_merged = torch_result.latency["merged"][batch].median_ms
                 achieved = flops * int(batch) / (ort_merged / 1e3) / 1e9
+                ratios = ort_result.ratios
                 per_batch[batch] = {
-                    "merged_over_base": ort_result.ratios["merged"][batch],
-                    "unmerged_over_base": ort_result.ratios["unmerged"][batch],
-                    "zero_added_latency": ort_result.verdict["latency"][batch],
-                    "onnxruntime_ms": {k: v[batch] for k, v in ort_result.latency.items()},
-                    "torch_ms": {k: v[batch] for k, v in torch_result.latency.items()},
+                    "merged_over_base": ratios["merged"][batch].to_dict(),
+                    "unmerged_over_base": ratios["unmerged"][batch].to_dict(),
+                    "zero_added_latency": asdict(ort_result.verdict.latency[batch]),
+                    "onnxruntime_ms": {
+                        k: v[batch].to_dict() for k, v in ort_result.latency.items()
+                    },
+                    "torch_ms": {k: v[batch].to_dict() for k, v in torch_result.latency.items()},
                     "onnxruntime_speedup_over_torch": torch_merged / ort_merged,
                     "achieved_gflops": achieved,
                     "fraction_of_fp32_peak": achieved / peak["peak_gflops"],
@@ -163,7 +169,7 @@ def main() -> None:
                     "img_size": base.karst_deploy_backbone.img_size,
                     "parameters": sum(p.numel() for p in base.parameters()),
                     "gflops_per_image": flops / 1e9,
-                    "structure": ort_result.verdict["structure"],
+                    "structure": ort_result.verdict.structure.to_dict(),
                     "verdict_passed": ort_result.passed,
                     "batches": per_batch,
                     "onnxruntime": ort_result.to_dict(),
@@ -194,13 +200,13 @@ def main() -> None:
     ):
         table.add_column(column, justify="right")
     for entry in results:
+        ratios = measured[entry["model"]].ratios
         for batch, row in entry["batches"].items():
-            ratio = row["merged_over_base"]
             table.add_row(
                 entry["model"],
                 batch,
-                f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]",
-                f"{row['unmerged_over_base']['ratio']:.3f}",
+                ratios["merged"][batch].interval(),
+                f"{ratios['unmerged'][batch].ratio:.3f}",
                 f"{row['onnxruntime_speedup_over_torch']:.2f}×",
                 f"{row['fraction_of_fp32_peak']:.1%}",
             )

@@ -81,9 +81,9 @@ def latency(name: str, img_size: int | None, args, workdir: Path) -> dict[str, A
     speedups = {
         label: {
             batch: {
-                "speedup": 1 / ratio["ratio"],
-                "ci_low": 1 / ratio["ci_high"],
-                "ci_high": 1 / ratio["ci_low"],
+                "speedup": 1 / ratio.ratio,
+                "ci_low": 1 / ratio.ci_high,
+                "ci_high": 1 / ratio.ci_low,
             }
             for batch, ratio in per_batch.items()
         }
@@ -94,7 +94,7 @@ def latency(name: str, img_size: int | None, args, workdir: Path) -> dict[str, A
         "fp32_export_seconds": exported.seconds,
         "sizes_mib": {label: path.stat().st_size / 2**20 for label, path in files.items()},
         "median_ms": {
-            label: {b: stats["median_ms"] for b, stats in per_batch.items()}
+            label: {b: stats.median_ms for b, stats in per_batch.items()}
             for label, per_batch in result.latency.items()
         },
         "speedup_vs_fp32": speedups,
@@ -142,10 +142,10 @@ def demo_task(quick: bool, workdir: Path) -> tuple[Path, np.ndarray, np.ndarray,
 def score(fp32_logits, logits, labels, precision: str) -> dict[str, Any]:
     metrics, checks = compare_logits(fp32_logits, logits, TOLERANCES[precision], labels)
     return {
-        "accuracy": metrics["accuracy_candidate"],
-        "accuracy_drop": metrics["accuracy_drop"],
-        "top1_agreement": metrics["top1_agreement"],
-        "max_abs_diff": metrics["max_abs_diff"],
+        "accuracy": metrics.accuracy_candidate,
+        "accuracy_drop": metrics.accuracy_drop,
+        "top1_agreement": metrics.top1_agreement,
+        "max_abs_diff": metrics.max_abs_diff,
         "gates_passed": all(check.passed for check in checks),
         "failures": [check.detail for check in checks if not check.passed],
     }

@@ -93,10 +93,15 @@ def main() -> None:
             results.append(
                 {
                     "precision": precision,
-                    "latency": result.latency,
-                    "merged_over_base": result.ratios["merged"],
+                    "latency": {
+                        label: {b: stats.to_dict() for b, stats in per_batch.items()}
+                        for label, per_batch in result.latency.items()
+                    },
+                    "merged_over_base": {
+                        b: ratio.to_dict() for b, ratio in result.ratios["merged"].items()
+                    },
                     "zero_added_latency": result.passed,
-                    "verdict": result.verdict,
+                    "verdict": None if result.verdict is None else result.verdict.to_dict(),
                 }
             )
             print(json.dumps(results[-1]["merged_over_base"], indent=2))

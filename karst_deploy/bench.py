@@ -132,10 +132,42 @@ class LatencyVerdict:
         }
 
 
+@dataclass(frozen=True)
+class LatencyStatistics:
+    """One model's latency at one batch size over the measured rounds (milliseconds)."""
+
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float  # images per second at the median latency
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MedianRatio:
+    """median(candidate) / median(baseline) and its bootstrap interval over paired rounds."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    confidence: float  # of the interval [ci_low, ci_high]
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    def interval(self, digits: int = 3) -> str:
+        """``1.002 [0.998, 1.006]``: the ratio and its interval as tables show them."""
+        return f"{self.ratio:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+
+
 def latency_verdict(
     candidate: str,
     baseline: str,
-    ratios: Mapping[str, Mapping[str, float]],
+    ratios: Mapping[str, MedianRatio],
     structure: StructureComparison,
     tolerance: float,
 ) -> LatencyVerdict:
@@ -144,8 +176,8 @@ def latency_verdict(
     relation = {SHOWN: "lies within", NOT_SHOWN: "lies wholly outside", INCONCLUSIVE: "straddles"}
     checks = {}
     for batch, ratio in ratios.items():
-        outcome = interval_outcome(ratio["ci_low"], ratio["ci_high"], tolerance)
-        interval = f"{ratio['ratio']:.3f} [95% CI {ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
+        outcome = interval_outcome(ratio.ci_low, ratio.ci_high, tolerance)
+        interval = f"{ratio.ratio:.3f} [95% CI {ratio.ci_low:.3f}, {ratio.ci_high:.3f}]"
         detail = f"{candidate}/{baseline} {interval} {relation[outcome]} {band}"
         checks[batch] = BatchLatency(outcome, outcome == SHOWN, detail)
     outcomes = [c.outcome for c in checks.values()]
@@ -165,9 +197,9 @@ class BenchResult:
     warmup: int
     sessions: int  # blocks of fresh sessions
     threads: int | None
-    latency: dict[str, dict[str, dict[str, float]]]  # label -> batch -> statistics
+    latency: dict[str, dict[str, LatencyStatistics]]  # label -> batch -> statistics
     samples_ms: dict[str, dict[str, list[float]]]  # label -> batch -> per-round latency
-    ratios: dict[str, dict[str, dict[str, float]]]  # label -> batch -> ratio and CI
+    ratios: dict[str, dict[str, MedianRatio]]  # label -> batch -> ratio to the baseline
     verdict: LatencyVerdict | None
     runners: dict[str, dict[str, Any]]
     machine: dict[str, Any]
@@ -206,17 +238,17 @@ class BenchResult:
         return data | {"passed": self.passed, "outcome": self.outcome}
 
 
-def latency_statistics(seconds: np.ndarray, batch: int) -> dict[str, float]:
+def latency_statistics(seconds: np.ndarray, batch: int) -> LatencyStatistics:
     milliseconds = seconds * 1e3
     median = float(np.median(milliseconds))
-    return {
-        "median_ms": median,
-        "p90_ms": float(np.percentile(milliseconds, 90)),
-        "p99_ms": float(np.percentile(milliseconds, 99)),
-        "mean_ms": float(milliseconds.mean()),
-        "min_ms": float(milliseconds.min()),
-        "throughput": batch / (median / 1e3),  # images per second
-    }
+    return LatencyStatistics(
+        median_ms=median,
+        p90_ms=float(np.percentile(milliseconds, 90)),
+        p99_ms=float(np.percentile(milliseconds, 99)),
+        mean_ms=float(milliseconds.mean()),
+        min_ms=float(milliseconds.min()),
+        throughput=batch / (median / 1e3),
+    )
 
 
 def ratio_of_medians(
@@ -226,7 +258,7 @@ def ratio_of_medians(
     confidence: float = 0.95,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
-) -> dict[str, float]:
+) -> MedianRatio:
     """median(candidate)/median(baseline) with a percentile bootstrap CI over paired rounds."""
     rounds = len(baseline)
     rng = np.random.default_rng(seed)
@@ -234,12 +266,12 @@ def ratio_of_medians(
     ratios = np.median(candidate[picks], axis=1) / np.median(baseline[picks], axis=1)
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(ratios, [tail, 1.0 - tail])
-    return {
-        "ratio": float(np.median(candidate) / np.median(baseline)),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "confidence": confidence,
-    }
+    return MedianRatio(
+        ratio=float(np.median(candidate) / np.median(baseline)),
+        ci_low=float(low),
+        ci_high=float(high),
+        confidence=confidence,
+    )
 
 
 @dataclass
@@ -369,7 +401,7 @@ class _Interleaved:
 
 def _ratios(
     times: dict[str, dict[str, np.ndarray]], labels: Iterable[str], baseline: str, seed: int
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, MedianRatio]]:
     return {
         label: {
             b: ratio_of_medians(t, times[baseline][b], seed=seed) for b, t in times[label].items()

@@ -112,7 +112,30 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean() * 100.0)
 
 
-def logit_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+@dataclass(frozen=True)
+class LogitMetrics:
+    """How far candidate logits are from reference logits over one input set.
+
+    The accuracy fields are set only for labelled images (None otherwise, and then absent
+    from `to_dict`); accuracies are in percent, `accuracy_drop` in points.
+    """
+
+    max_abs_diff: float
+    # Per sample ‖Δ‖∞ / ‖ref‖∞, worst sample: elementwise ratios explode at logits near 0.
+    max_rel_diff: float
+    min_cosine: float
+    top1_agreement: float  # fraction of samples with the same top-1 class
+    top5_agreement: float  # fraction with the same set of top-5 classes
+    max_abs_reference: float  # the logit scale the absolute limit is relative to
+    accuracy_reference: float | None = None
+    accuracy_candidate: float | None = None
+    accuracy_drop: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def logit_metrics(reference: np.ndarray, candidate: np.ndarray) -> LogitMetrics:
     """How far `candidate` logits (N, classes) are from `reference`, in float64."""
     reference = reference.astype(np.float64)
     candidate = candidate.astype(np.float64)
@@ -126,15 +149,14 @@ def logit_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict[str, flo
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cosine = (reference * candidate).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
     k = min(5, reference.shape[1])
-    return {
-        "max_abs_diff": float(difference.max()),
-        # Per sample ‖Δ‖∞ / ‖ref‖∞, worst sample: elementwise ratios explode at logits near 0.
-        "max_rel_diff": float((difference.max(axis=1) / per_sample_scale).max()),
-        "min_cosine": float(cosine.min()),
-        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        "top5_agreement": float((_top_k(reference, k) == _top_k(candidate, k)).all(1).mean()),
-        "max_abs_reference": scale,
-    }
+    return LogitMetrics(
+        max_abs_diff=float(difference.max()),
+        max_rel_diff=float((difference.max(axis=1) / per_sample_scale).max()),
+        min_cosine=float(cosine.min()),
+        top1_agreement=float((reference.argmax(1) == candidate.argmax(1)).mean()),
+        top5_agreement=float((_top_k(reference, k) == _top_k(candidate, k)).all(1).mean()),
+        max_abs_reference=scale,
+    )
 
 
 def compare_logits(
@@ -142,7 +164,7 @@ def compare_logits(
     candidate: np.ndarray,
     tolerance: Tolerance,
     labels: np.ndarray | None = None,
-) -> tuple[dict[str, float], list[Check]]:
+) -> tuple[LogitMetrics, list[Check]]:
     """Metrics of `candidate` against `reference` logits (N, classes), and the gated checks."""
     metrics = logit_metrics(reference, candidate)
     checks = []
@@ -150,23 +172,27 @@ def compare_logits(
         checks.append(
             _check_at_most(
                 "max abs diff",
-                metrics["max_abs_diff"],
-                tolerance.atol_scale * max(1.0, metrics["max_abs_reference"]),
+                metrics.max_abs_diff,
+                tolerance.atol_scale * max(1.0, metrics.max_abs_reference),
             )
         )
     checks.append(
-        _check_at_least("top-1 agreement", metrics["top1_agreement"], tolerance.min_top1_agreement)
+        _check_at_least("top-1 agreement", metrics.top1_agreement, tolerance.min_top1_agreement)
     )
     if tolerance.real_images_only and labels is None:
         checks = []  # reported, not judged (see Tolerance.real_images_only)
     if labels is not None:
-        metrics["accuracy_reference"] = accuracy(reference, labels)
-        metrics["accuracy_candidate"] = accuracy(candidate, labels)
-        metrics["accuracy_drop"] = metrics["accuracy_reference"] - metrics["accuracy_candidate"]
+        before, after = accuracy(reference, labels), accuracy(candidate, labels)
+        metrics = dataclasses.replace(
+            metrics,
+            accuracy_reference=before,
+            accuracy_candidate=after,
+            accuracy_drop=before - after,
+        )
         if tolerance.max_accuracy_drop is not None:
             checks.append(
                 _check_at_most(
-                    "accuracy drop", metrics["accuracy_drop"], tolerance.max_accuracy_drop, " pt"
+                    "accuracy drop", metrics.accuracy_drop, tolerance.max_accuracy_drop, " pt"
                 )
             )
     return metrics, checks

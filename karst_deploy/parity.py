@@ -31,6 +31,7 @@ from karst_deploy.backends.base import Runner
 from karst_deploy.compare import (
     TOLERANCES,
     Check,
+    LogitMetrics,
     Tolerance,
     accuracy,
     compare_logits,
@@ -62,13 +63,40 @@ class InputSet:
     description: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StageSummary:
+    """A stage as the report shows it: its name, precision and what its runner describes."""
+
+    name: str
+    precision: str
+    runner: dict[str, Any]  # the runner's own `describe()` (versions, providers, threads …)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "precision": self.precision, **self.runner}
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """An input set as the report shows it: its name, size, whether it has labels, and its
+    own description (where the images came from)."""
+
+    name: str
+    samples: int
+    labelled: bool
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = {"name": self.name, "samples": self.samples, "labelled": self.labelled}
+        return summary | self.description
+
+
 @dataclass
 class Comparison:
     reference: str
     candidate: str
     inputs: str
     tolerance: Tolerance
-    metrics: dict[str, float]
+    metrics: LogitMetrics
     checks: list[Check]
     # Per input, the largest |candidate − reference| logit: what `--plot` histograms; not JSON.
     max_abs_diff_per_input: np.ndarray | None = field(default=None, repr=False)
@@ -84,15 +112,15 @@ class Comparison:
             "inputs": self.inputs,
             "passed": self.passed,
             "tolerance": dataclasses.asdict(self.tolerance),
-            "metrics": self.metrics,
+            "metrics": self.metrics.to_dict(),
             "checks": [check.to_dict() for check in self.checks],
         }
 
 
 @dataclass
 class ParityReport:
-    stages: list[dict[str, Any]]
-    inputs: list[dict[str, Any]]
+    stages: list[StageSummary]
+    inputs: list[InputSummary]
     comparisons: list[Comparison]
     accuracy: dict[str, dict[str, float]]  # input set -> stage -> percent
     provenance: dict[str, Any] | None = None
@@ -130,8 +158,8 @@ class ParityReport:
         return {
             "passed": self.passed,
             "failures": self.failures,
-            "stages": self.stages,
-            "inputs": self.inputs,
+            "stages": [stage.to_dict() for stage in self.stages],
+            "inputs": [inputs.to_dict() for inputs in self.inputs],
             "comparisons": [c.to_dict() for c in self.comparisons],
             "accuracy": self.accuracy,
             "white_box": None if self.white_box is None else self.white_box.to_dict(),
@@ -190,10 +218,9 @@ def run_stages(
         if inputs.labels is not None
     }
     return ParityReport(
-        stages=[{"name": s.name, "precision": s.precision, **s.runner.describe()} for s in stages],
+        stages=[StageSummary(s.name, s.precision, s.runner.describe()) for s in stages],
         inputs=[
-            {"name": i.name, "samples": len(i.images), "labelled": i.labels is not None}
-            | i.description
+            InputSummary(i.name, len(i.images), i.labels is not None, i.description)
             for i in input_sets
         ],
         comparisons=comparisons,

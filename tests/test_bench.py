@@ -17,6 +17,7 @@ from karst_deploy.bench import (
     INCONCLUSIVE,
     NOT_SHOWN,
     SHOWN,
+    MedianRatio,
     bench,
     combine_outcomes,
     interval_outcome,
@@ -142,11 +143,9 @@ def test_ratio_interval_comes_from_paired_rounds():
     noise = rng.lognormal(0, 0.3, 200)  # shared by both models within a round
     baseline = 0.010 * noise
     exact = ratio_of_medians(1.5 * baseline, baseline)
-    assert exact["ratio"] == pytest.approx(1.5) and exact["ci_high"] - exact["ci_low"] < 1e-12
+    assert exact.ratio == pytest.approx(1.5) and exact.ci_high - exact.ci_low < 1e-12
     jitter = ratio_of_medians(baseline * rng.normal(1.0, 0.01, 200), baseline)
-    assert (
-        jitter["ci_low"] < 1.0 < jitter["ci_high"] and jitter["ci_high"] - jitter["ci_low"] < 0.05
-    )
+    assert jitter.ci_low < 1.0 < jitter.ci_high and jitter.ci_high - jitter.ci_low < 0.05
 
 
 @pytest.mark.parametrize(
@@ -198,7 +197,7 @@ def test_rounds_are_added_only_while_inconclusive_and_within_budget(
 
 def _ratios(*intervals):
     return {
-        str(b): {"ratio": (low + high) / 2, "ci_low": low, "ci_high": high}
+        str(b): MedianRatio(ratio=(low + high) / 2, ci_low=low, ci_high=high, confidence=0.95)
         for b, (low, high) in zip((1, 8), intervals, strict=False)
     }
 

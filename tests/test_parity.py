@@ -51,7 +51,7 @@ def test_parity_passes_for_every_method(method, exports):
     adapter, path = exports[method]
     report = verify_parity(path, adapter, data="digits", samples=24, images=24, progress=False)
     assert report.passed, report.failures
-    assert [s["name"] for s in report.stages] == ["torch-unmerged", "torch-merged", "onnxruntime"]
+    assert [s.name for s in report.stages] == ["torch-unmerged", "torch-merged", "onnxruntime"]
     pairs = [(c.reference, c.candidate, c.inputs) for c in report.comparisons]
     assert pairs == [
         ("torch-unmerged", "torch-merged", "random"),
@@ -60,12 +60,11 @@ def test_parity_passes_for_every_method(method, exports):
         ("torch-merged", "onnxruntime", "images"),
     ]
     for comparison in report.comparisons:
-        assert comparison.metrics["max_abs_diff"] <= 1e-4 * max(
-            1, comparison.metrics["max_abs_reference"]
-        )
-        assert comparison.metrics["min_cosine"] > 0.999999
+        metrics = comparison.metrics
+        assert metrics.max_abs_diff <= 1e-4 * max(1, metrics.max_abs_reference)
+        assert metrics.min_cosine > 0.999999
         per_input = comparison.max_abs_diff_per_input  # what --plot histograms
-        assert per_input.max() == pytest.approx(comparison.metrics["max_abs_diff"], rel=1e-6)
+        assert per_input.max() == pytest.approx(metrics.max_abs_diff, rel=1e-6)
     accuracy = report.accuracy["images"]
     assert len(set(accuracy.values())) == 1  # the same answers, so the same accuracy
     assert report.white_box.passed and report.white_box.precision == "fp32"
@@ -200,15 +199,13 @@ def test_an_onnxruntime_cuda_stage_follows_onnx_runtime(exports):
 def test_compare_logits_names_the_failed_check_and_by_how_much():
     reference = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
     metrics, checks = compare_logits(reference, reference.copy(), TOLERANCES["fp32"])
-    assert all(c.passed for c in checks) and metrics["max_abs_diff"] == 0
+    assert all(c.passed for c in checks) and metrics.max_abs_diff == 0
     flipped = reference.copy()
     flipped[0] = [1.0, 2.0, 0.0]  # sample 0 changes its answer
     metrics, checks = compare_logits(reference, flipped, TOLERANCES["fp32"])
     failed = {c.name: c for c in checks if not c.passed}
     assert set(failed) == {"max abs diff", "top-1 agreement"}
-    assert (
-        metrics["top1_agreement"] == 0.5 and "short by 50.00%" in failed["top-1 agreement"].detail
-    )
+    assert metrics.top1_agreement == 0.5 and "short by 50.00%" in failed["top-1 agreement"].detail
     # The bound scales with the logits: 1e-4 × max(1, 3) here.
     _, checks = compare_logits(reference, reference + 2.9e-4, TOLERANCES["fp32"])
     assert all(c.passed for c in checks)
@@ -224,7 +221,7 @@ def test_accuracy_drop_gate_and_tolerance_table():
     reference = np.eye(4)
     candidate = np.eye(4)[[0, 1, 2, 0]]  # the last sample is now wrong
     metrics, checks = compare_logits(reference, candidate, gate, labels=np.arange(4))
-    assert metrics["accuracy_drop"] == 25.0
+    assert metrics.accuracy_drop == 25.0
     assert [c.name for c in checks if not c.passed] == ["accuracy drop"]
 
 

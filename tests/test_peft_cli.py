@@ -59,7 +59,7 @@ def test_verify_parity_without_peft_says_so_and_starts_at_our_reading(exported, 
     adapter, onnx = exported
     monkeypatch.setattr(peft_format, "peft_available", lambda: False)
     report = verify_parity(onnx, adapter, samples=4, progress=False)
-    assert report.stages[0]["name"] == "torch-unmerged"
+    assert report.stages[0].name == "torch-unmerged"
     assert report.passed and "PEFT is not installed" in report.notes[0]
 
 

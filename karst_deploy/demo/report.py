@@ -37,9 +37,10 @@ def plot_demo(
     figure, axes = plt.subplots(2, 2, figsize=(11, 8))
     curve, bars, *latency_axes = axes.flat
 
-    epochs = range(1, result.training["epochs"] + 1)
-    curve.plot(epochs, [a * 100 for a in result.training["val_accuracy_per_epoch"]], "o-", ms=3)
-    curve.axvline(result.training["best_epoch"], color="grey", ls=":", label="chosen epoch")
+    training = result.training
+    epochs = range(1, training.epochs + 1)
+    curve.plot(epochs, [a * 100 for a in training.val_accuracy_per_epoch], "o-", ms=3)
+    curve.axvline(training.best_epoch, color="grey", ls=":", label="chosen epoch")
     curve.axhline(required, color="red", ls="--", lw=1, label=f"required {required:.0f} %")
     curve.set(
         title="KARST on digits 5–9, backbone frozen",
@@ -64,17 +65,16 @@ def plot_demo(
     bars.tick_params(axis="x", labelsize=8)
 
     latency = result.latency
-    for axis, batch in zip(latency_axes, latency["batches"], strict=True):
+    for axis, batch in zip(latency_axes, latency.batches, strict=True):
         labels = list(samples_ms)
         samples = [samples_ms[label][str(batch)] for label in labels]
         axis.violinplot(samples, showmedians=True, showextrema=False)
         axis.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
-        ratio = latency["merged_vs_base"][str(batch)]
+        ratio = latency.merged_vs_base[str(batch)].ratio
         # A few scheduler hiccups would stretch the axis tenfold; show up to the 99th percentile.
         top = 1.1 * max(float(np.percentile(values, 99)) for values in samples)
         axis.set(
-            title=f"batch {batch}: merged/base {ratio['ratio']:.3f} "
-            f"[{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]",
+            title=f"batch {batch}: merged/base {ratio.interval()}",
             ylabel="latency (ms), up to p99",
             ylim=(0, top),
         )
@@ -102,8 +102,8 @@ def summary_tables(result: DemoResult) -> list[Table]:
     for column in ("step", "seconds", "what happened"):
         run.add_column(column, justify="right" if column == "seconds" else "left")
     for step in result.steps:
-        run.add_row(step["name"], f"{step['seconds']:.1f}", escape(step.get("detail", "")))
-    run.add_row("total", f"{sum(s['seconds'] for s in result.steps):.1f}", escape(str(result.out)))
+        run.add_row(step.name, f"{step.seconds:.1f}", escape(step.detail))
+    run.add_row("total", f"{sum(s.seconds for s in result.steps):.1f}", escape(str(result.out)))
 
     test = result.accuracy["test"]
     gate_set = next(name for name in result.accuracy if name != "test")
@@ -117,21 +117,19 @@ def summary_tables(result: DemoResult) -> list[Table]:
 
     latency = result.latency
     table = Table(
-        title=f"latency, ONNX Runtime CPU, {latency['rounds']} interleaved rounds",
+        title=f"latency, ONNX Runtime CPU, {latency.rounds} interleaved rounds",
         title_justify="left",
     )
     for column in ("model", "batch", "median ms", "÷ base [95% CI]"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for batch in map(str, latency["batches"]):
-        for label, per_batch in latency["latency"].items():
-            ratio = latency["ratios"].get(label, {}).get(batch)
+    for batch in map(str, latency.batches):
+        for label, per_batch in latency.latency.items():
+            ratio = latency.ratios.get(label, {}).get(batch)
             table.add_row(
                 label,
                 batch,
-                f"{per_batch[batch]['median_ms']:.3f}",
-                f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
-                if ratio
-                else "–",
+                f"{per_batch[batch].median_ms:.3f}",
+                "–" if ratio is None else ratio.interval(),
             )
 
     verdicts = Table(title="verdicts", title_justify="left")

@@ -6,7 +6,6 @@ What each step does and which verdicts it feeds: see the package doc (`karst_dep
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +22,17 @@ from karst_deploy.backends.onnxruntime import OnnxRuntimeRunner
 from karst_deploy.bench import BenchResult, bench
 from karst_deploy.compare import accuracy
 from karst_deploy.demo.report import plot_demo
-from karst_deploy.demo.result import DemoResult
+from karst_deploy.demo.result import (
+    ComparisonSummary,
+    DemoInt8,
+    DemoLatency,
+    DemoParity,
+    DemoResult,
+    DemoTraining,
+    IntervalState,
+    SourceBackbone,
+    StepRecord,
+)
 from karst_deploy.demo.settings import (
     BATCHES,
     CALIBRATION_SAMPLES,
@@ -43,7 +52,7 @@ from karst_deploy.demo.task import (
 from karst_deploy.demo.verdicts import judge, latency_states
 from karst_deploy.doctor import diagnose
 from karst_deploy.errors import InputError
-from karst_deploy.export import compare_structure, export_onnx
+from karst_deploy.export import ExportResult, compare_structure, export_onnx
 from karst_deploy.files import atomic_directory, refuse_existing, sha256_file, write_json
 from karst_deploy.onnx_file import read_provenance
 from karst_deploy.parity import (
@@ -64,22 +73,22 @@ class _Steps:
 
     def __init__(self, total: int, show: bool) -> None:
         self.total, self.show, self.console = total, show, stderr_console()
-        self.records: list[dict[str, Any]] = []
+        self.records: list[StepRecord] = []
 
     @contextlib.contextmanager
-    def step(self, name: str, description: str) -> Iterator[dict[str, Any]]:
-        """Time a step; the body may add a ``detail`` string to the yielded record."""
+    def step(self, name: str, description: str) -> Iterator[StepRecord]:
+        """Time a step; the body may set the yielded record's ``detail``."""
         number = len(self.records) + 1
         if self.show:
             self.console.print(f"[bold][{number}/{self.total}][/] {description} …")
-        record: dict[str, Any] = {"name": name, "description": description}
+        record = StepRecord(name, description)
         started = time.perf_counter()
         yield record
-        record["seconds"] = round(time.perf_counter() - started, 2)
+        record.seconds = round(time.perf_counter() - started, 2)
         self.records.append(record)
         if self.show:
-            extra = f" ({record['detail']})" if record.get("detail") else ""
-            self.console.print(f"      [green]done[/] in {record['seconds']:.1f} s{extra}")
+            extra = f" ({record.detail})" if record.detail else ""
+            self.console.print(f"      [green]done[/] in {record.seconds:.1f} s{extra}")
 
 
 def run_demo(
@@ -123,13 +132,13 @@ def _run(
 
     with steps.step("source backbone", "source backbone: a ViT pretrained on digits 0-4") as rec:
         checkpoint, backbone = _source_backbone(recipe, root, progress)
-        rec["cached"] = backbone["cached"]
-        rec["detail"] = "cached, reused" if backbone["cached"] else "pretrained and cached"
+        rec.cached = backbone.cached
+        rec.detail = "cached, reused" if backbone.cached else "pretrained and cached"
 
     adapter_dir = root / "adapter"
     with steps.step("train", "KARST adapters on the unseen digits 5-9, backbone frozen") as rec:
         log, training = _train(settings, recipe, checkpoint, adapter_dir, seed, progress)
-        rec["detail"] = f"held-out test accuracy {log.test_accuracy:.1%}"
+        rec.detail = f"held-out test accuracy {log.test_accuracy:.1%}"
     num_classes = len(log.data.classes)
 
     files = {name: root / f"{name}.onnx" for name in ("merged", "unmerged", "base")}
@@ -137,9 +146,7 @@ def _run(
         exports = _export(
             files, adapter_dir, checkpoint, recipe.backbone, img_size, kwargs, num_classes
         )
-        rec["detail"] = ", ".join(
-            f"{k} {v['size_bytes'] / 2**20:.2f} MiB" for k, v in exports.items()
-        )
+        rec.detail = ", ".join(f"{k} {v.size_bytes / 2**20:.2f} MiB" for k, v in exports.items())
 
     files["merged-int8"] = root / "merged-int8.onnx"
     with steps.step("int8", "int8: calibrated symmetric QDQ from merged.onnx") as rec:
@@ -151,17 +158,17 @@ def _run(
             calib_samples=CALIBRATION_SAMPLES,
             progress=progress,
         )
-        rec["detail"] = f"calibration cache {int8_model.calibration['cache']}"
+        rec.detail = f"calibration cache {int8_model.calibration['cache']}"
 
     with steps.step("parity", "parity on held-out images: fp32 chain and the int8 gate") as rec:
         fp32 = _fp32_parity(files, adapter_dir, checkpoint, seed, threads, progress, root)
         gate, int8_test = _int8_gate(files, threads, progress, root)
         parity, int8 = _parity_summary(fp32), _int8_summary(gate, int8_model.to_dict(), root)
-        rec["detail"] = (
-            f"fp32 {'pass' if parity['passed'] else 'FAIL'}, "
-            f"int8 gate {'pass' if int8['passed'] else 'FAIL'}"
+        rec.detail = (
+            f"fp32 {'pass' if parity.passed else 'FAIL'}, "
+            f"int8 gate {'pass' if int8.passed else 'FAIL'}"
         )
-    held_out = gate.inputs[0]["name"]
+    held_out = gate.inputs[0].name
     accuracies = {
         "test": {**fp32.accuracy["images"], "onnxruntime-int8": int8_test},
         held_out: gate.accuracy[held_out],
@@ -169,7 +176,7 @@ def _run(
 
     with steps.step("bench", "latency: base, merged, unmerged, int8 interleaved") as rec:
         bench_result = _bench(files, settings, seed, threads, progress, root)
-        rec["detail"] = f"{settings.bench_rounds} rounds per batch size"
+        rec.detail = f"{settings.bench_rounds} rounds per batch size"
     latency = _latency_summary(bench_result, files)
 
     result = DemoResult(
@@ -193,28 +200,28 @@ def _run(
         result.machine = diagnose().to_dict()
         plot_demo(result, bench_result.samples_ms, root / "demo.png")
         result.artifacts = _artifacts(root, exports)
-        rec["detail"] = f"{len(result.artifacts) + 1} files"
+        rec.detail = f"{len(result.artifacts) + 1} files"
     write_json(root / "demo.json", result.to_dict())  # last, so it holds this step's time
     return result
 
 
 def _source_backbone(
     recipe: SourceRecipe, root: Path, progress: bool
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, SourceBackbone]:
     """The cached (or freshly pretrained) source backbone, copied into the report."""
     cached = source_checkpoint_path(recipe).is_file()
     checkpoint = pretrain_source_backbone(recipe, progress=progress)
     shutil.copyfile(checkpoint, root / "backbone.safetensors")
-    return checkpoint, {
-        "name": recipe.backbone,
-        "model_kwargs": recipe.model_kwargs,
-        "recipe": recipe.to_dict(),
-        "recipe_key": recipe.key(),
-        "cache_path": str(checkpoint),
-        "cached": cached,
-        "file": "backbone.safetensors",
-        "sha256": sha256_file(checkpoint),
-    }
+    return checkpoint, SourceBackbone(
+        name=recipe.backbone,
+        model_kwargs=recipe.model_kwargs,
+        recipe=recipe.to_dict(),
+        recipe_key=recipe.key(),
+        cache_path=str(checkpoint),
+        cached=cached,
+        file="backbone.safetensors",
+        sha256=sha256_file(checkpoint),
+    )
 
 
 def _train(
@@ -224,7 +231,7 @@ def _train(
     adapter_dir: Path,
     seed: int,
     progress: bool,
-) -> tuple[TrainLog, dict[str, Any]]:
+) -> tuple[TrainLog, DemoTraining]:
     """KARST on digits 5–9 over the frozen source backbone; the log and its report section."""
     config = KarstConfig()
     log = train_transfer_target(
@@ -237,20 +244,20 @@ def _train(
         warmup_epochs=settings.target_warmup_epochs,
         seed=seed,
     ).log
-    training = {
-        "method": config.method,
-        "adapter_config": config.to_hparams(),
-        "data": TARGET_DATA,
-        "images": log.data.images,
-        "epochs": len(log.epochs),
-        "best_epoch": log.best_epoch,
-        "best_val_accuracy": log.best_val_accuracy,
-        "test_accuracy": log.test_accuracy,
-        "trainable_parameters": log.trainable_parameters.to_dict(),
-        "val_accuracy_per_epoch": [e.val_accuracy for e in log.epochs],
-        "train_loss_per_epoch": [e.train_loss for e in log.epochs],
-        "log": "adapter/train_log.json",
-    }
+    training = DemoTraining(
+        method=config.method,
+        adapter_config=config.to_hparams(),
+        data=TARGET_DATA,
+        images=log.data.images,
+        epochs=len(log.epochs),
+        best_epoch=log.best_epoch,
+        best_val_accuracy=log.best_val_accuracy,
+        test_accuracy=log.test_accuracy,
+        trainable_parameters=log.trainable_parameters,
+        val_accuracy_per_epoch=[e.val_accuracy for e in log.epochs],
+        train_loss_per_epoch=[e.train_loss for e in log.epochs],
+        log="adapter/train_log.json",
+    )
     return log, training
 
 
@@ -262,7 +269,7 @@ def _export(
     img_size: int,
     model_kwargs: dict[str, Any],
     num_classes: int,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ExportResult]:
     merged = export_onnx(files["merged"], adapter=adapter_dir, checkpoint=checkpoint)
     unmerged = export_onnx(
         files["unmerged"], adapter=adapter_dir, checkpoint=checkpoint, unmerged=True
@@ -276,7 +283,7 @@ def _export(
         img_size=img_size,
         model_kwargs=model_kwargs,
     )
-    return {r.kind: r.to_dict() for r in (merged, unmerged, base)}
+    return {r.kind: r for r in (merged, unmerged, base)}
 
 
 def _fp32_parity(
@@ -344,42 +351,42 @@ def _int8_gate(
     return gate, int8_test
 
 
-def _int8_summary(gate: ParityReport, conversion: dict[str, Any], root: Path) -> dict[str, Any]:
+def _int8_summary(gate: ParityReport, conversion: dict[str, Any], root: Path) -> DemoInt8:
     comparison = gate.comparisons[0]
     held_out = gate.inputs[0]
-    return {
-        "passed": gate.passed,
-        "failures": gate.failures,
-        "judged_on": f"{held_out['name']} splits of {TARGET_DATA} ({held_out['samples']} images)",
-        "reference": "onnxruntime (merged fp32)",
-        "gate": dataclasses.asdict(comparison.tolerance),
-        "metrics": comparison.metrics,
-        "checks": [c.to_dict() for c in comparison.checks],
-        "report": "parity-int8.json",
-        "conversion": _relative(conversion, root),
-    }
+    return DemoInt8(
+        passed=gate.passed,
+        failures=gate.failures,
+        judged_on=f"{held_out.name} splits of {TARGET_DATA} ({held_out.samples} images)",
+        reference="onnxruntime (merged fp32)",
+        gate=comparison.tolerance,
+        metrics=comparison.metrics,
+        checks=comparison.checks,
+        report="parity-int8.json",
+        conversion=_relative(conversion, root),
+    )
 
 
-def _parity_summary(fp32: ParityReport) -> dict[str, Any]:
-    return {
-        "passed": fp32.passed,
-        "failures": fp32.failures,
-        "stages": [s["name"] for s in fp32.stages],
-        "comparisons": [
-            {
-                "reference": c.reference,
-                "candidate": c.candidate,
-                "inputs": c.inputs,
-                "passed": c.passed,
-                "max_abs_diff": c.metrics["max_abs_diff"],
-                "allowed": next((k.limit for k in c.checks if k.name == "max abs diff"), None),
-                "top1_agreement": c.metrics["top1_agreement"],
-            }
+def _parity_summary(fp32: ParityReport) -> DemoParity:
+    return DemoParity(
+        passed=fp32.passed,
+        failures=fp32.failures,
+        stages=[s.name for s in fp32.stages],
+        comparisons=[
+            ComparisonSummary(
+                reference=c.reference,
+                candidate=c.candidate,
+                inputs=c.inputs,
+                passed=c.passed,
+                max_abs_diff=c.metrics.max_abs_diff,
+                allowed=next((k.limit for k in c.checks if k.name == "max abs diff"), None),
+                top1_agreement=c.metrics.top1_agreement,
+            )
             for c in fp32.comparisons
         ],
-        "inputs": fp32.inputs,
-        "report": "parity.json",
-    }
+        inputs=fp32.inputs,
+        report="parity.json",
+    )
 
 
 def _bench(
@@ -406,27 +413,26 @@ def _bench(
     return result
 
 
-def _latency_summary(result: BenchResult, files: dict[str, Path]) -> dict[str, Any]:
+def _latency_summary(result: BenchResult, files: dict[str, Path]) -> DemoLatency:
     """Latency table, ratios, the structural check and the interval's state per batch."""
     states = latency_states(result)
-    return {
-        "runner": result.runner,
-        "threads": result.threads,
-        "rounds": result.rounds,
-        "warmup": result.warmup,
-        "batches": result.batches,
-        "tolerance": result.verdict.tolerance,
-        "latency": result.latency,
-        "ratios": result.ratios,
-        "merged_vs_base": {
-            batch: {**ratio, "state": states[batch]}
+    return DemoLatency(
+        runner=result.runner,
+        threads=result.threads,
+        rounds=result.rounds,
+        warmup=result.warmup,
+        batches=result.batches,
+        tolerance=result.verdict.tolerance,
+        latency=result.latency,
+        ratios=result.ratios,
+        merged_vs_base={
+            batch: IntervalState(ratio, states[batch])
             for batch, ratio in result.ratios["merged"].items()
         },
-        "structure": result.verdict.structure.to_dict(),
-        # What the unmerged graph adds over the backbone: the cost that merging removes.
-        "unmerged_structure": compare_structure(files["base"], files["unmerged"]).to_dict(),
-        "report": "bench.json",
-    }
+        structure=result.verdict.structure,
+        unmerged_structure=compare_structure(files["base"], files["unmerged"]),
+        report="bench.json",
+    )
 
 
 def _commands(
@@ -461,7 +467,7 @@ def _commands(
     ]
 
 
-def _artifacts(root: Path, exports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _artifacts(root: Path, exports: dict[str, ExportResult]) -> dict[str, dict[str, Any]]:
     """Every file of the report (demo.json aside) with its size, and sha256 for models."""
     artifacts = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -470,7 +476,7 @@ def _artifacts(root: Path, exports: dict[str, dict[str, Any]]) -> dict[str, dict
         if path.suffix in (".onnx", ".safetensors"):
             entry["sha256"] = sha256_file(path)
         if path.stem in exports and path.suffix == ".onnx":
-            entry["check"] = exports[path.stem]["check"]
+            entry["check"] = exports[path.stem].check
         artifacts[name] = entry
     return artifacts
 

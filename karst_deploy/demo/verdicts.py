@@ -11,6 +11,7 @@ from karst_deploy.demo.settings import DemoSettings
 
 if TYPE_CHECKING:
     from karst_deploy.bench import BenchResult
+    from karst_deploy.demo.result import DemoInt8, DemoLatency, DemoParity, DemoTraining
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,13 @@ def latency_states(result: BenchResult) -> dict[str, str]:
 
 def judge(
     settings: DemoSettings,
-    training: dict[str, Any],
-    parity: dict[str, Any],
-    int8: dict[str, Any],
-    latency: dict[str, Any],
+    training: DemoTraining,
+    parity: DemoParity,
+    int8: DemoInt8,
+    latency: DemoLatency,
 ) -> list[Verdict]:
     """Every verdict of the demo from its report sections (as in ``demo.json``)."""
-    required, reached = settings.min_test_accuracy, training["test_accuracy"]
+    required, reached = settings.min_test_accuracy, training.test_accuracy
     verdicts = [
         Verdict(
             "accuracy",
@@ -58,27 +59,27 @@ def judge(
         ),
         Verdict(
             "parity",
-            "pass" if parity["passed"] else "fail",
-            "fp32 chain " + " → ".join(parity["stages"]) + ": every check passed"
-            if parity["passed"]
-            else "; ".join(parity["failures"]),
+            "pass" if parity.passed else "fail",
+            "fp32 chain " + " → ".join(parity.stages) + ": every check passed"
+            if parity.passed
+            else "; ".join(parity.failures),
             hard=True,
         ),
         Verdict(
             "int8 gate",
-            "pass" if int8["passed"] else "fail",
-            f"accuracy drop {int8['metrics']['accuracy_drop']:.2f} pt "
-            f"(≤ {int8['gate']['max_accuracy_drop']:g}), top-1 agreement "
-            f"{int8['metrics']['top1_agreement']:.1%} "
-            f"(≥ {int8['gate']['min_top1_agreement']:.0%}) on {int8['judged_on']}"
-            if int8["passed"]
-            else "; ".join(int8["failures"]),
+            "pass" if int8.passed else "fail",
+            f"accuracy drop {int8.metrics.accuracy_drop:.2f} pt "
+            f"(≤ {int8.gate.max_accuracy_drop:g}), top-1 agreement "
+            f"{int8.metrics.top1_agreement:.1%} "
+            f"(≥ {int8.gate.min_top1_agreement:.0%}) on {int8.judged_on}"
+            if int8.passed
+            else "; ".join(int8.failures),
             hard=True,
         ),
         Verdict(
             "structure",
-            "pass" if latency["structure"]["same"] else "fail",
-            f"merged vs base: {latency['structure']['summary']}",
+            "pass" if latency.structure.same else "fail",
+            f"merged vs base: {latency.structure.summary()}",
             hard=True,
         ),
     ]
@@ -86,28 +87,25 @@ def judge(
     return verdicts
 
 
-def _latency_verdict(latency: dict[str, Any]) -> Verdict:
+def _latency_verdict(latency: DemoLatency) -> Verdict:
     """Soft: the merged/base interval per batch size, with what its state means."""
-    ratios = latency["merged_vs_base"]
-    tolerance = latency["tolerance"]
+    intervals = latency.merged_vs_base
+    tolerance = latency.tolerance
     band = f"±{tolerance:.0%}"
-    intervals = "; ".join(
-        f"batch {b}: {r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        for b, r in ratios.items()
-    )
-    state = combine_outcomes(r["state"] for r in ratios.values())
+    shown = "; ".join(f"batch {b}: {i.ratio.interval()}" for b, i in intervals.items())
+    state = combine_outcomes(i.state for i in intervals.values())
     if state == SHOWN:
         return Verdict(
             "latency interval",
             "pass",
-            f"merged/base 95% interval within {band} ({intervals})",
+            f"merged/base 95% interval within {band} ({shown})",
             hard=False,
         )
     reach = "lies wholly outside" if state == NOT_SHOWN else "straddles an edge of"
-    detail = f"the merged/base 95% interval {reach} {band} ({intervals})"
-    if all(r["ci_high"] <= 1 + tolerance for r in ratios.values()):
+    detail = f"the merged/base 95% interval {reach} {band} ({shown})"
+    if all(i.ratio.ci_high <= 1 + tolerance for i in intervals.values()):
         detail += "; merged is not slower than base"
-    if latency["structure"]["same"]:
+    if latency.structure.same:
         # Measured here: ONNX Runtime sessions of one graph differ by up to ~3 % with
         # their creation order in one process (memory placement), beyond any rounds.
         detail += (

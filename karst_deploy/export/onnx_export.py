@@ -461,6 +461,6 @@ def check_export(
     return {
         "onnx_checker": "passed (full_check)",
         "onnxruntime_batch": len(images),
-        "max_abs_diff": metrics["max_abs_diff"],
-        "top1_agreement": metrics["top1_agreement"],
+        "max_abs_diff": metrics.max_abs_diff,
+        "top1_agreement": metrics.top1_agreement,
     }

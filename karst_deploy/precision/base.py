@@ -162,7 +162,7 @@ def compare_to_source(
             f"The converted model gives non-finite logits on {len(images)} inputs (the fp32 "
             f"source '{source.path}' does not): a tensor overflowed its reduced precision."
         )
-    return {"samples": len(images), **logit_metrics(reference, logits)}
+    return {"samples": len(images), **logit_metrics(reference, logits).to_dict()}
 
 
 def write_converted(

@@ -72,7 +72,7 @@ def plot_parity(report: ParityReport, path: str | os.PathLike[str], *, force: bo
     largest logit difference on a log axis with the allowed difference marked."""
     plt = _pyplot()
     figure, (bars, hist) = plt.subplots(1, 2, figsize=(12, 4.5))
-    stages = [s["name"] for s in report.stages]
+    stages = [s.name for s in report.stages]
     if report.accuracy:
         width = 0.8 / len(report.accuracy)
         for index, (inputs, per_stage) in enumerate(report.accuracy.items()):

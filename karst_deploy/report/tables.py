@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from karst_deploy.backends.tensorrt.loader import EngineBuild
     from karst_deploy.backends.tensorrt.trtexec import TrtexecCommands
     from karst_deploy.bench import BenchResult
+    from karst_deploy.compare import LogitMetrics
     from karst_deploy.doctor import Diagnosis
     from karst_deploy.export.whitebox import WhiteBoxResult
     from karst_deploy.parity import Comparison, ParityReport
@@ -53,17 +54,17 @@ def parity_table(report: ParityReport) -> Table:
     def cosine(value: float) -> str:  # 0.99999999999 hides the interesting digits
         return f"1 − {1 - value:.1e}" if value > 0.999 else f"{value:.6f}"
 
-    def accuracy(metrics: dict[str, float]) -> str:
-        if "accuracy_reference" not in metrics:
+    def accuracy(metrics: LogitMetrics) -> str:
+        if metrics.accuracy_reference is None:
             return "–"
-        return f"{metrics['accuracy_reference']:.1f} → {metrics['accuracy_candidate']:.1f}"
+        return f"{metrics.accuracy_reference:.1f} → {metrics.accuracy_candidate:.1f}"
 
-    row("max abs diff", lambda c: f"{c.metrics['max_abs_diff']:.2e}")
+    row("max abs diff", lambda c: f"{c.metrics.max_abs_diff:.2e}")
     row("  allowed", allowed)
-    row("max rel diff", lambda c: f"{c.metrics['max_rel_diff']:.2e}")
-    row("min cosine", lambda c: cosine(c.metrics["min_cosine"]))
-    row("top-1 agreement", lambda c: f"{c.metrics['top1_agreement']:.1%}")
-    row("top-5 agreement", lambda c: f"{c.metrics['top5_agreement']:.1%}")
+    row("max rel diff", lambda c: f"{c.metrics.max_rel_diff:.2e}")
+    row("min cosine", lambda c: cosine(c.metrics.min_cosine))
+    row("top-1 agreement", lambda c: f"{c.metrics.top1_agreement:.1%}")
+    row("top-5 agreement", lambda c: f"{c.metrics.top5_agreement:.1%}")
     if report.accuracy:
         row("accuracy %", lambda c: accuracy(c.metrics))
     row("verdict", lambda c: _mark(c.passed if c.checks else None))  # None: reported only
@@ -102,19 +103,14 @@ def bench_table(result: BenchResult) -> Table:
         for label in result.models:
             stats = result.latency[label][str(batch)]
             ratio = result.ratios.get(label, {}).get(str(batch))
-            ratio_text = (
-                f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
-                if ratio
-                else "–"
-            )
             table.add_row(
                 label,
                 str(batch),
-                f"{stats['median_ms']:.2f}",
-                f"{stats['p90_ms']:.2f}",
-                f"{stats['p99_ms']:.2f}",
-                f"{stats['throughput']:.1f}",
-                ratio_text,
+                f"{stats.median_ms:.2f}",
+                f"{stats.p90_ms:.2f}",
+                f"{stats.p99_ms:.2f}",
+                f"{stats.throughput:.1f}",
+                "–" if ratio is None else ratio.interval(),
             )
     return table
 

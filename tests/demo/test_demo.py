@@ -16,16 +16,32 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
 import pytest
 
 from karst_deploy.adapters import AdapterFile
+from karst_deploy.bench import LatencyStatistics, MedianRatio
+from karst_deploy.compare import Check, LogitMetrics, Tolerance
 from karst_deploy.demo import QUICK, DemoResult
+from karst_deploy.demo.result import (
+    ComparisonSummary,
+    DemoInt8,
+    DemoLatency,
+    DemoParity,
+    DemoTraining,
+    IntervalState,
+    SourceBackbone,
+    StepRecord,
+)
 from karst_deploy.demo.verdicts import judge
+from karst_deploy.export.structure import StructureComparison
 from karst_deploy.files import sha256_file
 from karst_deploy.onnx_file import read_provenance
+from karst_deploy.parity import InputSummary
+from karst_deploy.train.log import TrainableCounts
 
 REPORT_FILES = {
     "adapter/adapter_config.json",
@@ -210,38 +226,102 @@ def test_an_existing_report_is_refused_without_force(runs, tmp_path):
     assert not (tmp_path / "cache").exists()  # refused before any work
 
 
+def _sections(demo: dict) -> dict:
+    """The typed sections `judge` reads, rebuilt from a real demo.json."""
+    training, parity, int8, latency = (
+        demo[k] for k in ("training", "parity", "int8", "latency")
+    )  # fmt: skip
+    fixed = ("name", "samples", "labelled")
+    return {
+        "training": DemoTraining(
+            **training
+            | {"trainable_parameters": TrainableCounts(**training["trainable_parameters"])}
+        ),
+        "parity": DemoParity(
+            **parity
+            | {
+                "comparisons": [ComparisonSummary(**c) for c in parity["comparisons"]],
+                "inputs": [
+                    InputSummary(
+                        *(i[k] for k in fixed), {k: v for k, v in i.items() if k not in fixed}
+                    )
+                    for i in parity["inputs"]
+                ],
+            }
+        ),
+        "int8": DemoInt8(
+            **int8
+            | {
+                "gate": Tolerance(**int8["gate"]),
+                "metrics": LogitMetrics(**int8["metrics"]),
+                "checks": [Check(**c) for c in int8["checks"]],
+            }
+        ),
+        "latency": DemoLatency(
+            **latency
+            | {
+                "latency": {
+                    label: {b: LatencyStatistics(**s) for b, s in per.items()}
+                    for label, per in latency["latency"].items()
+                },
+                "ratios": {
+                    label: {b: MedianRatio(**r) for b, r in per.items()}
+                    for label, per in latency["ratios"].items()
+                },
+                "merged_vs_base": {
+                    b: IntervalState(
+                        MedianRatio(**{k: v for k, v in r.items() if k != "state"}), r["state"]
+                    )
+                    for b, r in latency["merged_vs_base"].items()
+                },
+                "structure": _structure(latency["structure"]),
+                "unmerged_structure": _structure(latency["unmerged_structure"]),
+            }
+        ),
+    }
+
+
+def _structure(data: dict) -> StructureComparison:
+    return StructureComparison(data["operators"], data["initializer_uses"])
+
+
 def _result_from(demo: dict, **changes) -> DemoResult:
     """A DemoResult rebuilt from a real demo.json with some sections replaced."""
-    sections = {key: demo[key] for key in ("training", "parity", "int8", "latency")}
-    sections.update(changes)
+    sections = _sections(demo) | changes
     return DemoResult(
         out=Path("report"),
         settings=QUICK,
         seed=0,
         threads=None,
-        backbone=demo["backbone"],
+        backbone=SourceBackbone(**demo["backbone"]),
         accuracy=demo["accuracy"],
         verdicts=judge(QUICK, **sections),
-        steps=demo["steps"],
+        steps=[StepRecord(**step) for step in demo["steps"]],
         artifacts={},
         machine={},
         **sections,
     )
 
 
+def test_the_typed_sections_give_back_demo_json(runs):
+    demo = runs["cold"].demo
+    rebuilt = _result_from(demo).to_dict()
+    for key in ("backbone", "training", "parity", "int8", "latency", "steps", "verdicts"):
+        assert rebuilt[key] == demo[key], key
+
+
 @pytest.mark.parametrize(
     "check, change",
     [
-        ("accuracy", lambda d: {"training": {**d["training"], "test_accuracy": 0.3}}),
-        ("parity", lambda d: {"parity": {**d["parity"], "passed": False, "failures": ["x"]}}),
-        ("int8 gate", lambda d: {"int8": {**d["int8"], "passed": False, "failures": ["y"]}}),
+        ("accuracy", lambda s: {"training": replace(s["training"], test_accuracy=0.3)}),
+        ("parity", lambda s: {"parity": replace(s["parity"], passed=False, failures=["x"])}),
+        ("int8 gate", lambda s: {"int8": replace(s["int8"], passed=False, failures=["y"])}),
         (
             "structure",
-            lambda d: {
-                "latency": {
-                    **d["latency"],
-                    "structure": {"same": False, "summary": "graphs differ: +16 op Einsum"},
-                }
+            lambda s: {
+                "latency": replace(
+                    s["latency"], structure=StructureComparison({"Einsum": [0, 16]}, {})
+                )
             },
         ),
     ],
@@ -251,7 +331,7 @@ def test_a_failed_hard_check_fails_the_demo(runs, check, change):
 
     demo = runs["cold"].demo
     assert _result_from(demo).passed
-    result = _result_from(demo, **change(demo))
+    result = _result_from(demo, **change(_sections(demo)))
     assert [f.split(":")[0] for f in result.failures] == [check]
     with pytest.raises(VerificationError) as error:
         result.raise_if_failed()

@@ -46,7 +46,7 @@ def test_fp16_runs_in_onnxruntime_within_its_tolerance(fp16_result, digits_model
         reference, logits, tolerance_for("fp16"), digits_model.test_labels
     )
     assert all(check.passed for check in checks), [c.detail for c in checks]
-    assert metrics["max_abs_diff"] > 0  # it really computes in fp16
+    assert metrics.max_abs_diff > 0  # it really computes in fp16
 
 
 def test_provenance_adds_precision_and_keeps_the_record(fp16_result, digits_model):

@@ -93,6 +93,6 @@ def test_a_grayscale_backbone_trains_exports_and_verifies_on_16_bit_images(tmp_p
         progress=False,
     )
     assert report.passed, report.failures
-    assert report.inputs[1]["samples"] == 16
+    assert report.inputs[1].samples == 16
     int8 = convert_precision(tmp_path / "m.onnx", tmp_path / "q.onnx", "int8", calib=str(data))
     assert int8.calibration["samples"] == 16
