@@ -213,6 +213,12 @@ def test_forged_ranges_with_a_matching_digest_fail_the_int8_gate(
     with pytest.raises(VerificationError, match=r"int8 gate failed.*below the 97%"):
         quantize_int8(digits_model.fp32_onnx, tmp_path / "b.onnx", calibration)
     assert not (tmp_path / "b.onnx").exists()
+    # Without the gate (a benchmark timing random weights) the same conversion is written,
+    # its failing agreement measured and recorded, not hidden.
+    ungated = quantize_int8(
+        digits_model.fp32_onnx, tmp_path / "c.onnx", calibration, min_top1_agreement=None
+    )
+    assert (tmp_path / "c.onnx").exists() and ungated.check["top1_agreement_upper_95"] < 0.97
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
