@@ -476,7 +476,7 @@ def _artifacts(root: Path, exports: dict[str, ExportResult]) -> dict[str, dict[s
         if path.suffix in (".onnx", ".safetensors"):
             entry["sha256"] = sha256_file(path)
         if path.stem in exports and path.suffix == ".onnx":
-            entry["check"] = exports[path.stem].check
+            entry["check"] = exports[path.stem].check.to_dict()
         artifacts[name] = entry
     return artifacts
 

@@ -72,6 +72,19 @@ class ExportError(KarstDeployError):
     """torch.onnx could not export the model."""
 
 
+@dataclass(frozen=True)
+class ExportCheck:
+    """What `check_export` measured: onnx.checker, then ONNX Runtime vs PyTorch on one batch."""
+
+    onnx_checker: str
+    onnxruntime_batch: int
+    max_abs_diff: float
+    top1_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class ExportResult:
     """What `export_model` wrote and what its checks measured."""
@@ -87,7 +100,7 @@ class ExportResult:
     sha256: str
     nodes: int
     layer_norm_ops: int
-    check: dict[str, Any]
+    check: ExportCheck
     seconds: float
     # Backbone sizes read from --checkpoint because they were not given (--no-adapter).
     inferred: dict[str, int] | None = None
@@ -407,7 +420,7 @@ def check_export(
     img_size: int,
     num_classes: int,
     batch: int | None,
-) -> dict[str, Any]:
+) -> ExportCheck:
     """onnx.checker (full), the input/output contract, and an ONNX Runtime forward vs `network`.
 
     Raises VerificationError naming the check that failed; returns the measured figures.
@@ -458,9 +471,9 @@ def check_export(
             "ONNX Runtime does not reproduce the PyTorch model on a seeded batch of "
             f"{len(images)}: {'; '.join(failed)}."
         )
-    return {
-        "onnx_checker": "passed (full_check)",
-        "onnxruntime_batch": len(images),
-        "max_abs_diff": metrics.max_abs_diff,
-        "top1_agreement": metrics.top1_agreement,
-    }
+    return ExportCheck(
+        onnx_checker="passed (full_check)",
+        onnxruntime_batch=len(images),
+        max_abs_diff=metrics.max_abs_diff,
+        top1_agreement=metrics.top1_agreement,
+    )

@@ -18,12 +18,29 @@ from typing import Any
 import numpy as np
 import onnx
 
-from karst_deploy.compare import agreement_upper_bound, logit_metrics
+from karst_deploy.compare import LogitMetrics, agreement_upper_bound, logit_metrics
 from karst_deploy.errors import InputError, VerificationError
 from karst_deploy.files import atomic_output, sha256_file
 from karst_deploy.graph_precision import describe_precision
 from karst_deploy.onnx_file import OnnxFile
 from karst_deploy.provenance import write_provenance
+
+
+@dataclass(frozen=True)
+class ConversionCheck:
+    """A conversion run against its fp32 source on `samples` images (ONNX Runtime, CPU)."""
+
+    samples: int
+    metrics: LogitMetrics
+    # One-sided 95 % upper confidence bound of the top-1 agreement (`agreement_upper_bound`).
+    top1_agreement_upper_95: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            **self.metrics.to_dict(),
+            "top1_agreement_upper_95": self.top1_agreement_upper_95,
+        }
 
 
 @dataclass
@@ -38,13 +55,13 @@ class PrecisionResult:
     size_bytes: int
     source_size_bytes: int
     graph: dict[str, Any]  # describe_precision of the written file + conversion specifics
-    check: dict[str, Any]  # ORT run vs the fp32 source: samples, max_abs_diff, top1_agreement
+    check: ConversionCheck
     calibration: dict[str, Any] | None = None
     seconds: float = 0.0
     fp32_export: dict[str, Any] | None = None  # set by export_with_precision (file not kept)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "check": self.check.to_dict()}
 
     def summary(self) -> dict[str, str]:
         """The result in a few readable lines (the CLI's table)."""
@@ -67,10 +84,11 @@ class PrecisionResult:
             )
         else:
             rows["graph"] = f"fp16 with fp32 I/O; kept fp32: {', '.join(graph['fp32_ops'])}"
+        metrics = check.metrics
         rows["check vs fp32"] = (
-            f"{check['samples']} inputs: top-1 agreement {check['top1_agreement']:.1%}, "
-            f"max |Δlogit| {check['max_abs_diff']:.3g} (max |logit| "
-            f"{check['max_abs_reference']:.3g}); judge it with verify-parity --data"
+            f"{check.samples} inputs: top-1 agreement {metrics.top1_agreement:.1%}, "
+            f"max |Δlogit| {metrics.max_abs_diff:.3g} (max |logit| "
+            f"{metrics.max_abs_reference:.3g}); judge it with verify-parity --data"
         )
         if self.calibration:
             calibration = self.calibration
@@ -153,7 +171,7 @@ def run_onnx(model: onnx.ModelProto | str | os.PathLike[str], images: np.ndarray
 
 def compare_to_source(
     source: Fp32Source, converted: onnx.ModelProto, images: np.ndarray
-) -> dict[str, Any]:
+) -> ConversionCheck:
     """Run source and conversion on `images`; refuse non-finite logits."""
     reference = run_onnx(source.model, images)
     logits = run_onnx(converted, images)
@@ -162,7 +180,9 @@ def compare_to_source(
             f"The converted model gives non-finite logits on {len(images)} inputs (the fp32 "
             f"source '{source.path}' does not): a tensor overflowed its reduced precision."
         )
-    return {"samples": len(images), **logit_metrics(reference, logits).to_dict()}
+    metrics = logit_metrics(reference, logits)
+    upper = agreement_upper_bound(metrics.top1_agreement, len(images))
+    return ConversionCheck(len(images), metrics, upper)
 
 
 def write_converted(
@@ -191,13 +211,12 @@ def write_converted(
     record.update(precision=precision, source_sha256=source.sha256, **record_fields)
     write_provenance(converted, record)
     check = compare_to_source(source, converted, check_images)
-    upper = agreement_upper_bound(check["top1_agreement"], check["samples"])
-    check["top1_agreement_upper_95"] = upper
+    upper = check.top1_agreement_upper_95
     if min_top1_agreement is not None and upper < min_top1_agreement:
         raise VerificationError(
             f"int8 gate failed: the {precision} conversion of '{source.path}' agrees with the "
-            f"fp32 model on the top-1 class of {check['top1_agreement']:.1%} of "
-            f"{check['samples']} calibration images (95 % upper bound {upper:.1%}), below the "
+            f"fp32 model on the top-1 class of {check.metrics.top1_agreement:.1%} of "
+            f"{check.samples} calibration images (95 % upper bound {upper:.1%}), below the "
             f"{min_top1_agreement:.0%} of the {precision} tolerance (compare.TOLERANCES); "
             "nothing was written. Try more or more representative calib images, another "
             "calib_method, or use_cache=False if the calibration cache may be stale.",

@@ -51,9 +51,9 @@ def run_onnx(path, batch: int) -> np.ndarray:
 def test_export_checks_pass_and_are_reported(exported):
     result = exported["merged"]
     assert result.kind == "merged" and result.method == "karst" and result.exporter == "dynamo"
-    assert result.check["onnx_checker"].startswith("passed")
-    assert result.check["onnxruntime_batch"] == 3
-    assert result.check["max_abs_diff"] < 1e-4 and result.check["top1_agreement"] == 1.0
+    assert result.check.onnx_checker.startswith("passed")
+    assert result.check.onnxruntime_batch == 3
+    assert result.check.max_abs_diff < 1e-4 and result.check.top1_agreement == 1.0
     assert result.sha256 == sha256_file(result.path)
 
 
@@ -107,7 +107,7 @@ def test_merged_export_computes_the_adapted_model(exported):
 def test_unmerged_export_runs_and_is_structurally_different(method, exported, tmp_path):
     adapter = save_adapter(tmp_path / "adapter", method)
     result = export_onnx(tmp_path / "unmerged.onnx", adapter=adapter, unmerged=True)
-    assert result.kind == "unmerged" and result.check["top1_agreement"] == 1.0
+    assert result.kind == "unmerged" and result.check.top1_agreement == 1.0
     model = adapted(CASE, method)  # the same seeded backbone and adapter values
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():

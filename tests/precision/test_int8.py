@@ -218,7 +218,7 @@ def test_forged_ranges_with_a_matching_digest_fail_the_int8_gate(
     ungated = quantize_int8(
         digits_model.fp32_onnx, tmp_path / "c.onnx", calibration, min_top1_agreement=None
     )
-    assert (tmp_path / "c.onnx").exists() and ungated.check["top1_agreement_upper_95"] < 0.97
+    assert (tmp_path / "c.onnx").exists() and ungated.check.top1_agreement_upper_95 < 0.97
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
@@ -227,7 +227,7 @@ def test_histogram_methods_produce_symmetric_int8(digits_model, tmp_path, method
     result = quantize_int8(digits_model.fp32_onnx, tmp_path / "m.onnx", calibration, method=method)
     assert read_provenance(result.path)["calibration"]["method"] == method
     assert qdq_violations(onnx.load(result.path)) == []
-    assert result.check["top1_agreement"] >= 0.9
+    assert result.check.metrics.top1_agreement >= 0.9
 
 
 def test_bad_requests_are_clear_errors(digits_model, tmp_path):
