@@ -1,3 +1,4 @@
+import functools
 import os
 
 import pytest
@@ -13,6 +14,43 @@ def tiny_case():
     from tests.cases import BACKBONE_CASES
 
     return BACKBONE_CASES[0]
+
+
+@pytest.fixture(scope="session")
+def base_export(tmp_path_factory):
+    """`base_export(case)`: the plain backbone of a `BackboneCase` exported to ONNX, once per
+    session (a dynamo export costs seconds; tests share these files and must not change them)."""
+    from karst_deploy.export import export_model
+
+    root = tmp_path_factory.mktemp("base-exports")
+
+    @functools.cache
+    def make(case):
+        return export_model(case.build(), root / f"{case.id}.onnx")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def method_export(tmp_path_factory):
+    """`method_export(method, unmerged=False)`: (adapter directory, ExportResult) of a method
+    case on the tiny ViT (`tests.export.artifacts`), merged or unmerged, each made once per
+    session (tests share these files and must not change them)."""
+    from karst_deploy.export import export_onnx
+    from tests.export.artifacts import save_adapter
+
+    root = tmp_path_factory.mktemp("method-exports")
+
+    @functools.cache
+    def adapter(method):
+        return save_adapter(root / method / "adapter", method)
+
+    @functools.cache
+    def make(method, unmerged=False):
+        out = root / method / ("unmerged.onnx" if unmerged else "merged.onnx")
+        return adapter(method), export_onnx(out, adapter=adapter(method), unmerged=unmerged)
+
+    return make
 
 
 def pytest_collection_modifyitems(config, items):

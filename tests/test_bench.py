@@ -27,24 +27,22 @@ from karst_deploy.bench import (
 )
 from karst_deploy.errors import INCONCLUSIVE as EXIT_INCONCLUSIVE
 from karst_deploy.errors import InconclusiveError, InputError, VerificationError, with_flags
-from karst_deploy.export import export_onnx
 from karst_deploy.export.structure import StructureComparison
 from karst_deploy.onnx_file import read_provenance
 from karst_deploy.provenance import write_provenance
 from tests.cli_helpers import run_cli
-from tests.export.artifacts import export_base, save_adapter
+from tests.export.artifacts import CASE, export_base
 
 STATISTICS = {"median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "throughput"}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    adapter = save_adapter(root / "adapter", "karst-channel")
+def models(base_export, method_export):
+    """The plain tiny ViT and a KARST adapter's merged and unmerged exports (session-shared)."""
     return {
-        "base": export_base(root / "base.onnx").path,
-        "merged": export_onnx(root / "merged.onnx", adapter=adapter).path,
-        "unmerged": export_onnx(root / "unmerged.onnx", adapter=adapter, unmerged=True).path,
+        "base": base_export(CASE).path,
+        "merged": method_export("karst-channel")[1].path,
+        "unmerged": method_export("karst-channel", unmerged=True)[1].path,
     }
 
 

@@ -20,10 +20,9 @@ import onnx
 import pytest
 
 from karst_deploy.errors import EXIT_CODES, REPORT_URL
-from karst_deploy.export import export_onnx
 from karst_deploy.provenance import KEY
 from tests.cli_helpers import run_cli
-from tests.export.artifacts import CASE, save_adapter
+from tests.export.artifacts import CASE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = CASE.name
@@ -40,11 +39,12 @@ def one_paragraph(err: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """A LoRA adapter, its merged export, and a copy with one weight scaled by 1.05."""
+def artifacts(tmp_path_factory, method_export):
+    """A LoRA adapter, its merged export (session-shared), and a copy with one weight scaled
+    by 1.05."""
     root = tmp_path_factory.mktemp("exit-codes")
-    adapter = save_adapter(root / "adapter", "lora")
-    merged = export_onnx(root / "merged.onnx", adapter=adapter).path
+    adapter, exported = method_export("lora")
+    merged = exported.path
     model = onnx.load(str(merged))
     weight = next(t for t in model.graph.initializer if t.name == "blocks.0.mlp.fc1.weight")
     scaled = onnx.numpy_helper.to_array(weight) * np.float32(1.05)

@@ -18,17 +18,16 @@ from karst_deploy.parity import Stage, verify_parity
 from karst_deploy.provenance import write_provenance
 from tests.cases import METHOD_CASES, method_params
 from tests.cli_helpers import run_cli
-from tests.export.artifacts import export_base, save_adapter
+from tests.export.artifacts import CASE
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """For every method: an adapter directory and its merged ONNX export."""
-    root = tmp_path_factory.mktemp("parity")
+def exports(method_export):
+    """For every method: an adapter directory and its merged ONNX export (session-shared)."""
     result = {}
     for method in METHOD_CASES:
-        adapter = save_adapter(root / method, method)
-        result[method] = (adapter, export_onnx(root / f"{method}.onnx", adapter=adapter).path)
+        adapter, merged = method_export(method)
+        result[method] = (adapter, merged.path)
     return result
 
 
@@ -72,9 +71,9 @@ def test_parity_passes_for_every_method(method, exports):
     assert report.to_dict()["passed"] is True
 
 
-def test_merged_onnx_differs_from_the_plain_backbone(exports, tmp_path):
+def test_merged_onnx_differs_from_the_plain_backbone(exports, base_export):
     """An adapter that changed nothing would pass parity; these adapters do change the output."""
-    base = export_base(tmp_path / "base.onnx").path
+    base = base_export(CASE).path
     images = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
     with OnnxRuntimeRunner(base) as runner:
         plain = runner.infer(images)
@@ -266,7 +265,6 @@ def five_class_export(tmp_path_factory):
     """A KARST adapter whose head names digits 5–9 (as `train --data digits:5-9` records)."""
     import karst_deploy as kd
     from tests.cases import BackboneCase, adapted
-    from tests.export.artifacts import CASE
 
     root = tmp_path_factory.mktemp("classes")
     case = BackboneCase("vit-5", CASE.name, {**CASE.kwargs, "num_classes": 5})

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from karst_deploy.files import TEMP_PATTERN
+from tests.cli_helpers import run_cli
 from tests.train.tiny import TINY_BACKBONE, TINY_DATA, TINY_KWARGS
 
 pytestmark = pytest.mark.skipif(
@@ -258,9 +259,7 @@ def test_a_killed_run_leaves_a_temporary_the_next_run_sweeps(inputs, tmp_path):
     assert left and str(process.pid) in left[0] and not out.exists()
     merged = out_dir / "merged.safetensors"
     rerun, _ = _command("merge", inputs, out_dir)
-    result = subprocess.run(
-        [sys.executable, "-m", "karst_deploy", *rerun], capture_output=True, text=True, env=env
-    )
+    result = run_cli(*rerun)  # the sweep needs no process of its own
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == [merged.name]
 

@@ -20,24 +20,22 @@ import pytest
 from onnx import helper, numpy_helper
 
 from karst_deploy.errors import KarstDeployError
-from karst_deploy.export import export_onnx
 from karst_deploy.graph_precision import graph_precision
 from karst_deploy.onnx_file import read_provenance
 from karst_deploy.parity import verify_parity
 from karst_deploy.precision import convert_precision
 from karst_deploy.provenance import write_provenance
 from tests.cli_helpers import run_cli
-from tests.export.artifacts import save_adapter
 
 Edit = Callable[[onnx.ModelProto], None]
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """An adapter and its merged export in fp32, fp16 and int8."""
+def sources(tmp_path_factory, method_export):
+    """An adapter and its merged export in fp32 (session-shared), fp16 and int8."""
     root = tmp_path_factory.mktemp("tamper")
-    adapter = save_adapter(root / "adapter", "karst-channel")
-    fp32 = export_onnx(root / "fp32.onnx", adapter=adapter).path
+    adapter, merged = method_export("karst-channel")
+    fp32 = merged.path
     files = {"fp32": fp32}
     files["fp16"] = Path(convert_precision(fp32, root / "fp16.onnx", "fp16").path)
     files["int8"] = Path(

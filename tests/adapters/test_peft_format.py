@@ -51,21 +51,6 @@ def adapter_dirs(tmp_path_factory):
     return make
 
 
-@pytest.fixture(scope="module")
-def base_exports(tmp_path_factory):
-    """The plain backbone's ONNX by backbone case, exported once per module."""
-    from karst_deploy.export import export_onnx
-
-    root = tmp_path_factory.mktemp("base")
-
-    @functools.cache
-    def make(backbone):
-        args = peft_backbone_args(backbone)
-        return export_onnx(root / f"{backbone.id}.onnx", backbone=backbone.name, **args).path
-
-    return make
-
-
 def ours_and_peft(backbone, directory):
     ours = load_peft_model(directory, backbone.name, **peft_backbone_args(backbone))
     reference = peft_reference_model(
@@ -134,7 +119,7 @@ def test_num_classes_comes_from_the_stored_head(adapter_dirs, tmp_path):
         pytest.param(("vit-192", "ia3"), id="vit-ia3"),
     ],
 )
-def test_merged_export_has_the_backbone_graph(case, adapter_dirs, base_exports, tmp_path):
+def test_merged_export_has_the_backbone_graph(case, adapter_dirs, base_export, tmp_path):
     from karst_deploy.export import compare_structure, export_onnx
     from karst_deploy.onnx_file import read_provenance
 
@@ -144,7 +129,7 @@ def test_merged_export_has_the_backbone_graph(case, adapter_dirs, base_exports, 
     merged = export_onnx(
         tmp_path / "merged.onnx", adapter=directory, backbone=backbone.name, **args
     )
-    structure = compare_structure(base_exports(backbone), merged.path)
+    structure = compare_structure(base_export(backbone).path, merged.path)
     assert structure.same, structure.to_dict()
     record = read_provenance(merged.path)
     assert record["method"] == "peft" and record["adapter_config"]["format"] == "peft"

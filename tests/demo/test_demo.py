@@ -42,6 +42,7 @@ from karst_deploy.files import sha256_file
 from karst_deploy.onnx_file import read_provenance
 from karst_deploy.parity import InputSummary
 from karst_deploy.train.log import TrainableCounts
+from tests.cli_helpers import run_cli
 
 REPORT_FILES = {
     "adapter/adapter_config.json",
@@ -215,10 +216,11 @@ def test_a_second_run_reuses_the_cached_backbone(runs):
     assert "demo passed" in runs["warm"].process.stdout  # the table view, not JSON
 
 
-def test_an_existing_report_is_refused_without_force(runs, tmp_path):
+def test_an_existing_report_is_refused_without_force(runs, tmp_path, monkeypatch):
     out = runs["cold"].out
     stamp = (out / "demo.json").stat().st_mtime_ns
-    refused = run_demo_cli(tmp_path / "cache", "--out", str(out))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    refused = run_cli("demo", "--quick", "--out", out)  # refused up front: no process needed
     assert refused.returncode == 2
     assert "already exists" in refused.stderr and "--force" in refused.stderr
     assert "Traceback" not in refused.stderr

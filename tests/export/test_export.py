@@ -20,7 +20,7 @@ from karst_deploy.files import sha256_file
 from karst_deploy.onnx_file import read_provenance
 from tests.cases import adapted, method_params
 from tests.cli_helpers import run_cli
-from tests.export.artifacts import CASE, export_base, save_adapter
+from tests.export.artifacts import CASE, export_base
 
 RECORD_KEYS = {
     "version", "backbone", "img_size", "num_classes", "mean", "std", "model_kwargs", "method",
@@ -30,16 +30,10 @@ RECORD_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A KARST adapter, its merged export and the plain backbone's export."""
-    root = tmp_path_factory.mktemp("export")
-    adapter = save_adapter(root / "adapter", "karst-channel")
-    return {
-        "root": root,
-        "adapter": adapter,
-        "merged": export_onnx(root / "merged.onnx", adapter=adapter),
-        "base": export_base(root / "base.onnx"),
-    }
+def exported(method_export, base_export):
+    """A KARST adapter, its merged export and the plain backbone's export (session-shared)."""
+    adapter, merged = method_export("karst-channel")
+    return {"adapter": adapter, "merged": merged, "base": base_export(CASE)}
 
 
 def run_onnx(path, batch: int) -> np.ndarray:
@@ -104,9 +98,8 @@ def test_merged_export_computes_the_adapted_model(exported):
 
 
 @method_params
-def test_unmerged_export_runs_and_is_structurally_different(method, exported, tmp_path):
-    adapter = save_adapter(tmp_path / "adapter", method)
-    result = export_onnx(tmp_path / "unmerged.onnx", adapter=adapter, unmerged=True)
+def test_unmerged_export_runs_and_is_structurally_different(method, exported, method_export):
+    _, result = method_export(method, unmerged=True)
     assert result.kind == "unmerged" and result.check.top1_agreement == 1.0
     model = adapted(CASE, method)  # the same seeded backbone and adapter values
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))

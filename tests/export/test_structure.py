@@ -11,9 +11,9 @@ from tests.cases import adapted, backbone_params, spt_params
 
 
 @backbone_params
-def test_merged_graph_is_the_baseline_graph(backbone, tmp_path):
+def test_merged_graph_is_the_baseline_graph(backbone, base_export, tmp_path):
     """For every backbone: same operators and initializer shapes, though every weight differs."""
-    base = export_model(backbone.build(), tmp_path / "base.onnx").path
+    base = base_export(backbone).path
     merged = export_model(adapted(backbone, "karst-channel"), tmp_path / "merged.onnx").path
     comparison = compare_structure(base, merged)
     assert comparison.same, comparison.summary()
@@ -27,10 +27,10 @@ def test_merged_graph_is_the_baseline_graph(backbone, tmp_path):
 
 @spt_params
 @backbone_params
-def test_merged_spt_graph_is_the_baseline_graph(method, backbone, tmp_path):
+def test_merged_spt_graph_is_the_baseline_graph(method, backbone, base_export, tmp_path):
     """SPT's parts (q/k/v-block modules, entry deltas on weights, biases and LayerNorms,
     the trained cls token) leave the exported graph exactly the backbone's."""
-    base = export_model(backbone.build(), tmp_path / "base.onnx").path
+    base = base_export(backbone).path
     merged = export_model(adapted(backbone, method), tmp_path / "merged.onnx").path
     comparison = compare_structure(base, merged)
     assert comparison.same, comparison.summary()

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from karst_deploy.errors import InputError
 from karst_deploy.train.distributed import Distributed, GlobalBatchSampler
+from tests.cli_helpers import run_cli
 from tests.train.tiny import TINY_BACKBONE, TINY_DATA, TINY_KWARGS, tiny_checkpoint
 
 # After 20 AdamW steps at lr 1e-2, one and two processes differ only by float reduction
@@ -86,19 +87,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     )
     assert two.returncode == 0, two.stderr[-3000:]
     curves = tmp_path / "curves.png"
-    one = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "karst_deploy",
-            *_train_args(checkpoint, tmp_path / "one"),
-            "--plot",
-            str(curves),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # The single process is this one (the CLI in-process; its streams are not terminals).
+    one = run_cli(*_train_args(checkpoint, tmp_path / "one"), "--plot", str(curves))
     assert one.returncode == 0, one.stderr[-3000:]
     assert "val acc" in one.stdout and "best epoch (on val)" in one.stdout  # the rich tables
     # stderr is a pipe: the expected time first, then one plain line per epoch with its ETA.

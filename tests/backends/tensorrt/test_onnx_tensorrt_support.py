@@ -13,7 +13,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from karst_deploy.export import export_onnx
 from karst_deploy.precision import convert_precision
 from tests.backends.tensorrt import onnx_trt_support as support
 from tests.cases import BACKBONE_CASES
@@ -24,20 +23,15 @@ LABELS = sorted(set(support.TENSORRT_TABLES.values()), key=lambda v: tuple(map(i
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(backbone id, precision) → the ONNX file, made once per module."""
+def exported(tmp_path_factory, base_export):
+    """(backbone id, precision) → the ONNX file, made once per module (fp32: per session)."""
     root = tmp_path_factory.mktemp("forms")
     made: dict[tuple[str, str], object] = {}
 
     def get(backbone: str, precision: str):
         key = (backbone, precision)
         if key not in made:
-            case = BACKBONES[backbone]
-            fp32 = root / f"{backbone}.fp32.onnx"
-            if not fp32.exists():
-                sizes = {k: case.kwargs[k] for k in ("num_classes", "img_size")}
-                extra = {k: v for k, v in case.kwargs.items() if k not in sizes}
-                export_onnx(fp32, backbone=case.name, model_kwargs=extra, **sizes)
+            fp32 = base_export(BACKBONES[backbone]).path
             path = fp32
             if precision != "fp32":
                 path = root / f"{backbone}.{precision}.onnx"
